@@ -1,0 +1,1 @@
+"""The ``mstools`` command line: a thin Typer layer over the ``mstools`` library."""

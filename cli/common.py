@@ -1,0 +1,80 @@
+"""What every command shares: verbosity, the error contract, outputs with sidecars.
+
+Error contract: bad input raises :class:`mstools.errors.InputError`; :func:`command`
+turns it into one line on stderr and exit code 1 (traceback only with ``-v``).
+Usage errors are Typer's/Click's and exit with 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import typer
+
+from mstools.errors import InputError
+
+
+@dataclass
+class Verbosity:
+    level: int = 0  # -1 quiet, 0 normal, 1 verbose
+
+
+STATE = Verbosity()
+
+
+def log(message: str, *, level: int = 0) -> None:
+    """A log line on stderr (hidden by -q; level 1 lines only with -v)."""
+    if STATE.level >= level:
+        print(message, file=sys.stderr)
+
+
+def progress_enabled() -> bool:
+    return STATE.level >= 0 and sys.stderr.isatty()
+
+
+def command(func: Callable) -> Callable:
+    """Wrap a command body with the error contract."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            if STATE.level >= 1:
+                traceback.print_exc(file=sys.stderr)
+            print(f"mstools {func.__name__.replace('_', '-').removesuffix('-command')}: error: {exc}",
+                  file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def emit(paths: Iterable[object] = (), *, as_json: bool = False, payload: Mapping | None = None) -> None:
+    """Results on stdout: the written paths one per line, or a JSON document."""
+    if as_json:
+        print(json.dumps(payload if payload is not None else {"written": [str(p) for p in paths]},
+                         indent=2, default=str))
+    else:
+        for p in paths:
+            print(p)
+
+
+def add_image(batch, path, data, reference, dtype, record: Mapping) -> None:
+    """Queue an image and its provenance sidecar in an OutputBatch."""
+    from mstools.provenance import sidecar_path
+
+    batch.image(path, data, reference, dtype)
+    batch.json(sidecar_path(path), record)
+
+
+def add_table(batch, path, rows, columns, record: Mapping) -> None:
+    """Queue a TSV table and its provenance sidecar in an OutputBatch."""
+    from mstools.provenance import sidecar_path
+
+    batch.table(path, rows, columns)
+    batch.json(sidecar_path(path), record)

@@ -1,0 +1,65 @@
+"""The ``mstools`` application: global options and the list of subcommands.
+
+Subcommand modules import only light libraries at module level; torch, lightgbm and
+itk are imported inside the commands that need them, so ``mstools --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+import typer
+
+from mstools import __version__
+from cli import common
+from cli.simulate import simulate_command
+
+app = typer.Typer(
+    name="mstools",
+    help="Find new multiple sclerosis lesions in two FLAIR scans of one patient.\n\n"
+         "Each subcommand does one job, files in and files out; chain them in shell scripts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mstools {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More logging; tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """Global options."""
+    common.STATE.level = 1 if verbose else (-1 if quiet else 0)
+
+
+app.command("simulate")(simulate_command)
+
+
+def main() -> None:
+    """Console entry point: unexpected errors become one line (traceback with -v)."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug, not bad input: say so briefly
+        if common.STATE.level >= 1 or "-v" in sys.argv or "--verbose" in sys.argv:
+            traceback.print_exc()
+        print(f"mstools: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback "
+              "and please report it)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`mstools simulate`: realistic longitudinal FLAIR pairs with known new lesions."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from cli import common
+from mstools import case_layout as layout
+from mstools.errors import InputError
+
+
+class StorageType(str, Enum):
+    float32 = "float32"
+    int16 = "int16"
+
+
+def simulate_command(
+    output: Path = typer.Argument(..., help="Case folder to create (a cohort folder with --cases > 1)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed and options give the same case."),
+    cases: int = typer.Option(1, min=1, help="Number of cases; > 1 writes OUTPUT/sim-<seed> folders, seeds seed, seed+1, ..."),
+    single_timepoint: bool = typer.Option(False, "--single-timepoint", help="One FLAIR with its all-lesion mask (training data for the learned models)."),
+    voxel_mm: float = typer.Option(1.0, min=0.5, max=4.0, help="Isotropic voxel size of the grid (mm)."),
+    n_stable: int = typer.Option(15, min=0, help="Lesions present and unchanged at both time points."),
+    n_enlarging: int = typer.Option(2, min=0, help="Existing lesions that grow (not new)."),
+    n_shrinking: int = typer.Option(1, min=0, help="Existing lesions that shrink and fade (not new)."),
+    n_new: int = typer.Option(5, min=0, help="New lesions at follow-up (the ground truth)."),
+    snr_baseline: float = typer.Option(30.0, min=0, help="White-matter signal / noise sigma at baseline (0 = no noise)."),
+    snr_followup: float = typer.Option(22.0, min=0, help="Same at follow-up."),
+    bias: float = typer.Option(0.15, min=0, max=0.9, help="Bias field strength per time point (max/min = (1+b)/(1-b))."),
+    gain_change: float = typer.Option(0.12, min=0, max=0.5, help="Follow-up gain drawn in [1-g, 1+g]."),
+    contrast_change: float = typer.Option(0.06, min=0, max=0.5, help="Follow-up contrast exponent drawn in [1-c, 1+c]."),
+    misalign_mm: float = typer.Option(0.5, min=0, help="Residual follow-up translation (mm)."),
+    misalign_deg: float = typer.Option(0.5, min=0, help="Residual follow-up rotation (degrees)."),
+    blur_mm: float = typer.Option(0.4, min=0, help="Extra Gaussian blur sigma on the follow-up (mm)."),
+    followup_slice_mm: float = typer.Option(0.0, min=0, help="Acquire the follow-up with thick slices along k (e.g. 3)."),
+    atrophy_mm: float = typer.Option(0.4, min=0, help="Largest ventricular enlargement at follow-up (mm)."),
+    dtype: StorageType = typer.Option(StorageType.float32, help="Storage type of the FLAIR images (int16 is scanner-like and smaller)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
+) -> None:
+    """Simulate a baseline/follow-up FLAIR pair on MNI152 anatomy, with its new-lesion ground truth.
+
+    Example: mstools simulate sim/case01 --seed 1 --n-new 4 --followup-slice-mm 3
+    """
+    from mstools.simulate import SimulationConfig
+
+    try:
+        base = SimulationConfig(
+            seed=seed, voxel_mm=voxel_mm, n_stable=n_stable, n_enlarging=n_enlarging,
+            n_shrinking=n_shrinking, n_new=n_new, snr_baseline=snr_baseline, snr_followup=snr_followup,
+            bias_strength=bias, gain_change=gain_change, contrast_change=contrast_change,
+            misalignment_mm=misalign_mm, misalignment_deg=misalign_deg, blur_mm=blur_mm,
+            followup_slice_mm=followup_slice_mm, atrophy_mm=atrophy_mm)
+    except ValueError as exc:
+        raise InputError(f"{exc}; see mstools simulate --help") from None
+    folders = [output] if cases == 1 else [output / f"sim-{seed + n:03d}" for n in range(cases)]
+    summaries = []
+    written: list[Path] = []
+    for n, folder in enumerate(folders):
+        config = base if cases == 1 else SimulationConfig(**{**base.__dict__, "seed": seed + n})
+        common.log(f"simulating {folder} (seed {config.seed})")
+        paths, summary = _simulate_one(folder, config, single_timepoint, dtype.value, force, output if cases > 1 else None)
+        written.extend(paths)
+        summaries.append(summary)
+    common.emit(written, as_json=as_json, payload={"cases": summaries})
+
+
+
+
+def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, cohort_root: Path | None):
+    from mstools.io import OutputBatch, new_reference
+    from mstools.provenance import sidecar
+    from mstools.simulate import simulate_case, simulate_single_timepoint
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; choose another output path")
+    if cohort_root is not None and not cohort_root.parent.exists():
+        raise InputError(f"{cohort_root.parent}: output folder does not exist; create it first")
+    if cohort_root is None and not folder.parent.exists():
+        raise InputError(f"{folder.parent}: output folder does not exist; create it first")
+    record = sidecar(command="simulate", parameters={**config.__dict__, "single_timepoint": single,
+                                                      "dtype": dtype}, inputs={})
+    result = simulate_single_timepoint(config) if single else simulate_case(config)
+    reference = new_reference(result.brain_mask.shape, result.affine, description="mstools simulate")
+
+    def flair(data):
+        if dtype == "int16":
+            return np.clip(np.round(data), -32768, 32767).astype(np.int16)
+        return data
+
+    with OutputBatch(force=force, create_dirs=True) as out:
+        images = ([(layout.SINGLE_FLAIR, flair(result.flair), dtype),
+                   (layout.SINGLE_LESIONS, (result.lesions > 0), np.uint8)] if single else
+                  [(layout.BASELINE, flair(result.baseline), dtype),
+                   (layout.FOLLOWUP, flair(result.followup), dtype),
+                   (layout.GROUND_TRUTH, result.ground_truth, np.uint8),
+                   (layout.LESIONS_BASELINE, (result.lesions_baseline > 0), np.uint8),
+                   (layout.LESIONS_FOLLOWUP, (result.lesions_followup > 0), np.uint8)])
+        images += [(layout.BRAIN_MASK, result.brain_mask, np.uint8), (layout.TISSUES, result.tissues, np.uint8)]
+        for name, data, kind in images:
+            common.add_image(out, folder / name, data, reference, kind, record)
+        out.json(folder / layout.TRUTH, {**result.truth, "provenance": record})
+    summary = {"case": str(folder), "seed": config.seed, "single_timepoint": single,
+               "lesions": len(result.truth["lesions"]),
+               "new_lesions": result.truth.get("n_new", 0),
+               "new_lesion_volume_mm3": result.truth.get("new_lesion_volume_mm3", 0.0)}
+    return out.written, summary
+
+
+simulate_command = common.command(simulate_command)

@@ -1,0 +1,35 @@
+"""File names of a case folder, shared by every command.
+
+Two-time-point cases follow MSSEG-2 (paper 001): both FLAIRs already rigidly aligned
+in a halfway "middle space", the consensus new-lesion mask as ground truth.
+Single-time-point cases (one FLAIR and its all-lesion mask) are what the learned
+models additionally train on (paper 002).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BASELINE = "flair_time01_on_middle_space.nii.gz"
+FOLLOWUP = "flair_time02_on_middle_space.nii.gz"
+GROUND_TRUTH = "ground_truth.nii.gz"          # new lesions only
+BRAIN_MASK = "brain_mask.nii.gz"
+LESIONS_BASELINE = "lesions_time01.nii.gz"    # all lesions at time 1
+LESIONS_FOLLOWUP = "lesions_time02.nii.gz"    # all lesions at time 2
+TISSUES = "tissues.nii.gz"                    # 0 background, 1 CSF, 2 GM, 3 WM
+TRUTH = "truth.json"                          # every simulated lesion, described
+
+SINGLE_FLAIR = "flair.nii.gz"
+SINGLE_LESIONS = "lesions.nii.gz"
+
+TISSUE_LABELS = {"background": 0, "csf": 1, "gm": 2, "wm": 3}
+
+
+def is_longitudinal_case(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / BASELINE).is_file() and (folder / FOLLOWUP).is_file()
+
+
+def is_single_case(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / SINGLE_FLAIR).is_file() and not is_longitudinal_case(folder)

@@ -1,0 +1,411 @@
+"""Image and table files: the only module that reads or writes them.
+
+Reading validates (exists, NIfTI, 3D, finite, binary where a mask is required) and
+fails with :class:`~mstools.errors.InputError` on one line. Writing keeps the
+reference image's affine, header, qform/sform codes and description, always takes
+an explicit dtype, and is atomic: every file of one command is first written under a
+temporary name and renamed into place only when all of them are ready
+(:class:`OutputBatch`), so a failure never leaves partial output.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from mstools.errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: Largest absolute difference between two affines' entries (mm, or mm per voxel)
+#: still treated as the same grid. 1e-3 mm is far below any voxel size and above the
+#: float32 rounding of affines stored in NIfTI headers (~1e-5 mm at 200 mm offsets).
+GRID_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3D image with the geometry it came with."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along array axes (i, j, k), from the affine's columns."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """|det| of the affine's linear part: the physical volume of one voxel."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "<in memory>"
+
+    def with_data(self, data: np.ndarray) -> "Image":
+        """Same geometry, other voxels (the reference for derived images)."""
+        if data.shape != self.data.shape:
+            raise ValueError(f"shape {data.shape} does not match the reference grid {self.data.shape}")
+        return Image(data=data, affine=self.affine, header=self.header, path=None)
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(path: str | os.PathLike) -> str:
+    text = str(path)
+    for suffix in NIFTI_SUFFIXES:
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _load(path: str | os.PathLike) -> tuple[nib.Nifti1Image, Path]:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found; check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, an image file (.nii or .nii.gz) was expected")
+    if not is_nifti(p):
+        raise InputError(f"{p}: not a NIfTI file name (.nii or .nii.gz); convert it first (e.g. dcm2niix)")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: permission denied; make the file readable")
+    try:
+        img = nib.load(p)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"{p}: not a NIfTI image ({type(img).__name__}); convert it to NIfTI")
+        img.header.get_data_shape()
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"{p}: unreadable or corrupt NIfTI ({_one_line(exc)}); re-export the image") from exc
+    return img, p
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _array(img: nib.Nifti1Image, p: Path, *, as_float: bool) -> np.ndarray:
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(
+            f"{p}: has shape {img.shape}, a 3D image was expected; "
+            "split 4D series first (e.g. fslsplit) and pass one volume"
+        )
+    try:
+        if as_float:
+            data = img.get_fdata(dtype=np.float32)
+        else:
+            data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(f"{p}: voxel data unreadable ({_one_line(exc)}); the file may be truncated") from exc
+    data = np.asarray(data).reshape(shape)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InputError(f"{p}: contains {bad} NaN/Inf voxels; replace them (e.g. with 0) before use")
+    return data
+
+
+def _image(img: nib.Nifti1Image, p: Path, data: np.ndarray) -> Image:
+    header = img.header.copy()
+    return Image(data=data, affine=np.asarray(img.affine, dtype=np.float64), header=header, path=p)
+
+
+def read_image(path: str | os.PathLike) -> Image:
+    """Read an intensity image as float32 (scaling applied), refusing 4D and NaN/Inf."""
+    img, p = _load(path)
+    return _image(img, p, _array(img, p, as_float=True))
+
+
+def read_labels(path: str | os.PathLike) -> Image:
+    """Read an integer label map in its stored integer dtype."""
+    img, p = _load(path)
+    data = _array(img, p, as_float=False)
+    if data.dtype.kind == "f":
+        if not np.array_equal(data, np.round(data)):
+            raise InputError(f"{p}: label map has non-integer values; a map of integer labels was expected")
+        data = data.astype(np.int32)
+    elif data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    return _image(img, p, data)
+
+
+def read_mask(path: str | os.PathLike, *, allow_empty: bool = True) -> Image:
+    """Read a binary mask (values 0 and 1 only), keeping its stored integer dtype."""
+    img, p = _load(path)
+    data = _array(img, p, as_float=False)
+    values = np.unique(data)
+    if not np.isin(values, (0, 1)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if len(values) > 6 else "")
+        raise InputError(
+            f"{p}: not a binary mask (values {shown}); binarise it first "
+            "(e.g. threshold a probability map with --threshold)"
+        )
+    if data.dtype.kind in "fb":
+        data = data.astype(np.uint8)
+    if not allow_empty and not values.any():
+        raise InputError(f"{p}: mask is empty (no voxel set); a non-empty mask is required here")
+    return _image(img, p, data)
+
+
+def new_reference(shape: tuple[int, int, int], affine: np.ndarray, *, description: str = "mstools") -> Image:
+    """A reference geometry for images made from scratch (qform and sform both set, code 1)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    header["descrip"] = description.encode()[:79]
+    return Image(data=np.zeros(shape, dtype=np.uint8), affine=np.asarray(affine, dtype=np.float64),
+                 header=header, path=None)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def same_grid(a: Image, b: Image, *, tolerance_mm: float = GRID_TOLERANCE_MM) -> bool:
+    return a.shape == b.shape and bool(np.max(np.abs(a.affine - b.affine)) <= tolerance_mm)
+
+
+def _affine_text(affine: np.ndarray) -> str:
+    rows = ("[" + " ".join(f"{v:.4g}" for v in row) + "]" for row in affine[:3])
+    return "[" + " ".join(rows) + "]"
+
+
+def check_same_grid(a: Image, b: Image, *, tolerance_mm: float = GRID_TOLERANCE_MM) -> None:
+    """Refuse two images that do not share shape and affine (within ``tolerance_mm``)."""
+    if same_grid(a, b, tolerance_mm=tolerance_mm):
+        return
+    raise InputError(
+        f"{a.name} and {b.name} are not on the same grid "
+        f"(shape {a.shape} vs {b.shape}; affine {_affine_text(a.affine)} vs {_affine_text(b.affine)}); "
+        "bring both into one space with `mstools preprocess` (or use files from the same case folder)"
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def derived_nifti(data: np.ndarray, reference: Image, dtype: np.dtype | type | str) -> nib.Nifti1Image:
+    """A NIfTI image of ``data`` cast to ``dtype`` with the reference's geometry and header.
+
+    qform and sform (matrices and codes), description and units are copied; scaling is
+    reset so that the stored values are exactly ``data`` in ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    if data.shape[:3] != reference.shape:
+        raise ValueError(f"data shape {data.shape} does not match reference grid {reference.shape}")
+    array = np.asarray(data)
+    if dtype.kind in "iub":
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise ValueError("refusing to store non-integer values in an integer image")
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and array.size and (array.min() < info.min or array.max() > info.max):
+            raise ValueError(f"values outside the range of {dtype}")
+    array = array.astype(dtype, copy=False)
+    src = reference.header
+    header = nib.Nifti1Header()
+    for key in ("descrip", "xyzt_units", "intent_name", "dim_info", "slice_code", "slice_start",
+                "slice_end", "slice_duration", "toffset", "aux_file"):
+        try:
+            header[key] = src[key]
+        except (KeyError, ValueError):
+            pass
+    img = nib.Nifti1Image(array, reference.affine, header=header)
+    img.header.set_data_dtype(dtype)
+    q_code = int(src["qform_code"]) if "qform_code" in src else 1
+    s_code = int(src["sform_code"]) if "sform_code" in src else 1
+    q_affine = src.get_qform() if q_code > 0 else reference.affine
+    s_affine = src.get_sform() if s_code > 0 else reference.affine
+    img.set_qform(q_affine, code=q_code)
+    img.set_sform(s_affine, code=s_code)
+    img.header.set_slope_inter(np.nan, np.nan)
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = 0
+    return img
+
+
+def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
+    """Refuse to overwrite an input, or an existing output without ``force``."""
+    p = Path(path)
+    for source in inputs:
+        s = Path(source)
+        if s.exists() and p.exists() and os.path.samefile(s, p):
+            raise InputError(f"{p}: is one of the inputs; choose another output path (inputs are never modified)")
+        if s.resolve() == p.resolve():
+            raise InputError(f"{p}: is one of the inputs; choose another output path (inputs are never modified)")
+    if p.exists() and not force:
+        raise InputError(f"{p}: already exists; pass --force to overwrite it")
+    if p.parent and not p.parent.exists():
+        raise InputError(f"{p.parent}: output folder does not exist; create it first")
+    return p
+
+
+class OutputBatch:
+    """All the files of one command, committed together or not at all.
+
+    Usage::
+
+        with OutputBatch(inputs=[...], force=False) as out:
+            out.image("x_mask.nii.gz", mask, reference, np.uint8)
+            out.table("x_lesions.tsv", rows, columns)
+        # all files renamed into place here; on an exception none is left behind.
+
+    Paths are checked (``check_writable``) when added, before anything is written.
+    """
+
+    def __init__(self, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                 create_dirs: bool = False):
+        self.inputs = [Path(p) for p in inputs]
+        self.force = force
+        self.create_dirs = create_dirs
+        self._pending: list[tuple[Path, Path]] = []
+        self._created_dirs: list[Path] = []
+        self.written: list[Path] = []
+
+    def __enter__(self) -> "OutputBatch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    def _claim(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        p = Path(path)
+        if self.create_dirs and not p.parent.exists():
+            missing = []
+            parent = p.parent
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            p.parent.mkdir(parents=True)
+            self._created_dirs.extend(missing)
+        if any(p == target for target, _ in self._pending):
+            raise ValueError(f"{p} written twice in one command")
+        check_writable(p, inputs=self.inputs, force=self.force)
+        suffix = ".nii.gz" if str(p).endswith(".nii.gz") else p.suffix
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.part{suffix}")
+        self._pending.append((p, tmp))
+        return p, tmp
+
+    def image(self, path: str | os.PathLike, data: np.ndarray, reference: Image,
+              dtype: np.dtype | type | str) -> Path:
+        p, tmp = self._claim(path)
+        nib.save(derived_nifti(data, reference, dtype), tmp)
+        return p
+
+    def table(self, path: str | os.PathLike, rows: Sequence[Mapping[str, object]],
+              columns: Sequence[str]) -> Path:
+        p, tmp = self._claim(path)
+        write_tsv(tmp, rows, columns)
+        return p
+
+    def json(self, path: str | os.PathLike, payload: Mapping[str, object]) -> Path:
+        p, tmp = self._claim(path)
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return p
+
+    def text(self, path: str | os.PathLike, content: str | bytes) -> Path:
+        p, tmp = self._claim(path)
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        return p
+
+    def commit(self) -> None:
+        for target, tmp in self._pending:
+            os.replace(tmp, target)
+            self.written.append(target)
+        self._pending.clear()
+
+    def abort(self) -> None:
+        for _, tmp in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending.clear()
+        for folder in reversed(self._created_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return "n/a"
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def write_tsv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> None:
+    """Tab-separated table with a header row; missing values as ``n/a`` (BIDS)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in columns])
+
+
+def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: table not found; check the path")
+    try:
+        with open(p, newline="") as handle:
+            return list(csv.DictReader(handle, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{p}: unreadable table ({_one_line(exc)}); a tab-separated file was expected") from exc
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

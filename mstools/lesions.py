@@ -1,0 +1,129 @@
+"""Lesions as connected components, and the common output convention of detectors.
+
+Every detector (``subtract``, ``register``, ``refine``, ``segment``) writes, for an
+output prefix ``P``, the same four files so that ``filter``, ``refine`` and
+``evaluate`` accept any of them:
+
+=====================  ==========  ===========================================
+``P_score.nii.gz``     float32     score or probability map, same grid
+``P_mask.nii.gz``      uint8       binary detection mask
+``P_labels.nii.gz``    int32       one label per connected lesion (0 = none)
+``P_lesions.tsv``      table       one row per lesion (see ``LESION_COLUMNS``)
+=====================  ==========  ===========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+SCORE_SUFFIX = "_score.nii.gz"
+MASK_SUFFIX = "_mask.nii.gz"
+LABELS_SUFFIX = "_labels.nii.gz"
+TABLE_SUFFIX = "_lesions.tsv"
+
+LESION_COLUMNS = (
+    "label", "voxels", "volume_mm3",
+    "centroid_i", "centroid_j", "centroid_k",        # voxel indices (array axes)
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",  # world coordinates from the affine
+    "score_mean", "score_max", "score_min",
+)
+
+#: Face (6), edge (18) or vertex (26) neighbourhoods in 3D.
+CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
+
+
+def structure(connectivity: int) -> np.ndarray:
+    """The 3x3x3 structuring element of a 6-, 18- or 26-neighbourhood."""
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
+    return ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
+
+
+def label_components(mask: np.ndarray, *, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Label connected components; returns (int32 labels, count), labels 1..count."""
+    labels, count = ndimage.label(np.asarray(mask) > 0, structure=structure(connectivity))
+    return labels.astype(np.int32, copy=False), int(count)
+
+
+def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxel count of labels 0..count (index 0 is background)."""
+    return np.bincount(labels.ravel(), minlength=count + 1)
+
+
+def remove_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int]:
+    """Drop components with fewer than ``min_voxels`` voxels and relabel 1..n."""
+    sizes = component_sizes(labels, count)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    new_index = np.zeros(count + 1, dtype=np.int32)
+    new_index[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_index[labels], int(keep.sum())
+
+
+@dataclass(frozen=True)
+class Detections:
+    """A detector's result in the common convention (arrays on the reference grid)."""
+
+    score: np.ndarray   # float32
+    mask: np.ndarray    # uint8
+    labels: np.ndarray  # int32
+    table: list[dict]
+
+
+def lesion_table(labels: np.ndarray, affine: np.ndarray, *, score: np.ndarray | None = None) -> list[dict]:
+    """One row per label 1..max: size, volume (|det affine| per voxel), centroids, score statistics."""
+    count = int(labels.max()) if labels.size else 0
+    if count == 0:
+        return []
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    index = np.arange(1, count + 1)
+    sizes = component_sizes(labels, count)[1:]
+    coords = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.uint8), labels, index)
+    if score is not None:
+        s = np.asarray(score, dtype=np.float64)
+        means = ndimage.mean(s, labels, index)
+        maxima = ndimage.maximum(s, labels, index)
+        minima = ndimage.minimum(s, labels, index)
+    rows = []
+    for n, label in enumerate(index):
+        if sizes[n] == 0:
+            continue
+        ijk = np.asarray(coords[n], dtype=np.float64)
+        xyz = affine[:3, :3] @ ijk + affine[:3, 3]
+        rows.append({
+            "label": int(label),
+            "voxels": int(sizes[n]),
+            "volume_mm3": float(sizes[n] * voxel_mm3),
+            "centroid_i": float(ijk[0]), "centroid_j": float(ijk[1]), "centroid_k": float(ijk[2]),
+            "centroid_x_mm": float(xyz[0]), "centroid_y_mm": float(xyz[1]), "centroid_z_mm": float(xyz[2]),
+            "score_mean": float(means[n]) if score is not None else None,
+            "score_max": float(maxima[n]) if score is not None else None,
+            "score_min": float(minima[n]) if score is not None else None,
+        })
+    return rows
+
+
+def detections_from_mask(mask: np.ndarray, score: np.ndarray, affine: np.ndarray, *,
+                         connectivity: int = 26) -> Detections:
+    """Label a binary detection mask and tabulate its lesions with their scores."""
+    binary = (np.asarray(mask) > 0)
+    labels, _ = label_components(binary, connectivity=connectivity)
+    return Detections(
+        score=np.asarray(score, dtype=np.float32),
+        mask=binary.astype(np.uint8),
+        labels=labels,
+        table=lesion_table(labels, affine, score=score),
+    )
+
+
+def output_paths(prefix: str) -> dict[str, str]:
+    """The four file names of the common convention for an output prefix."""
+    return {
+        "score": prefix + SCORE_SUFFIX,
+        "mask": prefix + MASK_SUFFIX,
+        "labels": prefix + LABELS_SUFFIX,
+        "table": prefix + TABLE_SUFFIX,
+    }

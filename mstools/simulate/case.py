@@ -1,0 +1,329 @@
+"""A simulated patient: baseline and follow-up FLAIR with known new lesions.
+
+The recipe, in order:
+
+1. anatomy: MNI152 tissue maps on the requested grid, with a head shell;
+2. lesions: stable ones present at both time points, enlarging and shrinking ones
+   (changed, not new), and new ones at follow-up only, among them small, faint and
+   touching-an-existing-lesion ones;
+3. FLAIR contrast (partial volume: each tissue's share of each voxel), tissue
+   texture, lesions blended in with their soft edges;
+4. follow-up only: mild atrophy and a residual rigid misalignment (one resampling),
+   extra blur, optionally thick slices;
+5. each time point: its own bias field, scanner gain / contrast, and Rician noise.
+
+All randomness flows from one seed, so a case is a pure function of its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from scipy import ndimage
+
+from mstools.simulate import nuisance
+from mstools.simulate.anatomy import Anatomy, load_anatomy
+from mstools.simulate.lesions import (LOCATION_SHARES, LOCATIONS, Lesion, location_candidates,
+                                      random_rotation, render, semi_axes_for_volume)
+
+#: FLAIR-like mean intensities relative to normal white matter. On FLAIR, CSF is
+#: suppressed (dark), grey matter is slightly brighter than white matter, the skull is
+#: dark and scalp fat bright. Ratios typical of 3D FLAIR at 3 T.
+TISSUE_INTENSITY = {"csf": 0.28, "gm": 1.12, "wm": 1.00, "skull": 0.10, "scalp": 1.25}
+
+#: Scanner units of normal white matter (arbitrary; int16-friendly).
+WM_UNITS = 400.0
+
+#: Relative amplitude of the smooth tissue texture (multiplicative).
+TEXTURE_AMPLITUDE = 0.03
+
+#: Fraction of a lesion voxel that must be parenchyma (GM + WM) for the lesion to
+#: claim it: lesions do not grow into the ventricles.
+PARENCHYMA_MIN = 0.5
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that defines a simulated case. Zero switches a nuisance off."""
+
+    seed: int = 0
+    voxel_mm: float = 1.0
+    # lesions
+    n_stable: int = 15
+    n_enlarging: int = 2
+    n_shrinking: int = 1
+    n_new: int = 5
+    lesion_volume_mm3: tuple[float, float] = (8.0, 1500.0)   # baseline lesions, log-uniform
+    new_volume_mm3: tuple[float, float] = (10.0, 400.0)       # new lesions, log-uniform
+    small_new_volume_mm3: tuple[float, float] = (4.0, 15.0)   # "a few voxels" at 1 mm
+    contrast: tuple[float, float] = (0.45, 1.0)               # lesion/WM - 1
+    faint_contrast: tuple[float, float] = (0.18, 0.30)
+    enlarge_factor: tuple[float, float] = (1.25, 1.5)         # semi-axes at follow-up
+    shrink_factor: tuple[float, float] = (0.6, 0.8)
+    # between-scan differences (follow-up relative to baseline unless stated)
+    snr_baseline: float = 30.0        # WM intensity / noise sigma
+    snr_followup: float = 22.0
+    bias_strength: float = 0.15       # each time point, max/min = 1.15/0.85
+    gain_change: float = 0.12         # follow-up gain drawn in [1 - g, 1 + g]
+    contrast_change: float = 0.06     # follow-up gamma drawn in [1 - c, 1 + c]
+    misalignment_mm: float = 0.5      # residual translation after rigid registration
+    misalignment_deg: float = 0.5     # residual rotation
+    blur_mm: float = 0.4              # extra Gaussian sigma on the follow-up
+    followup_slice_mm: float = 0.0    # e.g. 3.0: follow-up acquired with 3 mm slices
+    atrophy_mm: float = 0.4           # largest ventricular enlargement
+
+    def __post_init__(self) -> None:
+        counts = (self.n_stable, self.n_enlarging, self.n_shrinking, self.n_new)
+        if min(counts) < 0:
+            raise ValueError("lesion counts must be >= 0")
+        for name in ("snr_baseline", "snr_followup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = no noise)")
+        if not 0 <= self.bias_strength < 1:
+            raise ValueError("bias_strength must lie in [0, 1)")
+
+
+@dataclass
+class SimulatedCase:
+    baseline: np.ndarray           # float32 FLAIR
+    followup: np.ndarray           # float32 FLAIR
+    lesions_baseline: np.ndarray   # int32 lesion ids at time 1
+    lesions_followup: np.ndarray   # int32 lesion ids at time 2
+    ground_truth: np.ndarray       # uint8 new lesions
+    brain_mask: np.ndarray         # uint8
+    tissues: np.ndarray            # uint8: 0 background, 1 CSF, 2 GM, 3 WM (baseline)
+    affine: np.ndarray
+    truth: dict = field(default_factory=dict)
+
+
+@dataclass
+class SingleTimepointCase:
+    flair: np.ndarray
+    lesions: np.ndarray            # int32 lesion ids
+    brain_mask: np.ndarray
+    tissues: np.ndarray
+    affine: np.ndarray
+    truth: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- lesions
+
+
+def _world(anatomy: Anatomy, voxel: np.ndarray) -> np.ndarray:
+    return anatomy.affine[:3, :3] @ voxel + anatomy.affine[:3, 3]
+
+
+def _draw_lesions(config: SimulationConfig, anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
+    candidates = location_candidates(anatomy)
+    shares = np.array([LOCATION_SHARES[i] if len(candidates[n]) else 0 for i, n in enumerate(LOCATIONS)])
+    shares = shares / shares.sum()
+    lesions: list[Lesion] = []
+
+    def far_enough(centre: np.ndarray, radius: float) -> bool:
+        for other in lesions:
+            gap = np.linalg.norm(centre - np.asarray(other.centre_mm))
+            if gap < radius + max(other.semi_axes_mm) * other.scale_followup + 2.0:
+                return False
+        return True
+
+    def place(kind: str, volume: float, contrast: float, *, notes=(), scale=1.0, contrast_fu=None,
+              location: str | None = None) -> None:
+        axes = semi_axes_for_volume(volume, rng)
+        for _ in range(200):
+            where = location or LOCATIONS[rng.choice(len(LOCATIONS), p=shares)]
+            pool = candidates[where]
+            centre = _world(anatomy, pool[rng.integers(len(pool))] + rng.uniform(-0.5, 0.5, 3))
+            if far_enough(centre, max(axes) * max(scale, 1.0)):
+                lesions.append(Lesion(
+                    label=len(lesions) + 1, kind=kind, location=where,
+                    centre_mm=tuple(float(v) for v in centre), semi_axes_mm=axes,
+                    rotation=tuple(map(tuple, random_rotation(rng))), contrast=float(contrast),
+                    irregularity_seed=int(rng.integers(2**31)), scale_followup=float(scale),
+                    contrast_followup=contrast_fu, notes=list(notes)))
+                return
+        raise RuntimeError("could not place a lesion: too many lesions for this brain; lower the counts")
+
+    def log_uniform(lo_hi: tuple[float, float]) -> float:
+        return float(np.exp(rng.uniform(np.log(lo_hi[0]), np.log(lo_hi[1]))))
+
+    for _ in range(config.n_stable):
+        place("stable", log_uniform(config.lesion_volume_mm3), rng.uniform(*config.contrast))
+    for _ in range(config.n_enlarging):
+        place("enlarging", log_uniform((config.lesion_volume_mm3[0] * 4, config.lesion_volume_mm3[1] / 3)),
+              rng.uniform(*config.contrast), scale=rng.uniform(*config.enlarge_factor))
+    for _ in range(config.n_shrinking):
+        contrast = rng.uniform(*config.contrast)
+        place("shrinking", log_uniform((config.lesion_volume_mm3[0] * 4, config.lesion_volume_mm3[1] / 3)),
+              contrast, scale=rng.uniform(*config.shrink_factor), contrast_fu=contrast * 0.7)
+    existing = list(lesions)
+    for n in range(config.n_new):
+        # The first new lesions cover the hard cases: small, faint, touching an old one.
+        if n == 0 and config.n_new >= 2:
+            place("new", log_uniform(config.small_new_volume_mm3), rng.uniform(*config.contrast),
+                  notes=["small"])
+        elif n == 1 and config.n_new >= 3:
+            place("new", log_uniform(config.new_volume_mm3), rng.uniform(*config.faint_contrast),
+                  notes=["faint"])
+        elif n == 2 and config.n_new >= 4 and existing:
+            _place_touching(lesions, existing, config, rng, log_uniform, anatomy)
+        else:
+            place("new", log_uniform(config.new_volume_mm3), rng.uniform(*config.contrast))
+    return lesions
+
+
+def _place_touching(lesions, existing, config, rng, log_uniform, anatomy) -> None:
+    """A new lesion whose edge meets an existing stable lesion (hard for subtraction)."""
+    hosts = [les for les in existing if les.kind == "stable"] or existing
+    host = hosts[rng.integers(len(hosts))]
+    volume = log_uniform(config.new_volume_mm3)
+    axes = semi_axes_for_volume(volume, rng)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    # Host extent along that direction (ellipsoid support function) plus most of the new radius.
+    rot = np.asarray(host.rotation)
+    along = rot.T @ direction
+    host_reach = float(np.sqrt(((np.asarray(host.semi_axes_mm) * along) ** 2).sum()))
+    centre = np.asarray(host.centre_mm) + direction * (host_reach + 0.8 * min(axes))
+    lesions.append(Lesion(
+        label=len(lesions) + 1, kind="new", location=host.location,
+        centre_mm=tuple(float(v) for v in centre), semi_axes_mm=axes,
+        rotation=tuple(map(tuple, random_rotation(rng))), contrast=float(rng.uniform(*config.contrast)),
+        irregularity_seed=int(rng.integers(2**31)), notes=[f"touches lesion {host.label}"]))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _tissue_texture(shape, rng: np.random.Generator, spacing_mm) -> np.ndarray:
+    """Smooth multiplicative texture (~2 mm correlation), drawn on a coarse grid for speed."""
+    step = 2
+    coarse = rng.normal(size=tuple(max(2, s // step) for s in shape)).astype(np.float32)
+    coarse = ndimage.gaussian_filter(coarse, 1.0)
+    coarse *= TEXTURE_AMPLITUDE / (coarse.std() + 1e-9)
+    zoom = np.array(shape) / np.array(coarse.shape)
+    texture = ndimage.zoom(coarse, zoom, order=1, grid_mode=True, mode="nearest")
+    return 1.0 + texture[: shape[0], : shape[1], : shape[2]]
+
+
+def _draw_image(anatomy: Anatomy, lesions: list[Lesion], texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free FLAIR (scanner units) and lesion id map for one time point."""
+    t = TISSUE_INTENSITY
+    image = (anatomy.csf * t["csf"] + anatomy.gm * t["gm"] + anatomy.wm * t["wm"]
+             + anatomy.skull * t["skull"] + anatomy.scalp * t["scalp"]) * texture
+    parenchyma = anatomy.gm + anatomy.wm
+    ids = np.zeros(anatomy.shape, dtype=np.int32)
+    best = np.zeros(anatomy.shape, dtype=np.float32)
+    for lesion in lesions:
+        box, weight, brightness = render(lesion, anatomy)
+        weight = weight * np.clip(parenchyma[box] / PARENCHYMA_MIN, 0, 1)
+        region = image[box]
+        region += weight * (brightness * texture[box] - region)
+        claim = (weight > 0.5) & (weight > best[box])
+        ids[box][claim] = lesion.label
+        best[box][claim] = weight[claim]
+    return (image * WM_UNITS).astype(np.float32), ids
+
+
+def _acquire(image: np.ndarray, *, snr: float, bias: float, rng: np.random.Generator) -> np.ndarray:
+    image = image * nuisance.bias_field(image.shape, bias, rng)
+    return nuisance.rician_noise(image, WM_UNITS / snr if snr > 0 else 0.0, rng)
+
+
+def _tissue_labels(anatomy: Anatomy) -> np.ndarray:
+    stack = np.stack([anatomy.csf, anatomy.gm, anatomy.wm])
+    labels = (np.argmax(stack, axis=0) + 1).astype(np.uint8)
+    labels[~anatomy.brain] = 0
+    return labels
+
+
+def _lesion_record(lesion: Lesion, volume_t1: float, volume_t2: float, centre_vox: np.ndarray) -> dict:
+    record = {
+        "label": lesion.label, "kind": lesion.kind, "location": lesion.location,
+        "centre_mm": [round(v, 3) for v in lesion.centre_mm],
+        "centre_voxel": [round(float(v), 2) for v in centre_vox],
+        "volume_mm3_time01": round(volume_t1, 3), "volume_mm3_time02": round(volume_t2, 3),
+        "contrast_time01": round(lesion.contrast, 4) if lesion.kind != "new" else 0.0,
+        "contrast_time02": round(lesion.at_followup().contrast, 4),
+        "semi_axes_mm": [round(v, 3) for v in lesion.semi_axes_mm],
+        "scale_time02": round(lesion.scale_followup, 4),
+    }
+    if lesion.notes:
+        record["notes"] = lesion.notes
+    return record
+
+
+def simulate_case(config: SimulationConfig) -> SimulatedCase:
+    """Simulate one two-time-point case (see the module docstring for the recipe)."""
+    rng = np.random.default_rng(config.seed)
+    anatomy = load_anatomy(voxel_mm=config.voxel_mm)
+    lesions = _draw_lesions(config, anatomy, rng)
+    texture = _tissue_texture(anatomy.shape, rng, anatomy.spacing_mm)
+    before = [les for les in lesions if les.kind != "new"]
+    after = [les.at_followup() for les in lesions]
+    clean_t1, ids_t1 = _draw_image(anatomy, before, texture)
+    clean_t2, ids_t2 = _draw_image(anatomy, after, texture)
+
+    rotation, translation = nuisance.random_rigid(config.misalignment_mm, config.misalignment_deg, rng)
+    displacement = nuisance.atrophy_displacement(anatomy.ventricles, config.atrophy_mm, anatomy.spacing_mm)
+    if displacement is not None or config.misalignment_mm > 0 or config.misalignment_deg > 0:
+        coords = nuisance.warp_coordinates(anatomy.shape, anatomy.spacing_mm, rotation, translation, displacement)
+        clean_t2 = nuisance.resample(clean_t2, coords, order=1)
+        ids_t2 = nuisance.resample(ids_t2, coords, order=0)
+        del coords
+    clean_t2 = nuisance.blur(clean_t2, config.blur_mm, anatomy.spacing_mm)
+    if config.followup_slice_mm > 0:
+        clean_t2 = nuisance.thick_slices(clean_t2, config.followup_slice_mm, config.voxel_mm)
+
+    gain = rng.uniform(1 - config.gain_change, 1 + config.gain_change)
+    gamma = rng.uniform(1 - config.contrast_change, 1 + config.contrast_change)
+    clean_t2 = nuisance.gain_and_contrast(clean_t2, gain, gamma, WM_UNITS)
+    baseline = _acquire(clean_t1, snr=config.snr_baseline, bias=config.bias_strength, rng=rng)
+    followup = _acquire(clean_t2, snr=config.snr_followup, bias=config.bias_strength, rng=rng)
+
+    new_labels = [les.label for les in lesions if les.kind == "new"]
+    ground_truth = np.isin(ids_t2, new_labels).astype(np.uint8)
+    voxel_mm3 = float(abs(np.linalg.det(anatomy.affine[:3, :3])))
+    counts_t1 = np.bincount(ids_t1.ravel(), minlength=len(lesions) + 1)
+    counts_t2 = np.bincount(ids_t2.ravel(), minlength=len(lesions) + 1)
+    inverse = np.linalg.inv(anatomy.affine)
+    records = [_lesion_record(les, counts_t1[les.label] * voxel_mm3, counts_t2[les.label] * voxel_mm3,
+                              inverse[:3, :3] @ np.asarray(les.centre_mm) + inverse[:3, 3])
+               for les in lesions]
+    truth = {
+        "generator": "mstools.simulate",
+        "config": asdict(config),
+        "voxel_volume_mm3": voxel_mm3,
+        "followup_misalignment": {"rotation_matrix": rotation.round(6).tolist(),
+                                  "translation_mm": translation.round(4).tolist(),
+                                  "about": "grid centre; follow-up sampled at R(x + u - c) + c + t"},
+        "followup_gain": round(float(gain), 4), "followup_gamma": round(float(gamma), 4),
+        "n_new": len(new_labels),
+        "new_lesion_volume_mm3": round(float(ground_truth.sum() * voxel_mm3), 3),
+        "lesions": records,
+    }
+    return SimulatedCase(
+        baseline=baseline, followup=followup, lesions_baseline=ids_t1, lesions_followup=ids_t2,
+        ground_truth=ground_truth, brain_mask=anatomy.brain.astype(np.uint8),
+        tissues=_tissue_labels(anatomy), affine=anatomy.affine, truth=truth)
+
+
+def simulate_single_timepoint(config: SimulationConfig) -> SingleTimepointCase:
+    """One FLAIR with all its lesions labelled (the all-lesion data CoactSeg also trains on)."""
+    rng = np.random.default_rng(config.seed)
+    anatomy = load_anatomy(voxel_mm=config.voxel_mm)
+    lesions = _draw_lesions(config, anatomy, rng)
+    lesions = [replace(les, kind="stable", scale_followup=1.0, contrast_followup=None) for les in lesions]
+    texture = _tissue_texture(anatomy.shape, rng, anatomy.spacing_mm)
+    clean, ids = _draw_image(anatomy, lesions, texture)
+    flair = _acquire(clean, snr=config.snr_baseline, bias=config.bias_strength, rng=rng)
+    voxel_mm3 = float(abs(np.linalg.det(anatomy.affine[:3, :3])))
+    counts = np.bincount(ids.ravel(), minlength=len(lesions) + 1)
+    inverse = np.linalg.inv(anatomy.affine)
+    records = [_lesion_record(les, counts[les.label] * voxel_mm3, counts[les.label] * voxel_mm3,
+                              inverse[:3, :3] @ np.asarray(les.centre_mm) + inverse[:3, 3])
+               for les in lesions]
+    truth = {"generator": "mstools.simulate", "single_timepoint": True, "config": asdict(config),
+             "voxel_volume_mm3": voxel_mm3, "lesions": records}
+    return SingleTimepointCase(flair=flair, lesions=ids, brain_mask=anatomy.brain.astype(np.uint8),
+                               tissues=_tissue_labels(anatomy), affine=anatomy.affine, truth=truth)
