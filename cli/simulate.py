@@ -62,7 +62,6 @@ def simulate_command(
     written: list[Path] = []
     for n, folder in enumerate(folders):
         config = base if cases == 1 else SimulationConfig(**{**base.__dict__, "seed": seed + n})
-        common.log(f"simulating {folder} (seed {config.seed})")
         paths, summary = _simulate_one(folder, config, single_timepoint, dtype.value, force, output if cases > 1 else None)
         written.extend(paths)
         summaries.append(summary)
@@ -82,6 +81,18 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
         raise InputError(f"{cohort_root.parent}: output folder does not exist; create it first")
     if cohort_root is None and not folder.parent.exists():
         raise InputError(f"{folder.parent}: output folder does not exist; create it first")
+    from mstools.io import check_writable
+    from mstools.provenance import sidecar_path
+
+    names = ([layout.SINGLE_FLAIR, layout.SINGLE_LESIONS] if single else
+             [layout.BASELINE, layout.FOLLOWUP, layout.GROUND_TRUTH, layout.LESIONS_BASELINE,
+              layout.LESIONS_FOLLOWUP]) + [layout.BRAIN_MASK, layout.TISSUES]
+    if folder.is_dir():  # fail before the work, not after it
+        for name in names:
+            check_writable(folder / name, force=force)
+            check_writable(sidecar_path(folder / name), force=force)
+        check_writable(folder / layout.TRUTH, force=force)
+    common.log(f"simulating {folder} (seed {config.seed})")
     record = sidecar(command="simulate", parameters={**config.__dict__, "single_timepoint": single,
                                                       "dtype": dtype}, inputs={})
     result = simulate_single_timepoint(config) if single else simulate_case(config)

@@ -63,8 +63,12 @@ def _resample(volume: np.ndarray, zoom: float, order: int) -> np.ndarray:
     return ndimage.zoom(volume, zoom, order=order, grid_mode=True, mode="grid-constant")
 
 
+@functools.lru_cache(maxsize=2)
 def load_anatomy(*, voxel_mm: float = 1.0) -> Anatomy:
-    """MNI anatomy on an isotropic grid of ``voxel_mm``, with a head shell, cropped to the head."""
+    """MNI anatomy on an isotropic grid of ``voxel_mm``, with a head shell, cropped to the head.
+
+    Cached per voxel size (a cohort simulation builds it once); the arrays are read-only.
+    """
     if not 0.5 <= voxel_mm <= 4.0:
         raise ValueError(f"voxel_mm must lie in [0.5, 4], not {voxel_mm}")
     gm1, wm1, brain1, affine1 = _mni_templates()
@@ -98,8 +102,13 @@ def load_anatomy(*, voxel_mm: float = 1.0) -> Anatomy:
     head = brain | (skull > 0) | (scalp > 0)
     crop = _bounding_box(head, int(np.ceil(CROP_MARGIN_MM / voxel_mm)))
     affine[:3, 3] += affine[:3, :3] @ np.array([s.start for s in crop])
-    return Anatomy(gm=gm[crop], wm=wm[crop], csf=csf[crop], brain=brain[crop], skull=skull[crop],
-                   scalp=scalp[crop], ventricles=ventricles[crop], affine=affine)
+    maps = {name: np.ascontiguousarray(array[crop]) for name, array in
+            (("gm", gm), ("wm", wm), ("csf", csf), ("brain", brain), ("skull", skull), ("scalp", scalp),
+             ("ventricles", ventricles))}
+    for array in maps.values():
+        array.setflags(write=False)
+    affine.setflags(write=False)
+    return Anatomy(**maps, affine=affine)
 
 
 def _head_shell(brain: np.ndarray, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:

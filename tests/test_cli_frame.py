@@ -1,0 +1,107 @@
+"""The command-line frame: help, version, exit codes, stdout/stderr split, sidecars."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from mstools import __version__
+from mstools import case_layout as layout
+
+runner = CliRunner()
+FAST = ["--voxel-mm", "4", "--n-stable", "3", "--n-new", "2", "--n-enlarging", "0", "--n-shrinking", "0"]
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in app.registered_commands:
+        assert (name.name or name.callback.__name__) in result.stdout
+
+
+@pytest.mark.parametrize("command", [c.name for c in app.registered_commands]
+                         + [g.name for g in app.registered_groups])
+def test_every_command_has_help_with_an_example(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "mstools " + command in result.stdout.replace("\n", " ")
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"mstools {__version__}"
+
+
+def test_usage_error_exits_2():
+    assert runner.invoke(app, ["simulate"]).exit_code == 2
+    assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+    assert runner.invoke(app, ["simulate", "x", "--voxel-mm", "0"]).exit_code == 2
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from cli.main import app; from typer.testing import CliRunner; "
+            "CliRunner().invoke(app, ['--help']); "
+            "print([m for m in ('torch', 'lightgbm', 'itk', 'radiomics', 'nilearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_simulate_writes_a_case_with_sidecars(tmp_path):
+    case = tmp_path / "case"
+    result = runner.invoke(app, ["simulate", str(case), "--seed", "2", *FAST, "--dtype", "int16"])
+    assert result.exit_code == 0, result.stderr
+    written = result.stdout.split()
+    for name in (layout.BASELINE, layout.FOLLOWUP, layout.GROUND_TRUTH, layout.BRAIN_MASK,
+                 layout.LESIONS_BASELINE, layout.LESIONS_FOLLOWUP, layout.TISSUES, layout.TRUTH):
+        assert str(case / name) in written
+    assert nib.load(case / layout.BASELINE).get_data_dtype() == np.int16
+    assert nib.load(case / layout.GROUND_TRUTH).get_data_dtype() == np.uint8
+    sidecar = json.loads((case / "ground_truth.json").read_text())
+    assert sidecar["version"] == __version__ and sidecar["command"] == "simulate"
+    assert sidecar["parameters"]["seed"] == 2
+    truth = json.loads((case / layout.TRUTH).read_text())
+    gt = np.asanyarray(nib.load(case / layout.GROUND_TRUTH).dataobj)
+    assert truth["new_lesion_volume_mm3"] == pytest.approx(gt.sum() * 64.0)
+
+
+def test_simulate_refuses_to_overwrite_without_force_and_writes_nothing_new(tmp_path):
+    case = tmp_path / "case"
+    assert runner.invoke(app, ["simulate", str(case), *FAST]).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in case.iterdir()}
+    result = runner.invoke(app, ["simulate", str(case), *FAST, "--seed", "9"])
+    assert result.exit_code == 1
+    assert "already exists; pass --force" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert {p: p.stat().st_mtime_ns for p in case.iterdir()} == before
+    assert runner.invoke(app, ["simulate", str(case), *FAST, "--seed", "9", "--force"]).exit_code == 0
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["-v", "simulate", str(tmp_path / "missing" / "deeper" / "c"), *FAST,
+                                 "--cases", "2"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and "does not exist" in result.stderr
+
+
+def test_simulate_cohort_and_json(tmp_path):
+    result = runner.invoke(app, ["simulate", str(tmp_path / "cohort"), "--cases", "2", "--seed", "4",
+                                 *FAST, "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert [c["seed"] for c in payload["cases"]] == [4, 5]
+    assert (tmp_path / "cohort" / "sim-005" / layout.FOLLOWUP).is_file()
+
+
+def test_single_timepoint_case(tmp_path):
+    result = runner.invoke(app, ["simulate", str(tmp_path / "one"), "--single-timepoint", *FAST])
+    assert result.exit_code == 0, result.stderr
+    assert layout.is_single_case(tmp_path / "one")
+    assert not (tmp_path / "one" / layout.GROUND_TRUTH).exists()

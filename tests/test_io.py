@@ -1,0 +1,184 @@
+"""Image I/O: exact round trips on an oblique grid, and every refusal."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mstools.errors import InputError
+from mstools.io import (OutputBatch, check_same_grid, check_writable, read_image, read_labels, read_mask,
+                        same_grid)
+from tests.conftest import oblique_affine
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32])
+def test_round_trip_keeps_geometry_header_and_dtype(tmp_path, write_nifti, affine, dtype):
+    data = (np.arange(6 * 7 * 5).reshape(6, 7, 5) % 2).astype(np.int16)
+    ref_path = write_nifti("ref.nii.gz", data, qform_code=1, sform_code=4, descrip=b"scanner X")
+    reference = read_image(ref_path)
+    values = (np.arange(6 * 7 * 5).reshape(6, 7, 5) % 5).astype(dtype)
+    with OutputBatch() as out:
+        out.image(tmp_path / "derived.nii.gz", values, reference, dtype)
+    img = nib.load(tmp_path / "derived.nii.gz")
+    assert img.get_data_dtype() == np.dtype(dtype)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), values)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+    assert int(img.header["qform_code"]) == 1
+    assert int(img.header["sform_code"]) == 4
+    np.testing.assert_allclose(img.header.get_sform(), affine, atol=1e-5)
+    np.testing.assert_allclose(img.header.get_qform(), affine, atol=1e-5)
+    assert img.header["descrip"].tobytes().rstrip(b"\0") == b"scanner X"
+    np.testing.assert_allclose(img.header.get_zooms(), (0.9, 1.1, 2.5), atol=1e-5)
+
+
+def test_float_data_is_never_rescaled_into_an_integer_header(tmp_path, write_nifti):
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((4, 4, 4), np.int16)))
+    values = np.linspace(-1.5, 2.25, 64, dtype=np.float32).reshape(4, 4, 4)
+    with OutputBatch() as out:
+        out.image(tmp_path / "map.nii.gz", values, ref, np.float32)
+    back = read_image(tmp_path / "map.nii.gz")
+    assert back.data.dtype == np.float32
+    np.testing.assert_array_equal(back.data, values)
+
+
+def test_integer_image_refuses_fractional_values(tmp_path, write_nifti):
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((4, 4, 4), np.float32)))
+    with pytest.raises(ValueError, match="non-integer"):
+        with OutputBatch() as out:
+            out.image(tmp_path / "mask.nii.gz", np.full((4, 4, 4), 0.5), ref, np.uint8)
+    assert not list(tmp_path.glob("*mask*"))
+
+
+def test_reading_keeps_mask_and_label_dtypes(write_nifti):
+    labels = np.zeros((5, 5, 5), np.int16)
+    labels[1, 1, 1], labels[3, 3, 3] = 7, 300
+    assert read_labels(write_nifti("labels.nii.gz", labels)).data.dtype == np.int16
+    mask = (labels > 0).astype(np.uint8)
+    assert read_mask(write_nifti("mask.nii", mask)).data.dtype == np.uint8
+    image = read_image(write_nifti("img.nii.gz", labels))
+    assert image.data.dtype == np.float32 and image.data[3, 3, 3] == 300
+
+
+def test_singleton_fourth_axis_is_squeezed(write_nifti):
+    image = read_image(write_nifti("img.nii.gz", np.ones((4, 5, 6, 1), np.float32)))
+    assert image.shape == (4, 5, 6)
+
+
+def test_physical_units_come_from_the_affine(write_nifti, affine):
+    image = read_image(write_nifti("img.nii.gz", np.ones((4, 5, 6), np.float32)))
+    np.testing.assert_allclose(image.spacing_mm, (0.9, 1.1, 2.5))
+    assert image.voxel_volume_mm3 == pytest.approx(0.9 * 1.1 * 2.5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "file not found"),
+    ("folder", "is a folder"),
+    ("not_nifti", "not a NIfTI file name"),
+    ("corrupt", "unreadable or corrupt"),
+    ("truncated", "voxel data unreadable"),
+    ("four_d", "3D image was expected"),
+    ("nan", "NaN/Inf"),
+])
+def test_refusals_are_one_line_input_errors(tmp_path, write_nifti, case, message):
+    if case == "missing":
+        path = tmp_path / "nope.nii.gz"
+    elif case == "folder":
+        path = tmp_path / "dir.nii.gz"
+        path.mkdir()
+    elif case == "not_nifti":
+        path = tmp_path / "scan.mha"
+        path.write_bytes(b"x")
+    elif case == "corrupt":
+        path = tmp_path / "bad.nii.gz"
+        path.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
+    elif case == "truncated":
+        path = write_nifti("cut.nii", np.ones((16, 16, 16), np.float32))
+        path.write_bytes(path.read_bytes()[:1000])
+    elif case == "four_d":
+        path = write_nifti("series.nii.gz", np.ones((4, 4, 4, 3), np.float32))
+    else:
+        data = np.ones((4, 4, 4), np.float32)
+        data[1, 2, 3] = np.nan
+        path = write_nifti("nan.nii.gz", data)
+    with pytest.raises(InputError, match=message) as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_non_binary_and_empty_masks_are_refused(write_nifti):
+    with pytest.raises(InputError, match="not a binary mask"):
+        read_mask(write_nifti("m.nii.gz", np.arange(27, dtype=np.uint8).reshape(3, 3, 3)))
+    with pytest.raises(InputError, match="not a binary mask"):
+        read_mask(write_nifti("p.nii.gz", np.full((3, 3, 3), 0.4, np.float32)))
+    empty = write_nifti("e.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    assert read_mask(empty).data.sum() == 0
+    with pytest.raises(InputError, match="empty"):
+        read_mask(empty, allow_empty=False)
+
+
+def test_grid_check_names_both_files_and_the_fix(write_nifti, affine):
+    a = read_image(write_nifti("a.nii.gz", np.zeros((4, 4, 4), np.float32)))
+    shifted = affine.copy()
+    shifted[0, 3] += 0.5
+    b = read_image(write_nifti("b.nii.gz", np.zeros((4, 4, 4), np.float32), shifted))
+    nudged = affine.copy()
+    nudged[0, 3] += 1e-4
+    c = read_image(write_nifti("c.nii.gz", np.zeros((4, 4, 4), np.float32), nudged))
+    assert same_grid(a, c)
+    with pytest.raises(InputError) as info:
+        check_same_grid(a, b)
+    text = str(info.value)
+    assert "a.nii.gz" in text and "b.nii.gz" in text and "mstools preprocess" in text and "\n" not in text
+    d = read_image(write_nifti("d.nii.gz", np.zeros((4, 4, 5), np.float32)))
+    with pytest.raises(InputError, match="not on the same grid"):
+        check_same_grid(a, d)
+
+
+def test_outputs_never_overwrite_inputs_and_need_force(tmp_path, write_nifti):
+    source = write_nifti("in.nii.gz", np.zeros((3, 3, 3), np.float32))
+    with pytest.raises(InputError, match="inputs are never modified"):
+        check_writable(source, inputs=[source], force=True)
+    existing = tmp_path / "out.tsv"
+    existing.write_text("x\n")
+    with pytest.raises(InputError, match="--force"):
+        check_writable(existing)
+    assert check_writable(existing, force=True) == existing
+    with pytest.raises(InputError, match="does not exist"):
+        check_writable(tmp_path / "missing_dir" / "x.nii.gz")
+
+
+def test_a_failed_batch_leaves_no_file_behind(tmp_path, write_nifti):
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((4, 4, 4), np.float32)))
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(RuntimeError):
+        with OutputBatch(create_dirs=True) as out:
+            out.image(tmp_path / "new" / "a.nii.gz", np.ones((4, 4, 4)), ref, np.uint8)
+            out.table(tmp_path / "new" / "b.tsv", [{"x": 1}], ["x"])
+            raise RuntimeError("crash in the middle")
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_second_writer_to_the_same_path_is_a_bug(tmp_path, write_nifti):
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((2, 2, 2), np.float32)))
+    with pytest.raises(ValueError, match="twice"):
+        with OutputBatch() as out:
+            out.image(tmp_path / "a.nii.gz", np.zeros((2, 2, 2)), ref, np.uint8)
+            out.image(tmp_path / "a.nii.gz", np.zeros((2, 2, 2)), ref, np.uint8)
+    assert not (tmp_path / "a.nii.gz").exists()
+
+
+def test_inputs_are_not_modified_by_reading(write_nifti):
+    path = write_nifti("img.nii.gz", np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+    before = path.read_bytes()
+    image = read_image(path)
+    image.data[0, 0, 0] = 99
+    assert path.read_bytes() == before
+
+
+def test_oblique_fixture_is_really_oblique():
+    a = oblique_affine()
+    assert np.count_nonzero(np.abs(a[:3, :3]) > 1e-6) > 3
