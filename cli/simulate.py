@@ -11,6 +11,10 @@ import typer
 from cli import common
 from mstools import case_layout as layout
 from mstools.errors import InputError
+from mstools.simulate.case import SimulationConfig
+
+#: Option defaults are the library's, written once in SimulationConfig.
+D = SimulationConfig()
 
 
 class StorageType(str, Enum):
@@ -23,21 +27,21 @@ def simulate_command(
     seed: int = typer.Option(0, help="Random seed; the same seed and options give the same case."),
     cases: int = typer.Option(1, min=1, help="Number of cases; > 1 writes OUTPUT/sim-<seed> folders, seeds seed, seed+1, ..."),
     single_timepoint: bool = typer.Option(False, "--single-timepoint", help="One FLAIR with its all-lesion mask (training data for the learned models)."),
-    voxel_mm: float = typer.Option(1.0, min=0.5, max=4.0, help="Isotropic voxel size of the grid (mm)."),
-    n_stable: int = typer.Option(15, min=0, help="Lesions present and unchanged at both time points."),
-    n_enlarging: int = typer.Option(2, min=0, help="Existing lesions that grow (not new)."),
-    n_shrinking: int = typer.Option(1, min=0, help="Existing lesions that shrink and fade (not new)."),
-    n_new: int = typer.Option(5, min=0, help="New lesions at follow-up (the ground truth)."),
-    snr_baseline: float = typer.Option(30.0, min=0, help="White-matter signal / noise sigma at baseline (0 = no noise)."),
-    snr_followup: float = typer.Option(22.0, min=0, help="Same at follow-up."),
-    bias: float = typer.Option(0.15, min=0, max=0.9, help="Bias field strength per time point (max/min = (1+b)/(1-b))."),
-    gain_change: float = typer.Option(0.12, min=0, max=0.5, help="Follow-up gain drawn in [1-g, 1+g]."),
-    contrast_change: float = typer.Option(0.06, min=0, max=0.5, help="Follow-up contrast exponent drawn in [1-c, 1+c]."),
-    misalign_mm: float = typer.Option(0.5, min=0, help="Residual follow-up translation (mm)."),
-    misalign_deg: float = typer.Option(0.5, min=0, help="Residual follow-up rotation (degrees)."),
-    blur_mm: float = typer.Option(0.4, min=0, help="Extra Gaussian blur sigma on the follow-up (mm)."),
-    followup_slice_mm: float = typer.Option(0.0, min=0, help="Acquire the follow-up with thick slices along k (e.g. 3)."),
-    atrophy_mm: float = typer.Option(0.4, min=0, help="Largest ventricular enlargement at follow-up (mm)."),
+    voxel_mm: float = typer.Option(D.voxel_mm, min=0.5, max=4.0, help="Isotropic voxel size of the grid (mm)."),
+    n_stable: int = typer.Option(D.n_stable, min=0, help="Lesions present and unchanged at both time points."),
+    n_enlarging: int = typer.Option(D.n_enlarging, min=0, help="Existing lesions that grow (not new)."),
+    n_shrinking: int = typer.Option(D.n_shrinking, min=0, help="Existing lesions that shrink and fade (not new)."),
+    n_new: int = typer.Option(D.n_new, min=0, help="New lesions at follow-up (the ground truth)."),
+    snr_baseline: float = typer.Option(D.snr_baseline, min=0, help="White-matter signal / noise sigma at baseline (0 = no noise)."),
+    snr_followup: float = typer.Option(D.snr_followup, min=0, help="Same at follow-up."),
+    bias: float = typer.Option(D.bias_strength, min=0, max=0.9, help="Bias field strength per time point (max/min = (1+b)/(1-b))."),
+    gain_change: float = typer.Option(D.gain_change, min=0, max=0.5, help="Follow-up gain drawn in [1-g, 1+g]."),
+    contrast_change: float = typer.Option(D.contrast_change, min=0, max=0.5, help="Follow-up contrast exponent drawn in [1-c, 1+c]."),
+    misalign_mm: float = typer.Option(D.misalignment_mm, min=0, help="Residual follow-up translation (mm)."),
+    misalign_deg: float = typer.Option(D.misalignment_deg, min=0, help="Residual follow-up rotation (degrees)."),
+    blur_mm: float = typer.Option(D.blur_mm, min=0, help="Extra Gaussian blur sigma on the follow-up (mm)."),
+    followup_slice_mm: float = typer.Option(D.followup_slice_mm, min=0, help="Acquire the follow-up with thick slices along k (e.g. 3)."),
+    atrophy_mm: float = typer.Option(D.atrophy_mm, min=0, help="Largest ventricular enlargement at follow-up (mm)."),
     dtype: StorageType = typer.Option(StorageType.float32, help="Storage type of the FLAIR images (int16 is scanner-like and smaller)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
@@ -46,8 +50,6 @@ def simulate_command(
 
     Example: mstools simulate sim/case01 --seed 1 --n-new 4 --followup-slice-mm 3
     """
-    from mstools.simulate import SimulationConfig
-
     try:
         base = SimulationConfig(
             seed=seed, voxel_mm=voxel_mm, n_stable=n_stable, n_enlarging=n_enlarging,

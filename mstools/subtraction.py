@@ -1,0 +1,199 @@
+"""Candidate new lesions from the subtraction (or ratio) of two aligned FLAIR scans.
+
+Three published rules from the MSSEG-2 proceedings (paper 001), each a pure function
+of the two scans, a brain mask and the voxel spacing:
+
+* ``prados``  -- Prados & Kanber, stage 1: voxels more than ``k`` standard deviations
+  above the mean difference inside an inclusion mask (brain eroded once, minus the
+  ventricles eroded twice, minus baseline hyperintensities one SD above the mean brain
+  intensity); clusters that survive one erosion and are bigger than 5 voxels.
+* ``larosa``  -- La Rosa et al.: z-scored subtraction thresholded at a level that
+  adapts to the registration quality (mutual information between the time points);
+  components of 5 voxels and more.
+* ``hamzaoui`` -- Hamzaoui et al.: baseline histogram-matched to the follow-up,
+  both discretised on 6 grey levels, follow-up/baseline ratio above 1.15, 1 mm
+  opening, components above 7 mm3, brain mask eroded by 1 mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from mstools.intensity import csf_from_flair, match_histogram, normalised_mutual_information, zscore_in_mask
+from mstools.lesions import Detections, detections_from_mask, label_components, structure
+
+RULES = ("prados", "larosa", "hamzaoui")
+
+# Prados & Kanber (paper 001, section 2.1).
+PRADOS_K_SD = 1.0                 # "one standard deviation above the mean difference"
+PRADOS_MIN_VOXELS = 6             # "bigger than 5 voxels"
+PRADOS_BASELINE_HYPER_SD = 1.0    # baseline hyperintensities: 1 SD above mean brain intensity
+PRADOS_BRAIN_EROSIONS = 1         # "one time eroded MNI brain mask"
+PRADOS_VENTRICLE_EROSIONS = 2     # "two times eroded standard ventricles mask"
+
+# La Rosa et al. (paper 001): "depending on [the mutual information], different
+# thresholds are applied to the subtraction image" -- the paper gives no values. Ours
+# were measured on simulated pairs (benchmarks/calibrate_subtract.py): the z-scored
+# subtraction threshold rises from LAROSA_THRESHOLDS[0] for a well-registered pair
+# (NMI >= LAROSA_NMI_RANGE[1]) to LAROSA_THRESHOLDS[1] for a poor one
+# (NMI <= LAROSA_NMI_RANGE[0]), linearly in between.
+LAROSA_THRESHOLDS = (1.6, 2.4)
+LAROSA_NMI_RANGE = (1.10, 1.20)
+LAROSA_MIN_VOXELS = 5             # "discard all the connected components smaller than 5 voxels"
+
+# Hamzaoui et al. (paper 001, step one).
+HAMZAOUI_RATIO = 1.15             # "a threshold of 1.15 to include 85% of ground truth voxels"
+HAMZAOUI_GREY_LEVELS = 6          # "intensities were discretized on 6 levels of grey"
+HAMZAOUI_OPENING_MM = 1.0         # "an opening of one millimeter"
+HAMZAOUI_MIN_MM3 = 7.0            # "deleted those below 7 mm3" (kept: strictly above)
+HAMZAOUI_BRAIN_EROSION_MM = 1.0   # "eroded by 1mm the brain mask"
+
+#: Connectivity of candidate clusters (26: a lesion is one object in any direction).
+CANDIDATE_CONNECTIVITY = 26
+
+
+@dataclass(frozen=True)
+class SubtractionResult:
+    subtraction: np.ndarray   # float32, z-scored follow-up minus z-scored baseline (0 outside the brain)
+    ratio: np.ndarray         # float32, follow-up / histogram-matched baseline (0 outside the brain)
+    detections: Detections    # score, mask, labels, table in the common convention
+    details: dict = field(default_factory=dict)
+
+
+def ball(radius_mm: float, spacing_mm) -> np.ndarray:
+    """Structuring element: voxels whose centres lie within ``radius_mm`` (at least the centre)."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    reach = np.floor(radius_mm / spacing + 1e-9).astype(int)
+    grids = np.meshgrid(*[np.arange(-r, r + 1) * s for r, s in zip(reach, spacing)], indexing="ij")
+    return (sum(g ** 2 for g in grids) <= radius_mm ** 2 + 1e-9)
+
+
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    if iterations <= 0:
+        return mask.astype(bool)
+    return ndimage.binary_erosion(mask, structure=structure(6), iterations=iterations)
+
+
+def survives_erosion(mask: np.ndarray, *, connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
+    """Keep the clusters of ``mask`` that still have a voxel after one 6-neighbour erosion."""
+    labels, count = label_components(mask, connectivity=connectivity)
+    if count == 0:
+        return mask.astype(bool)
+    core = _erode(mask, 1)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[core])] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def keep_larger_than(mask: np.ndarray, min_voxels: int, *, connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
+    """Keep clusters of at least ``min_voxels`` voxels."""
+    labels, count = label_components(mask, connectivity=connectivity)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def _subtraction(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b = zscore_in_mask(baseline, brain)
+    f = zscore_in_mask(followup, brain)
+    return b, f, np.where(brain, f - b, 0).astype(np.float32)
+
+
+def _ratio(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    matched = match_histogram(baseline, followup, brain)
+    floor = max(float(np.percentile(followup[brain], 1)), 1e-6)
+    return np.where(brain, followup / np.maximum(matched, floor), 0).astype(np.float32)
+
+
+def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
+                      csf: np.ndarray | None = None, k: float = PRADOS_K_SD,
+                      min_voxels: int = PRADOS_MIN_VOXELS,
+                      baseline_hyper_sd: float = PRADOS_BASELINE_HYPER_SD) -> SubtractionResult:
+    """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring."""
+    brain = brain > 0
+    b, _, d = _subtraction(baseline, followup, brain)
+    csf = csf_from_flair(baseline, brain) if csf is None else csf > 0
+    inclusion = (_erode(brain, PRADOS_BRAIN_EROSIONS) & ~_erode(csf, PRADOS_VENTRICLE_EROSIONS)
+                 & ~(b > baseline_hyper_sd))
+    values = d[inclusion]
+    mean, sd = float(values.mean()), float(values.std())
+    score = np.where(brain, (d - mean) / sd, 0).astype(np.float32)
+    mask = inclusion & (score > k)
+    mask = survives_erosion(mask)
+    mask = keep_larger_than(mask, min_voxels)
+    return SubtractionResult(
+        subtraction=d, ratio=_ratio(baseline, followup, brain),
+        detections=detections_from_mask(mask, score, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        details={"rule": "prados", "k_sd": k, "difference_mean": mean, "difference_sd": sd,
+                 "min_voxels": min_voxels, "inclusion_voxels": int(inclusion.sum())})
+
+
+def larosa_threshold(nmi: float) -> float:
+    """The subtraction threshold for a pair with normalised mutual information ``nmi``."""
+    lo, hi = LAROSA_NMI_RANGE
+    poor = float(np.clip((hi - nmi) / (hi - lo), 0.0, 1.0))
+    return LAROSA_THRESHOLDS[0] + poor * (LAROSA_THRESHOLDS[1] - LAROSA_THRESHOLDS[0])
+
+
+def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
+                      threshold: float | None = None, min_voxels: int = LAROSA_MIN_VOXELS) -> SubtractionResult:
+    """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001)."""
+    brain = brain > 0
+    b, f, d = _subtraction(baseline, followup, brain)
+    nmi = normalised_mutual_information(b, f, brain)
+    level = larosa_threshold(nmi) if threshold is None else threshold
+    mask = keep_larger_than(brain & (d > level), min_voxels)
+    return SubtractionResult(
+        subtraction=d, ratio=_ratio(baseline, followup, brain),
+        detections=detections_from_mask(mask, d, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        details={"rule": "larosa", "nmi": nmi, "threshold": level, "adaptive": threshold is None,
+                 "min_voxels": min_voxels})
+
+
+def discretise(image: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """Grey levels 1..levels, equal-width between the 1st and 99th percentile inside the mask."""
+    lo, hi = np.percentile(image[mask], (1, 99))
+    scaled = np.floor((image - lo) / max(hi - lo, 1e-6) * levels) + 1
+    return np.clip(scaled, 1, levels).astype(np.float32)
+
+
+def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
+                        ratio_threshold: float = HAMZAOUI_RATIO, levels: int = HAMZAOUI_GREY_LEVELS,
+                        opening_mm: float = HAMZAOUI_OPENING_MM,
+                        min_mm3: float = HAMZAOUI_MIN_MM3) -> SubtractionResult:
+    """Hamzaoui et al.'s intensity-ratio ROI detection (paper 001, step one)."""
+    brain = brain > 0
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    _, _, d = _subtraction(baseline, followup, brain)
+    matched = match_histogram(baseline, followup, brain)
+    ratio = _ratio(baseline, followup, brain)
+    level_f = discretise(followup, brain, levels)
+    level_b = discretise(matched, brain, levels)
+    inner = ndimage.binary_erosion(brain, structure=ball(HAMZAOUI_BRAIN_EROSION_MM, spacing))
+    mask = inner & (level_f / level_b > ratio_threshold)
+    mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
+    min_voxels = int(np.floor(min_mm3 / voxel_mm3)) + 1          # strictly above min_mm3
+    mask = keep_larger_than(mask, min_voxels)
+    return SubtractionResult(
+        subtraction=d, ratio=ratio,
+        detections=detections_from_mask(mask, ratio, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        details={"rule": "hamzaoui", "ratio_threshold": ratio_threshold, "grey_levels": levels,
+                 "opening_mm": opening_mm, "min_mm3": min_mm3})
+
+
+def detect(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
+           rule: str = "prados", csf: np.ndarray | None = None, **options) -> SubtractionResult:
+    """Run one of ``RULES`` (options are that rule's keyword arguments)."""
+    if rule == "prados":
+        return prados_candidates(baseline, followup, brain, affine=affine, csf=csf, **options)
+    if rule == "larosa":
+        return larosa_candidates(baseline, followup, brain, affine=affine, **options)
+    if rule == "hamzaoui":
+        return hamzaoui_candidates(baseline, followup, brain, affine=affine, **options)
+    raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
