@@ -15,6 +15,7 @@ import typer
 from mstools import __version__
 from cli import common
 from cli.simulate import simulate_command
+from cli.evaluate import evaluate_command
 
 app = typer.Typer(
     name="mstools",
@@ -45,6 +46,7 @@ def main_options(
 
 
 app.command("simulate")(simulate_command)
+app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:

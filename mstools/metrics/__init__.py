@@ -6,18 +6,32 @@
 * :mod:`~mstools.metrics.lesionwise` -- components, overlap table, the MSSEG-2
   (Anima) rule, the any-overlap rule (ISBI 2015) and the 10 %/70 % rule (paper 004);
 * :mod:`~mstools.metrics.summary` -- Denner et al.'s overall score, statistics over cases;
-* :mod:`~mstools.metrics.case` -- all of them for one case, one labelling per image.
+* :mod:`~mstools.metrics.case` -- all of them for one case, one labelling per image;
+* :mod:`~mstools.metrics.defaults` -- the published defaults, in one place.
 
 Every definition, and what each metric is when a mask is empty, is written in the
-docstring of the module that computes it.
+docstring of the module that computes it. The names below are loaded on first use,
+so that importing :mod:`mstools.metrics.defaults` stays light.
 """
 
-from mstools.metrics.case import (LESION_COLUMNS, METRIC_DEFINITIONS, CaseEvaluation, EvaluationOptions,
-                                  evaluate_case)
-from mstools.metrics.lesionwise import ANIMA_RULE, LesionRule
-from mstools.metrics.surface import DEFAULT_HD95, HD95_DEFINITIONS
+from __future__ import annotations
 
-__all__ = [
-    "ANIMA_RULE", "CaseEvaluation", "DEFAULT_HD95", "EvaluationOptions", "HD95_DEFINITIONS", "LESION_COLUMNS",
-    "LesionRule", "METRIC_DEFINITIONS", "evaluate_case",
-]
+import importlib
+
+_EXPORTS = {
+    "CaseEvaluation": "mstools.metrics.case",
+    "EvaluationOptions": "mstools.metrics.case",
+    "LESION_COLUMNS": "mstools.metrics.case",
+    "METRIC_DEFINITIONS": "mstools.metrics.case",
+    "evaluate_case": "mstools.metrics.case",
+    "ANIMA_RULE": "mstools.metrics.lesionwise",
+    "LesionRule": "mstools.metrics.lesionwise",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

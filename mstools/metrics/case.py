@@ -103,7 +103,8 @@ class CaseEvaluation:
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size along the array axes: norms of the affine's first three columns."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))  # type: ignore[return-value]
+    norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return (float(norms[0]), float(norms[1]), float(norms[2]))
 
 
 def evaluate_case(prediction: np.ndarray, ground_truth: np.ndarray, *, affine: np.ndarray,

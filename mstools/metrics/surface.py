@@ -47,11 +47,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from mstools.metrics.defaults import HD95 as DEFAULT_HD95
+from mstools.metrics.defaults import HD95_DEFINITIONS
 from mstools.metrics.lesionwise import Components, find_components
-
-HD95_DEFINITIONS = ("max-directed", "pooled")
-#: Metrics Reloaded / MONAI definition; see the module docstring.
-DEFAULT_HD95 = "max-directed"
 
 _FACE = ndimage.generate_binary_structure(3, 1)
 #: Above this many components one erosion of their common bounding box is cheaper.

@@ -38,8 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Smoothing of the Prados & Kanber Dice (paper 001, eq. 1).
-DICE_SMOOTHING = 1e-6
+from mstools.metrics.defaults import DICE_SMOOTHING
 
 
 @dataclass(frozen=True)
