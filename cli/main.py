@@ -15,6 +15,7 @@ import typer
 from mstools import __version__
 from cli import common
 from cli.simulate import simulate_command
+from cli.subtract import subtract_command
 from cli.evaluate import evaluate_command
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ def main_options(
 
 app.command("simulate")(simulate_command)
 app.command("evaluate")(evaluate_command)
+app.command("subtract")(subtract_command)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def simulate_command(
     n_enlarging: int = typer.Option(D.n_enlarging, min=0, help="Existing lesions that grow (not new)."),
     n_shrinking: int = typer.Option(D.n_shrinking, min=0, help="Existing lesions that shrink and fade (not new)."),
     n_new: int = typer.Option(D.n_new, min=0, help="New lesions at follow-up (the ground truth)."),
+    new_volume_mm3: tuple[float, float] = typer.Option(D.new_volume_mm3, help="New lesions' nominal volume range (log-uniform), mm3."),
     snr_baseline: float = typer.Option(D.snr_baseline, min=0, help="White-matter signal / noise sigma at baseline (0 = no noise)."),
     snr_followup: float = typer.Option(D.snr_followup, min=0, help="Same at follow-up."),
     bias: float = typer.Option(D.bias_strength, min=0, max=0.9, help="Bias field strength per time point (max/min = (1+b)/(1-b))."),
@@ -53,7 +54,7 @@ def simulate_command(
     try:
         base = SimulationConfig(
             seed=seed, voxel_mm=voxel_mm, n_stable=n_stable, n_enlarging=n_enlarging,
-            n_shrinking=n_shrinking, n_new=n_new, snr_baseline=snr_baseline, snr_followup=snr_followup,
+            n_shrinking=n_shrinking, n_new=n_new, new_volume_mm3=tuple(new_volume_mm3), snr_baseline=snr_baseline, snr_followup=snr_followup,
             bias_strength=bias, gain_change=gain_change, contrast_change=contrast_change,
             misalignment_mm=misalign_mm, misalignment_deg=misalign_deg, blur_mm=blur_mm,
             followup_slice_mm=followup_slice_mm, atrophy_mm=atrophy_mm)

@@ -7,7 +7,6 @@ estimate from FLAIR intensities, and normalised mutual information between scans
 from __future__ import annotations
 
 import numpy as np
-from skimage.filters import threshold_multiotsu
 
 
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -41,6 +40,8 @@ def csf_from_flair(flair: np.ndarray, brain: np.ndarray) -> np.ndarray:
     On FLAIR, CSF is suppressed; three classes (CSF, grey/white matter, hyperintensities
     and GM) separate it without a tissue model.
     """
+    from skimage.filters import threshold_multiotsu
+
     values = flair[brain > 0]
     thresholds = threshold_multiotsu(values, classes=3)
     return (brain > 0) & (flair < thresholds[0])

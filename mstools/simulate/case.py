@@ -86,6 +86,10 @@ class SimulationConfig:
         for name in ("snr_baseline", "snr_followup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = no noise)")
+        for name in ("lesion_volume_mm3", "new_volume_mm3", "small_new_volume_mm3"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range 0 < min <= max, not {(lo, hi)}")
         if not 0 <= self.bias_strength < 1:
             raise ValueError("bias_strength must lie in [0, 1)")
 

@@ -1,0 +1,129 @@
+"""Subtraction rules on tiny phantoms whose right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mstools.intensity import differential_bias_correction, match_histogram, normalised_mutual_information
+from mstools.subtraction import RULES, ball, detect, keep_larger_than, larosa_threshold, survives_erosion
+from tests.conftest import oblique_affine
+
+SHAPE = (32, 32, 24)
+BLOB = (22, 10, 12)
+
+
+def phantom(seed: int = 0):
+    """A 'brain' (ellipsoid, WM 100) with a dark 'ventricle' (30), and noise-free geometry."""
+    idx = np.indices(SHAPE).astype(float)
+    centre = np.array([15.5, 15.5, 11.5])[:, None, None, None]
+    radii = np.array([14, 14, 10])[:, None, None, None]
+    brain = (((idx - centre) / radii) ** 2).sum(0) <= 1
+    ventricle = (((idx - centre) / np.array([5, 3, 3])[:, None, None, None]) ** 2).sum(0) <= 1
+    image = np.where(brain, 100.0, 5.0)
+    image[ventricle] = 30.0
+    return image.astype(np.float32), brain
+
+
+def noisy(image, rng, sigma=3.0):
+    return (image + rng.normal(0, sigma, image.shape)).astype(np.float32)
+
+
+def blob(amplitude=80.0, radius=2.5, centre=BLOB):
+    idx = np.indices(SHAPE).astype(float)
+    r2 = sum((idx[a] - centre[a]) ** 2 for a in range(3))
+    return (amplitude * np.exp(-r2 / (2 * (radius / 1.5) ** 2))).astype(np.float32)
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(3)
+    anatomy, brain = phantom()
+    return noisy(anatomy, rng), noisy(anatomy, rng), brain, anatomy, rng
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_new_bright_blob_is_found_and_nothing_else(pair, rule):
+    baseline, followup, brain, _, _ = pair
+    followup = followup + np.where(brain, blob(), 0)
+    result = detect(baseline, followup, brain, affine=oblique_affine(), rule=rule)
+    labels = result.detections.labels
+    assert labels[BLOB] > 0, "the new blob was missed"
+    found = labels == labels[BLOB]
+    assert found.sum() >= 5
+    others = set(np.unique(labels[~found])) - {0}
+    assert len(others) <= (2 if rule == "hamzaoui" else 0), f"{len(others)} false candidates"
+    row = next(r for r in result.detections.table if r["label"] == labels[BLOB])
+    assert row["voxels"] == found.sum()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_global_intensity_change_gives_no_candidate(pair, rule):
+    baseline, _, brain, anatomy, rng = pair
+    followup = np.where(brain, 1.3 * baseline + 7.0, baseline)   # gain and offset, nothing new
+    result = detect(baseline, followup.astype(np.float32), brain, affine=oblique_affine(), rule=rule)
+    assert result.detections.mask.sum() == 0
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_one_voxel_speck_is_dropped(pair, rule):
+    baseline, followup, brain, _, _ = pair
+    followup = followup.copy()
+    followup[BLOB] += 300.0
+    result = detect(baseline, followup, brain, affine=oblique_affine(), rule=rule)
+    assert result.detections.labels[BLOB] == 0
+
+
+def test_smooth_bias_difference_is_removed(pair):
+    baseline, followup, brain, _, _ = pair
+    k = np.linspace(0.8, 1.25, SHAPE[2], dtype=np.float32)
+    biased = followup * k[None, None, :]
+    corrected = differential_bias_correction(baseline, biased, brain, spacing_mm=(0.9, 1.1, 2.5), sigma_mm=5)
+    # sigma scaled to this 60 mm phantom (15 mm is for a head)
+    def slice_means(image):  # the smooth part: mean log ratio per slice along k
+        log_ratio = np.where(brain, np.log(np.abs(image) / np.abs(baseline)), np.nan)
+        return np.nanmean(log_ratio[:, :, 2:-2], axis=(0, 1))
+    assert np.abs(slice_means(corrected)).max() < 0.3 * np.abs(slice_means(biased)).max()
+
+
+def test_histogram_matching_maps_quantiles(pair):
+    baseline, followup, brain, _, _ = pair
+    matched = match_histogram(2.0 * baseline + 10, followup, brain)
+    np.testing.assert_allclose(np.percentile(matched[brain], [5, 50, 95]),
+                               np.percentile(followup[brain], [5, 50, 95]), rtol=0.01)
+
+
+def test_nmi_is_two_for_identical_images_and_lower_otherwise(pair):
+    baseline, followup, brain, _, _ = pair
+    assert normalised_mutual_information(baseline, baseline, brain) == pytest.approx(2.0)
+    assert 1.0 <= normalised_mutual_information(baseline, followup, brain) < 2.0
+    assert larosa_threshold(2.0) < larosa_threshold(1.0)
+
+
+def test_survives_erosion_and_size_filters_count_voxels():
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:4, 1:4, 1:4] = True      # 27 voxels, has a core
+    mask[8, 1:9, 8] = True          # a thin line: no voxel survives erosion
+    kept = survives_erosion(mask)
+    assert kept[2, 2, 2] and not kept[8, 4, 8]
+    assert keep_larger_than(mask, 9).sum() == 27
+
+
+def test_ball_is_physical():
+    assert ball(1.0, (1, 1, 1)).sum() == 7              # face neighbours
+    assert ball(2.0, (1, 1, 3)).shape == (5, 5, 3)
+    assert ball(0.5, (1.5, 1.5, 1.5)).sum() == 7        # never smaller than one voxel step
+
+
+def test_unknown_rule_is_refused(pair):
+    baseline, followup, brain, _, _ = pair
+    with pytest.raises(ValueError, match="unknown rule"):
+        detect(baseline, followup, brain, affine=oblique_affine(), rule="magic")
+
+
+def test_inputs_are_not_modified(pair):
+    baseline, followup, brain, _, _ = pair
+    b0, f0 = baseline.copy(), followup.copy()
+    detect(baseline, followup, brain, affine=oblique_affine())
+    np.testing.assert_array_equal(baseline, b0)
+    np.testing.assert_array_equal(followup, f0)
