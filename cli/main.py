@@ -16,6 +16,7 @@ from mstools import __version__
 from cli import common
 from cli.simulate import simulate_command
 from cli.subtract import subtract_command
+from cli.filter import filter_app
 from cli.evaluate import evaluate_command
 
 app = typer.Typer(
@@ -49,6 +50,7 @@ def main_options(
 app.command("simulate")(simulate_command)
 app.command("evaluate")(evaluate_command)
 app.command("subtract")(subtract_command)
+app.add_typer(filter_app, name="filter")
 
 
 def main() -> None:

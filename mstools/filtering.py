@@ -1,0 +1,242 @@
+"""Per-candidate features and the rules (or a learned classifier) that filter candidates.
+
+La Rosa et al. (paper 001) kept a subtraction candidate only if it overlaps white
+matter for at least 1/10 of its volume, does not touch CSF or a baseline lesion, is
+brighter than its neighbourhood on the follow-up (contrast >= 0.9), and is ovoid
+(pyradiomics least axis length >= 1.2 and sphericity >= 0.2). This module computes
+those features (and a few more that a learned filter can use) for every candidate,
+applies the rules with every threshold an option, and keeps a reason for every
+rejection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from mstools.lesions import structure
+
+#: pyradiomics shape features measured for each candidate (mm, mm2, mm3, ratios).
+SHAPE_FEATURES = ("LeastAxisLength", "MinorAxisLength", "MajorAxisLength", "Sphericity", "Elongation",
+                  "Flatness", "MeshVolume", "SurfaceArea")
+
+#: Thickness (mm) of the shell of neighbouring voxels the contrast is measured against.
+SHELL_MM = 2.0
+
+FEATURE_COLUMNS = (
+    "label", "voxels", "volume_mm3", "centroid_i", "centroid_j", "centroid_k",
+    *(f"shape_{name}" for name in SHAPE_FEATURES),
+    "neighbour_contrast", "baseline_mean", "followup_mean", "difference_mean",
+    "score_mean", "score_max",
+    "edge_distance_mm", "csf_distance_mm", "touches_csf", "wm_fraction", "touches_baseline_lesion",
+    "baseline_lesion_fraction",
+)
+
+#: Numeric columns a learned filter is trained on (identity and position excluded).
+MODEL_FEATURES = tuple(c for c in FEATURE_COLUMNS if c not in ("label", "centroid_i", "centroid_j", "centroid_k"))
+
+
+@dataclass(frozen=True)
+class FilterRules:
+    """La Rosa et al.'s thresholds (paper 001); ``None`` switches a rule off."""
+
+    min_least_axis_mm: float | None = 1.2
+    min_sphericity: float | None = 0.2
+    min_neighbour_contrast: float | None = 0.9
+    min_wm_fraction: float | None = 0.1      # applied only when a tissue map is given
+    drop_touching_csf: bool = True
+    drop_touching_baseline_lesion: bool = True  # applied only when baseline lesions are given
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shape_features(crop: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
+    """pyradiomics' shape class on one candidate's cropped mask (array axes i, j, k)."""
+    import SimpleITK as sitk
+    from radiomics import shape as radiomics_shape
+
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    mask = sitk.GetImageFromArray(crop.astype(np.uint8))
+    mask.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # sitk x = last array axis
+    image = sitk.Cast(mask, sitk.sitkFloat32)
+    calculator = radiomics_shape.RadiomicsShape(image, mask, label=1)
+    for name in SHAPE_FEATURES:
+        calculator.enableFeatureByName(name, True)
+    values = calculator.execute()
+    return {f"shape_{name}": float(values[name]) for name in SHAPE_FEATURES}
+
+
+def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray,
+                       affine: np.ndarray, csf: np.ndarray, score: np.ndarray | None = None,
+                       white_matter: np.ndarray | None = None,
+                       baseline_lesions: np.ndarray | None = None) -> list[dict]:
+    """One feature row per candidate label (see ``FEATURE_COLUMNS``).
+
+    ``baseline`` and ``followup`` are the scans on one grid (any positive scale; the
+    contrast is a ratio of follow-up means). Distances are in mm from the affine.
+    """
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    brain = brain > 0
+    csf = csf > 0
+    edge_distance = ndimage.distance_transform_edt(brain, sampling=spacing)
+    csf_distance = ndimage.distance_transform_edt(~csf, sampling=spacing) if csf.any() else None
+    from mstools.subtraction import ball  # the physical structuring element
+
+    shell_element = ball(SHELL_MM, spacing)
+    touch_element = structure(6)
+    pad = np.array(shell_element.shape) // 2 + 1
+    rows = []
+    objects = ndimage.find_objects(labels)
+    b_brain, f_brain = baseline[brain], followup[brain]
+    b_scale = (float(b_brain.mean()), float(b_brain.std()) or 1.0)
+    f_scale = (float(f_brain.mean()), float(f_brain.std()) or 1.0)
+    for index, box in enumerate(objects):
+        if box is None:
+            continue
+        label = index + 1
+        lo = [max(s.start - p, 0) for s, p in zip(box, pad)]
+        hi = [min(s.stop + int(p), int(n)) for s, p, n in zip(box, pad, labels.shape)]
+        window = tuple(slice(a, b) for a, b in zip(lo, hi))
+        region = labels[window] == label
+        voxels = int(region.sum())
+        coords = np.argwhere(region) + lo
+        centroid = coords.mean(0)
+        shell = ndimage.binary_dilation(region, structure=shell_element) & ~region & (labels[window] == 0) & brain[window]
+        touch = ndimage.binary_dilation(region, structure=touch_element) & ~region
+        f_in = followup[window][region]
+        f_shell = followup[window][shell]
+        contrast = float(f_in.mean() / f_shell.mean()) if f_shell.size and f_shell.mean() > 0 else math.nan
+        b_z = (baseline[window][region] - b_scale[0]) / b_scale[1]
+        f_z = (f_in - f_scale[0]) / f_scale[1]
+        row = {
+            "label": label, "voxels": voxels, "volume_mm3": voxels * voxel_mm3,
+            "centroid_i": float(centroid[0]), "centroid_j": float(centroid[1]), "centroid_k": float(centroid[2]),
+            "neighbour_contrast": contrast,
+            "baseline_mean": float(b_z.mean()), "followup_mean": float(f_z.mean()),
+            "difference_mean": float((f_z - b_z).mean()),
+            "score_mean": float(score[window][region].mean()) if score is not None else math.nan,
+            "score_max": float(score[window][region].max()) if score is not None else math.nan,
+            "edge_distance_mm": float(edge_distance[window][region].min()),
+            "csf_distance_mm": float(csf_distance[window][region].min()) if csf_distance is not None else math.inf,
+            "touches_csf": int(bool((csf[window] & (touch | region)).any())),
+            "wm_fraction": float((white_matter[window][region] > 0).mean()) if white_matter is not None else math.nan,
+            "touches_baseline_lesion": (int(bool((baseline_lesions[window] > 0)[touch | region].any()))
+                                        if baseline_lesions is not None else 0),
+            "baseline_lesion_fraction": (float((baseline_lesions[window][region] > 0).mean())
+                                         if baseline_lesions is not None else math.nan),
+        }
+        try:
+            row.update(_shape_features(np.pad(region, 1), spacing))
+        except Exception:  # pyradiomics fails on degenerate (e.g. planar) masks
+            row.update({f"shape_{name}": math.nan for name in SHAPE_FEATURES})
+        rows.append(row)
+    return rows
+
+
+def rule_reasons(row: dict, rules: FilterRules, *, have_tissues: bool, have_baseline_lesions: bool) -> list[str]:
+    """Why La Rosa's rules reject this candidate (empty: kept). NaN features never reject."""
+    reasons = []
+
+    def below(value, limit):
+        return limit is not None and value is not None and not math.isnan(value) and value < limit
+
+    if below(row["shape_LeastAxisLength"], rules.min_least_axis_mm):
+        reasons.append(f"least_axis<{rules.min_least_axis_mm}")
+    if below(row["shape_Sphericity"], rules.min_sphericity):
+        reasons.append(f"sphericity<{rules.min_sphericity}")
+    if below(row["neighbour_contrast"], rules.min_neighbour_contrast):
+        reasons.append(f"contrast<{rules.min_neighbour_contrast}")
+    if have_tissues and below(row["wm_fraction"], rules.min_wm_fraction):
+        reasons.append(f"wm_fraction<{rules.min_wm_fraction}")
+    if rules.drop_touching_csf and row["touches_csf"]:
+        reasons.append("touches_csf")
+    if have_baseline_lesions and rules.drop_touching_baseline_lesion and row["touches_baseline_lesion"]:
+        reasons.append("touches_baseline_lesion")
+    return reasons
+
+
+def feature_matrix(rows: list[dict], columns=MODEL_FEATURES) -> np.ndarray:
+    """Rows as a float matrix (NaN stays NaN: LightGBM treats it as missing)."""
+    return np.array([[float(row[c]) if row.get(c) is not None else math.nan for c in columns] for row in rows],
+                    dtype=np.float64).reshape(len(rows), len(columns))
+
+
+def candidate_truth(labels: np.ndarray, ground_truth: np.ndarray, affine: np.ndarray) -> dict[int, int]:
+    """1 for a candidate judged a true lesion by the MSSEG-2 (Anima) rule, else 0.
+
+    Candidates are scored exactly as ``mstools evaluate`` scores a prediction whose
+    lesions are these candidates (their own connected components, so that each
+    candidate is one predicted lesion); candidates at or below the minimum lesion size
+    are negatives.
+    """
+    from mstools.metrics.defaults import MIN_LESION_MM3
+    from mstools.metrics.lesionwise import Components, find_components, lesion_overlap, min_voxels, msseg2_rule
+
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    truth = find_components(ground_truth, connectivity=6)
+    count = int(labels.max()) if labels.size else 0
+    sizes = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)
+    prediction = Components(labels=labels.astype(np.int32, copy=False), count=count, sizes=sizes,
+                            centroids=np.zeros((count + 1, 3)), boxes=[None] * (count + 1))
+    table = lesion_overlap(truth, prediction, min_lesion_voxels=min_voxels(MIN_LESION_MM3, voxel_mm3))
+    verdict = msseg2_rule(table).prediction.positive
+    return {label: int(bool(verdict[label])) for label in range(1, count + 1) if sizes[label] > 0}
+
+
+def decide_by_rules(rows: list[dict], rules: FilterRules, *, have_tissues: bool, have_baseline_lesions: bool) -> None:
+    """Set each row's ``decision``: "kept" or the ';'-joined rejection reasons."""
+    for row in rows:
+        reasons = rule_reasons(row, rules, have_tissues=have_tissues, have_baseline_lesions=have_baseline_lesions)
+        row["decision"] = "kept" if not reasons else ";".join(reasons)
+
+
+def decide_by_model(rows: list[dict], model_text: str, features: list[str], threshold: float) -> None:
+    """Set each row's ``probability`` (learned filter) and ``decision`` at ``threshold``."""
+    from mstools.lesion_classifier import predict
+
+    probabilities = predict(model_text, feature_matrix(rows, features))
+    for row, p in zip(rows, probabilities):
+        row["probability"] = float(p)
+        row["decision"] = "kept" if p >= threshold else f"probability<{threshold:g}"
+
+
+def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
+    """The kept candidates in the common convention; sets each row's ``output_label``.
+
+    The score of a kept candidate is its probability (learned filter) or 1 (rules).
+    One pass over the volume whatever the number of candidates.
+    """
+    from mstools.lesions import detections_from_mask
+
+    size = int(labels.max()) + 1 if labels.size else 1
+    keep = np.zeros(size, dtype=bool)
+    value = np.zeros(size, dtype=np.float32)
+    kept = [row["label"] for row in rows if row["decision"] == "kept"]
+    for row in rows:
+        if row["decision"] == "kept":
+            keep[row["label"]] = True
+            value[row["label"]] = row.get("probability", 1.0)
+    detections = detections_from_mask(keep[labels], value[labels], affine, connectivity=26)
+    mapping = {}
+    if kept:
+        new = ndimage.maximum(detections.labels, labels, index=kept)
+        mapping = dict(zip(kept, (int(v) for v in np.atleast_1d(new))))
+    for row in rows:
+        row["output_label"] = mapping.get(row["label"], 0)
+    return detections
+
+
+def csf_and_white_matter(baseline: np.ndarray, brain: np.ndarray, tissues: np.ndarray | None):
+    """CSF and WM masks from a tissue map (1 CSF, 2 GM, 3 WM), or CSF from FLAIR intensity and no WM."""
+    from mstools.case_layout import TISSUE_LABELS
+    from mstools.intensity import csf_from_flair
+
+    if tissues is None:
+        return csf_from_flair(baseline, brain > 0), None
+    return tissues == TISSUE_LABELS["csf"], tissues == TISSUE_LABELS["wm"]

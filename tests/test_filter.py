@@ -1,0 +1,198 @@
+"""Candidate features, La Rosa's rules and the learned filter, on hand-made volumes."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from mstools import case_layout as layout
+from mstools.filtering import (FilterRules, candidate_features, candidate_truth, decide_by_rules, kept_detections,
+                               rule_reasons)
+from tests.conftest import oblique_affine, save_nifti
+
+runner = CliRunner()
+SHAPE = (40, 40, 20)
+SPACING_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def volumes():
+    """WM everywhere (100), a CSF slab (20) at i < 4; a blob and a streak as candidates."""
+    baseline = np.full(SHAPE, 100.0, np.float32)
+    baseline[:4] = 20.0
+    followup = baseline.copy()
+    labels = np.zeros(SHAPE, np.int32)
+    idx = np.indices(SHAPE)
+    blob = ((idx[0] - 20) ** 2 + (idx[1] - 20) ** 2 + (idx[2] - 10) ** 2) <= 9          # ovoid, r = 3
+    streak = (idx[0] == 30) & (idx[1] >= 5) & (idx[1] < 35) & (idx[2] == 10)            # 1-voxel-thin vessel
+    speck_at_csf = (idx[0] >= 4) & (idx[0] < 7) & (idx[1] >= 10) & (idx[1] < 13) & (idx[2] >= 9) & (idx[2] < 12)
+    labels[blob] = 1
+    labels[streak] = 2
+    labels[speck_at_csf] = 3
+    followup[blob] = 180.0
+    followup[streak] = 150.0
+    followup[speck_at_csf] = 50.0                                                         # darker than its shell
+    brain = np.ones(SHAPE, bool)
+    csf = np.zeros(SHAPE, bool)
+    csf[:4] = True
+    return baseline, followup, brain, csf, labels
+
+
+@pytest.fixture(scope="module")
+def rows():
+    baseline, followup, brain, csf, labels = volumes()
+    wm = ~csf
+    lesions_t1 = np.zeros(SHAPE, np.uint8)
+    lesions_t1[20:23, 24:27, 9:12] = 1         # touches the blob (which reaches j = 23)
+    return candidate_features(labels, baseline=baseline, followup=followup, brain=brain, affine=SPACING_AFFINE,
+                              csf=csf, white_matter=wm, baseline_lesions=lesions_t1)
+
+
+def by_label(rows, label):
+    return next(r for r in rows if r["label"] == label)
+
+
+def test_features_are_counted_right(rows):
+    blob, streak, speck = by_label(rows, 1), by_label(rows, 2), by_label(rows, 3)
+    assert blob["voxels"] == 123 and blob["volume_mm3"] == 123
+    assert blob["neighbour_contrast"] == pytest.approx(1.8)
+    assert streak["neighbour_contrast"] == pytest.approx(1.5)
+    assert speck["neighbour_contrast"] < 0.9
+    assert (blob["centroid_i"], blob["centroid_j"], blob["centroid_k"]) == (20, 20, 10)
+    assert blob["touches_csf"] == 0 and speck["touches_csf"] == 1
+    assert speck["csf_distance_mm"] == pytest.approx(1.0)
+    assert blob["wm_fraction"] == 1.0
+    assert blob["touches_baseline_lesion"] == 1 and streak["touches_baseline_lesion"] == 0
+    assert blob["edge_distance_mm"] > 0
+    assert blob["shape_Sphericity"] > 0.8 > 0.4 > streak["shape_Sphericity"]
+    assert streak["shape_LeastAxisLength"] < 1.2 < blob["shape_LeastAxisLength"]
+    assert streak["shape_Elongation"] < 0.1 < 0.9 < blob["shape_Elongation"]
+
+
+def test_la_rosa_rules_keep_the_blob_and_say_why_others_go(rows):
+    rules = FilterRules()
+    blob_reasons = rule_reasons(by_label(rows, 1), rules, have_tissues=True, have_baseline_lesions=False)
+    assert blob_reasons == []
+    streak_reasons = rule_reasons(by_label(rows, 2), rules, have_tissues=True, have_baseline_lesions=False)
+    assert streak_reasons == ["least_axis<1.2"]
+    speck_reasons = rule_reasons(by_label(rows, 3), rules, have_tissues=True, have_baseline_lesions=False)
+    assert "touches_csf" in speck_reasons and "contrast<0.9" in speck_reasons
+    # the baseline-lesion rule applies only when a baseline lesion mask is given
+    assert rule_reasons(by_label(rows, 1), rules, have_tissues=True, have_baseline_lesions=True) == \
+        ["touches_baseline_lesion"]
+    off = FilterRules(min_least_axis_mm=None)
+    assert rule_reasons(by_label(rows, 2), off, have_tissues=True, have_baseline_lesions=False) == []
+
+
+def test_kept_detections_relabel_and_map(rows):
+    *_, labels = volumes()
+    rows = [dict(r) for r in rows]
+    decide_by_rules(rows, FilterRules(), have_tissues=True, have_baseline_lesions=False)
+    detections = kept_detections(labels, rows, SPACING_AFFINE)
+    assert detections.mask.sum() == 123 and detections.labels.max() == 1
+    assert [r["output_label"] for r in sorted(rows, key=lambda r: r["label"])] == [1, 0, 0]
+
+
+def test_candidate_truth_follows_the_msseg2_rule():
+    labels = np.zeros((20, 20, 20), np.int32)
+    labels[2:6, 2:6, 2:6] = 1          # exactly the lesion: true
+    labels[10:18, 10:18, 10:18] = 2    # covers a small lesion but mostly outside: false
+    labels[0:2, 15:17, 0:2] = 3        # nowhere near: false
+    gt = np.zeros((20, 20, 20), np.uint8)
+    gt[2:6, 2:6, 2:6] = 1
+    gt[11:13, 11:13, 11:13] = 1
+    assert candidate_truth(labels, gt, np.eye(4)) == {1: 1, 2: 0, 3: 0}
+
+
+@pytest.fixture
+def case_with_candidates(tmp_path):
+    """A case folder on an oblique grid plus a detector output with a blob and a streak."""
+    baseline, followup, brain, csf, labels = volumes()
+    affine = oblique_affine()
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "case"
+    folder.mkdir()
+    save_nifti(folder / layout.BASELINE, baseline + rng.normal(0, 1, SHAPE).astype(np.float32), affine)
+    save_nifti(folder / layout.FOLLOWUP, followup + rng.normal(0, 1, SHAPE).astype(np.float32), affine)
+    save_nifti(folder / layout.BRAIN_MASK, brain.astype(np.uint8), affine)
+    save_nifti(folder / layout.GROUND_TRUTH, (labels == 1).astype(np.uint8), affine)
+    tissues = np.where(csf, 1, 3).astype(np.uint8)
+    save_nifti(folder / layout.TISSUES, tissues, affine)
+    save_nifti(folder / "subtract_labels.nii.gz", labels, affine)
+    save_nifti(folder / "subtract_score.nii.gz", (labels > 0).astype(np.float32) * 3, affine)
+    return folder
+
+
+def test_filter_cli_writes_kept_candidates_and_the_feature_table(case_with_candidates, tmp_path):
+    case = case_with_candidates
+    out = str(tmp_path / "filtered")
+    result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out,
+                                 "--tissues", str(case / layout.TISSUES), "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["candidates"] == 3
+    mask = nib.load(out + "_mask.nii.gz")
+    assert mask.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mask.affine, oblique_affine(), atol=1e-5)
+    features = open(out + "_features.tsv").read().splitlines()
+    header = features[0].split("\t")
+    decisions = {line.split("\t")[0]: line.split("\t")[header.index("decision")] for line in features[1:]}
+    assert decisions["1"] == "kept"
+    assert decisions["2"] == "least_axis<1.2"
+    assert payload["kept"] == list(decisions.values()).count("kept")
+    # `filter apply` is the same command
+    again = runner.invoke(app, ["filter", "apply", str(case), "-c", str(case / "subtract"), "-o", out, "--force"])
+    assert again.exit_code == 0, again.stderr
+
+
+def test_filter_cli_refuses_missing_candidates(case_with_candidates, tmp_path):
+    result = runner.invoke(app, ["filter", str(case_with_candidates), "-c", str(tmp_path / "nothing"),
+                                 "-o", str(tmp_path / "f")])
+    assert result.exit_code == 1 and "not found" in result.stderr
+    assert not list(tmp_path.glob("f_*"))
+
+
+def test_learned_filter_round_trip_is_deterministic_and_strict(case_with_candidates, tmp_path):
+    case = case_with_candidates
+    # a second case: same volumes, other noise
+    second = tmp_path / "case2"
+    second.mkdir()
+    for item in case.iterdir():
+        (second / item.name).write_bytes(item.read_bytes())
+    models = []
+    for n in range(2):
+        model = tmp_path / f"model{n}.txt"
+        result = runner.invoke(app, ["filter", "train", str(case), str(second), "-o", str(model),
+                                     "--use-tissues", "--seed", "3", "--json"])
+        assert result.exit_code == 0, result.stderr
+        card = json.loads(result.stdout)
+        assert card["positives"] == 2 and card["candidates"] == 6
+        models.append(model.read_text())
+    strip = lambda text: text.split("parameters:")[0]
+    assert strip(models[0]) == strip(models[1])
+    out = str(tmp_path / "learned")
+    result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out,
+                                 "--tissues", str(case / layout.TISSUES), "--model", str(tmp_path / "model0.txt"),
+                                 "--probability", "0.5"])
+    assert result.exit_code == 0, result.stderr
+    assert "probability" in open(out + "_features.tsv").readline()
+    # a card whose features differ from the model's is refused
+    card_path = tmp_path / "model0.txt.card.json"
+    card = json.loads(card_path.read_text())
+    card["features"] = card["features"][:-1]
+    card_path.write_text(json.dumps(card))
+    result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", str(tmp_path / "x"),
+                                 "--model", str(tmp_path / "model0.txt")])
+    assert result.exit_code == 1 and "retrain" in result.stderr
+
+
+def test_training_needs_both_classes(case_with_candidates, tmp_path):
+    gt = case_with_candidates / layout.GROUND_TRUTH
+    save_nifti(gt, np.zeros(SHAPE, np.uint8), oblique_affine())
+    result = runner.invoke(app, ["filter", "train", str(case_with_candidates), "-o", str(tmp_path / "m.txt")])
+    assert result.exit_code == 1 and "true and false" in result.stderr
+    assert not (tmp_path / "m.txt").exists()
