@@ -17,6 +17,7 @@ from cli import common
 from cli.simulate import simulate_command
 from cli.subtract import subtract_command
 from cli.filter import filter_app
+from cli.preprocess import apply_transform_command, preprocess_command
 from cli.evaluate import evaluate_command
 
 app = typer.Typer(
@@ -51,6 +52,8 @@ app.command("simulate")(simulate_command)
 app.command("evaluate")(evaluate_command)
 app.command("subtract")(subtract_command)
 app.add_typer(filter_app, name="filter")
+app.command("preprocess")(preprocess_command)
+app.command("apply-transform")(apply_transform_command)
 
 
 def main() -> None:

@@ -249,6 +249,36 @@ def derived_nifti(data: np.ndarray, reference: Image, dtype: np.dtype | type | s
     return img
 
 
+def vector_nifti(field: np.ndarray, reference: Image) -> nib.Nifti1Image:
+    """A vector field ``(I, J, K, 3)`` on the reference grid as a 5D NIfTI (float32, intent 1007)."""
+    field = np.asarray(field)
+    if field.ndim != 4 or field.shape[3] != 3:
+        raise ValueError(f"a vector field of shape (I, J, K, 3) was expected, not {field.shape}")
+    img = derived_nifti(field[:, :, :, None, :], reference, np.float32)
+    img.header.set_intent(1007, (), name="displacement mm")
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def read_vector_field(path: str | os.PathLike) -> Image:
+    """Read a 5D displacement field ``(I, J, K, 1, 3)`` (intent 1006 or 1007) as ``(I, J, K, 3)`` float32."""
+    img, p = _load(path)
+    shape = img.shape
+    if len(shape) != 5 or shape[3] != 1 or shape[4] != 3:
+        raise InputError(f"{p}: has shape {shape}, a displacement field of shape (I, J, K, 1, 3) was expected "
+                         "(written by mstools register)")
+    if int(img.header["intent_code"]) not in (1006, 1007):
+        raise InputError(f"{p}: NIfTI intent code {int(img.header['intent_code'])} is not a vector field "
+                         "(1006 or 1007); give a displacement field written by mstools register")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:3] + (3,))
+    except Exception as exc:
+        raise InputError(f"{p}: voxel data unreadable ({_one_line(exc)}); the file may be truncated") from exc
+    if not np.isfinite(data).all():
+        raise InputError(f"{p}: displacement field contains NaN/Inf values; it cannot be applied")
+    return _image(img, p, data)
+
+
 def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
     """Refuse to overwrite an input, or an existing output without ``force``."""
     p = Path(path)
@@ -332,6 +362,13 @@ class OutputBatch:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
         return p
 
+    def vector_image(self, path: str | os.PathLike, field: np.ndarray, reference: Image) -> Path:
+        """A displacement field ``(I, J, K, 3)`` in mm as a 5D NIfTI ``(I, J, K, 1, 3)``,
+        float32, intent code 1007 (NIFTI_INTENT_VECTOR, as ITK and ANTs write them)."""
+        p, tmp = self._claim(path)
+        nib.save(vector_nifti(field, reference), tmp)
+        return p
+
     def text(self, path: str | os.PathLike, content: str | bytes) -> Path:
         p, tmp = self._claim(path)
         if isinstance(content, bytes):
@@ -398,6 +435,37 @@ def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
             return list(csv.DictReader(handle, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{p}: unreadable table ({_one_line(exc)}); a tab-separated file was expected") from exc
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def transform_text(matrix_ras: np.ndarray) -> str:
+    """An ITK ``.tfm`` file's text for a 4x4 RAS point transform (write it with OutputBatch.text)."""
+    from mstools.sitk_bridge import itk_transform_text
+
+    return itk_transform_text(matrix_ras)
+
+
+def read_transform(path: str | os.PathLike) -> np.ndarray:
+    """A linear ITK transform file (.tfm/.txt/.mat, as SimpleITK, ANTs, Slicer write them)
+    as a 4x4 RAS point transform (output point -> input point, ITK's convention)."""
+    import SimpleITK as sitk
+
+    from mstools.sitk_bridge import transform_matrix
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: transform file not found; check the path")
+    try:
+        transform = sitk.ReadTransform(str(p))
+        matrix = transform_matrix(transform)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable linear ITK transform ({_one_line(exc)}); "
+                         "give a .tfm written by mstools preprocess (or another rigid/affine ITK transform)") from exc
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
+        raise InputError(f"{p}: transform is singular or not finite; give a rigid or affine transform")
+    return matrix
 
 
 # --------------------------------------------------------------------------- hashing

@@ -1,0 +1,264 @@
+"""The whole preprocessing chain for one pair: pure steps on arrays, in memory.
+
+Order (each step can be switched off in :class:`PreprocessOptions`):
+
+1. checks: each scan non-empty, with a head-sized field of view;
+2. brain mask of each time point in its own space (``otsu``, ``deepbet`` or a given
+   mask), checked to have a human brain's volume;
+3. N4 bias-field correction of each time point in its own space, inside its mask;
+4. rigid registration of the follow-up onto the baseline (bias-corrected images,
+   masked metric), then a common grid: the halfway space (default, as MSSEG-2: half
+   the transform applied to each scan so that both carry one interpolation), or the
+   baseline's or the follow-up's grid;
+5. resampling: intensities with cubic B-splines, masks linearly then >= 0.5; a scan
+   whose transform is the identity onto its own grid is copied, not interpolated. The
+   brain masks are combined (union by default) and limited to where both scans have
+   data;
+6. intensity harmonisation inside the combined mask.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from mstools.errors import InputError
+from mstools.preprocess import brain_extraction as bet
+from mstools.preprocess import harmonise as harm
+from mstools.preprocess.bias_field import SHRINK_FACTOR, correct_bias
+from mstools.preprocess.rigid import (IDENTITY_TOLERANCE_VOXELS, Grid, common_grid, grid_of, half_transform,
+                                      mask_box_corners, max_displacement_mm, regrid, register_rigid,
+                                      resample, resample_mask, rotation_angle_deg)
+
+SPACES = ("halfway", "baseline", "followup")
+REGISTRATION = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """Every switch of the chain; the defaults are the published ones (see the modules)."""
+
+    brain_extraction: str = "otsu"          # otsu | deepbet | none (given masks win)
+    combine_masks: str = "union"            # union (MSSEG-2 organisers) | intersection (Cabezas)
+    bias_correction: bool = True
+    n4_shrink: int = SHRINK_FACTOR
+    registration: str = "auto"              # auto: register | off: the pair must share a grid
+    space: str = "halfway"                  # halfway | baseline | followup
+    spacing_mm: tuple[float, float, float] | None = None
+    harmonisation: str = harm.DEFAULT_METHOD
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.brain_extraction not in (*bet.METHODS, "none"):
+            raise ValueError(f"brain_extraction must be one of {(*bet.METHODS, 'none')}")
+        if self.combine_masks not in ("union", "intersection"):
+            raise ValueError("combine_masks must be 'union' or 'intersection'")
+        if self.registration not in REGISTRATION:
+            raise ValueError(f"registration must be one of {REGISTRATION}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}")
+        if self.harmonisation not in harm.METHODS:
+            raise ValueError(f"harmonisation must be one of {harm.METHODS}")
+        if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
+            raise ValueError("spacing_mm must be three positive voxel sizes")
+        if not 0 < self.mask_threshold <= 1:
+            raise ValueError("mask_threshold must lie in (0, 1]")
+
+
+@dataclass
+class PreprocessResult:
+    baseline: np.ndarray            # float32, on grid
+    followup: np.ndarray            # float32, on grid
+    brain_mask: np.ndarray          # uint8, on grid
+    grid: Grid
+    to_baseline: np.ndarray         # 4x4 RAS: grid point -> baseline scan point
+    to_followup: np.ndarray         # 4x4 RAS: grid point -> follow-up scan point
+    registration: np.ndarray        # 4x4 RAS: baseline point -> follow-up point
+    carried: dict[str, np.ndarray] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _same_grid(a_shape, a_affine, b_shape, b_affine, tolerance_mm: float = 1e-3) -> bool:
+    return tuple(a_shape) == tuple(b_shape) and bool(np.max(np.abs(np.asarray(a_affine) - np.asarray(b_affine)))
+                                                     <= tolerance_mm)
+
+
+def _default_spacing(baseline: Grid, followup: Grid) -> tuple[float, float, float]:
+    """The baseline's voxel size when both scans have the same one (in any axis order),
+    else isotropic voxels of the finest edge of either scan (no detail is lost)."""
+    b, f = np.asarray(baseline.spacing_mm), np.asarray(followup.spacing_mm)
+    if np.allclose(np.sort(b), np.sort(f), atol=1e-3):
+        return tuple(float(v) for v in b)  # type: ignore[return-value]
+    finest = float(min(b.min(), f.min()))
+    return (finest, finest, finest)
+
+
+def _direction(affine: np.ndarray) -> np.ndarray:
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return linear / np.linalg.norm(linear, axis=0)
+
+
+def _into(data, affine, grid: Grid, transform: np.ndarray, *, kind: str, threshold: float = 0.5) -> np.ndarray:
+    """One scan-space array onto ``grid``: copied when nothing moves, else interpolated."""
+    if np.allclose(transform, np.eye(4), atol=1e-9) and _same_grid(np.shape(data), affine, grid.shape, grid.affine):
+        return np.array(data, dtype=np.float32 if kind == "image" else np.uint8, copy=True)
+    if kind == "image":
+        return resample(data, affine, grid, transform, interpolation="smooth")
+    return resample_mask(data, affine, grid, transform, threshold=threshold)
+
+
+def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup: np.ndarray,
+                    followup_affine: np.ndarray, *, options: PreprocessOptions = PreprocessOptions(),
+                    baseline_mask: np.ndarray | None = None, followup_mask: np.ndarray | None = None,
+                    carry: dict[str, tuple[np.ndarray, str]] | None = None,
+                    names: tuple[str, str] = ("baseline", "follow-up"),
+                    progress: Callable[[str], None] | None = None) -> PreprocessResult:
+    """Bring two FLAIR scans of one patient onto one grid with comparable intensities.
+
+    ``carry`` maps a name to (binary mask, "baseline" | "followup"): masks on that
+    scan's grid taken into the common space alongside (e.g. lesion masks).
+    Bad input raises :class:`~mstools.errors.InputError`. ``progress`` receives one
+    line per step (the CLI logs them on stderr).
+    """
+    say = progress or (lambda message: None)
+    seconds: dict[str, float] = {}      # wall clock per step
+    cpu_seconds: dict[str, float] = {}  # CPU time of this process (all threads) per step
+    report: dict = {"options": asdict(options)}
+    b_grid, f_grid = grid_of(np.shape(baseline), baseline_affine), grid_of(np.shape(followup), followup_affine)
+    bet.check_scan(baseline, baseline_affine, name=names[0])
+    bet.check_scan(followup, followup_affine, name=names[1])
+    for mask, grid, name in ((baseline_mask, b_grid, names[0]), (followup_mask, f_grid, names[1])):
+        if mask is not None and tuple(np.shape(mask)) != grid.shape:
+            raise InputError(f"the brain mask of the {name} has shape {np.shape(mask)}, not the scan's "
+                             f"{grid.shape}; give a mask on the scan's own grid")
+    for name, (mask, which) in (carry or {}).items():
+        grid = b_grid if which == "baseline" else f_grid
+        if tuple(np.shape(mask)) != grid.shape:
+            raise InputError(f"{name} has shape {np.shape(mask)}, not the {which} scan's {grid.shape}; "
+                             "give a mask on the scan's own grid")
+
+    same = _same_grid(b_grid.shape, b_grid.affine, f_grid.shape, f_grid.affine)
+    if options.registration == "off" and not same:
+        raise InputError(f"the {names[0]} and {names[1]} are not on one grid, so registration cannot be "
+                         "switched off; drop --no-registration")
+
+    # 2. brain masks
+    say("brain extraction")
+    start, cpu = time.perf_counter(), time.process_time()
+    masks = []
+    for data, affine, given, name, key in ((baseline, baseline_affine, baseline_mask, names[0], "baseline"),
+                                           (followup, followup_affine, followup_mask, names[1], "followup")):
+        if given is not None:
+            mask = (np.asarray(given) > 0).astype(np.uint8)
+            source = "given"
+        elif options.brain_extraction == "none":
+            mask = np.ones(np.shape(data), dtype=np.uint8)
+            source = "none"
+        else:
+            mask = bet.brain_mask(data, affine, method=options.brain_extraction)
+            source = options.brain_extraction
+        if source != "none":
+            bet.check_brain_mask(mask, affine, name=name)
+        masks.append(mask)
+        report.setdefault("brain_masks", {})[key] = {
+            "method": source, "volume_ml": round(float(mask.sum()) * float(abs(np.linalg.det(affine[:3, :3]))) / 1000, 1)}
+    seconds["brain_extraction"] = time.perf_counter() - start
+    cpu_seconds["brain_extraction"] = time.process_time() - cpu
+
+    # 3. bias field
+    say("N4 bias-field correction")
+    start, cpu = time.perf_counter(), time.process_time()
+    corrected = []
+    for data, affine, mask in ((baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])):
+        data = np.maximum(np.asarray(data, dtype=np.float32), 0.0)
+        if options.bias_correction:
+            data, _ = correct_bias(data, affine, mask=mask, shrink_factor=options.n4_shrink)
+        corrected.append(data)
+    seconds["bias_correction"] = time.perf_counter() - start
+    cpu_seconds["bias_correction"] = time.process_time() - cpu
+
+    # 4. registration and the common grid
+    say("rigid registration")
+    start, cpu = time.perf_counter(), time.process_time()
+    if options.registration == "off":
+        transform = np.eye(4)
+    else:
+        try:
+            transform = register_rigid(corrected[0], baseline_affine, corrected[1], followup_affine,
+                                       baseline_mask=masks[0], followup_mask=masks[1])
+        except RuntimeError as exc:  # ITK: e.g. no overlap between the two scans
+            reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"rigid registration of the {names[1]} onto the {names[0]} failed ({reason}); "
+                             "are both scans of the same head? Check their orientation in a viewer") from exc
+    corners = mask_box_corners(masks[0], baseline_affine)
+    moved_mm = max_displacement_mm(transform, corners)
+    finest = min(min(b_grid.spacing_mm), min(f_grid.spacing_mm))
+    already_aligned = moved_mm <= IDENTITY_TOLERANCE_VOXELS * finest
+    report["registration"] = {
+        "mode": options.registration, "same_grid": same,
+        "rotation_deg": round(rotation_angle_deg(transform), 4),
+        "max_brain_displacement_mm": round(moved_mm, 4),
+        "already_aligned": bool(already_aligned),
+        "baseline_to_followup_ras": transform.round(6).tolist()}
+    if already_aligned:
+        transform = np.eye(4)
+    seconds["registration"] = time.perf_counter() - start
+    cpu_seconds["registration"] = time.process_time() - cpu
+
+    start, cpu = time.perf_counter(), time.process_time()
+    say("resampling into the common space")
+    spacing = options.spacing_mm
+    if options.space == "halfway":
+        half = half_transform(transform)
+        to_baseline, to_followup = np.linalg.inv(half), half
+        spacing = spacing or _default_spacing(b_grid, f_grid)
+        grid = common_grid([b_grid, f_grid], [to_baseline, to_followup],
+                           direction_ras=half[:3, :3] @ _direction(baseline_affine), spacing_mm=spacing)
+    else:
+        reference = b_grid if options.space == "baseline" else f_grid
+        to_baseline = np.eye(4) if options.space == "baseline" else np.linalg.inv(transform)
+        to_followup = transform if options.space == "baseline" else np.eye(4)
+        grid = regrid(reference, spacing) if spacing is not None else reference
+    report["grid"] = {"shape": list(grid.shape), "spacing_mm": [round(s, 4) for s in grid.spacing_mm],
+                      "affine": grid.affine.round(6).tolist(), "space": options.space}
+
+    images = [_into(corrected[0], baseline_affine, grid, to_baseline, kind="image"),
+              _into(corrected[1], followup_affine, grid, to_followup, kind="image")]
+    moved_masks = [_into(masks[0], baseline_affine, grid, to_baseline, kind="mask",
+                         threshold=options.mask_threshold),
+                   _into(masks[1], followup_affine, grid, to_followup, kind="mask",
+                         threshold=options.mask_threshold)]
+    brain = bet.combine_masks(moved_masks[0], moved_masks[1], how=options.combine_masks)
+    # where each scan has data (its field of view; nearest neighbour on a uint8 image is cheap)
+    coverage = [resample(np.ones(g.shape, np.uint8), g.affine, grid, t, interpolation="nearest")
+                for g, t in ((b_grid, to_baseline), (f_grid, to_followup))]
+    brain &= coverage[0] & coverage[1]
+    if not brain.any():
+        raise InputError(f"the {names[0]} and {names[1]} brains do not overlap after registration; "
+                         "are both scans of the same head?")
+    carried = {}
+    for name, (mask, which) in (carry or {}).items():
+        source = b_grid if which == "baseline" else f_grid
+        carried[name] = _into(np.asarray(mask) > 0, source.affine, grid,
+                              to_baseline if which == "baseline" else to_followup, kind="mask",
+                              threshold=options.mask_threshold)
+    seconds["resampling"] = time.perf_counter() - start
+    cpu_seconds["resampling"] = time.process_time() - cpu
+
+    # 6. harmonisation
+    say("intensity harmonisation")
+    start, cpu = time.perf_counter(), time.process_time()
+    base_out, follow_out, params = harm.harmonise(images[0], images[1], brain, method=options.harmonisation)
+    report["harmonisation"] = params
+    report["brain_mask_volume_ml"] = round(float(brain.sum()) * float(abs(np.linalg.det(grid.affine[:3, :3]))) / 1000, 1)
+    seconds["harmonisation"] = time.perf_counter() - start
+    cpu_seconds["harmonisation"] = time.process_time() - cpu
+    report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    report["cpu_seconds"] = {k: round(v, 3) for k, v in cpu_seconds.items()}
+    return PreprocessResult(baseline=base_out, followup=follow_out, brain_mask=brain, grid=grid,
+                            to_baseline=to_baseline, to_followup=to_followup, registration=transform,
+                            carried=carried, report=report, seconds=seconds)
