@@ -36,10 +36,10 @@ def load(case: Path, with_maps: bool):
     return baseline, followup, brain, gt, tissues, lesions
 
 
-def candidates(case: Path, with_maps: bool):
+def candidates(case: Path, with_maps: bool, rule: str):
     baseline, followup, brain, gt, tissues, lesions = load(case, with_maps)
     t0 = time.perf_counter()
-    result = detect(baseline.data, followup, brain, affine=baseline.affine)
+    result = detect(baseline.data, followup, brain, affine=baseline.affine, rule=rule)
     t1 = time.perf_counter()
     csf, wm = csf_and_white_matter(baseline.data, brain, tissues)
     rows = candidate_features(result.detections.labels, baseline=baseline.data, followup=followup, brain=brain,
@@ -69,12 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", nargs="+", type=Path, required=True)
     parser.add_argument("--eval", nargs="+", type=Path, required=True)
+    parser.add_argument("--rule", default="prados", help="subtract rule")
     args = parser.parse_args()
+    print(f"subtract rule: {args.rule}")
     for with_maps in (False, True):
         setting = "with tissue map + baseline lesions" if with_maps else "no maps (CSF from FLAIR)"
         rows_all, truth, groups = [], [], []
         for n, case in enumerate(args.train):
-            affine, gt, detections, rows, _ = candidates(case, with_maps)
+            affine, gt, detections, rows, _ = candidates(case, with_maps, args.rule)
             verdict = candidate_truth(detections.labels, gt, affine)
             rows_all += rows
             truth += [verdict.get(r["label"], 0) for r in rows]
@@ -87,7 +89,7 @@ def main() -> None:
         results = {"subtract": [], "subtract + rules": [], "subtract + learned filter": []}
         times = []
         for case in args.eval:
-            affine, gt, detections, rows, timing = candidates(case, with_maps)
+            affine, gt, detections, rows, timing = candidates(case, with_maps, args.rule)
             times.append(timing)
             results["subtract"].append(score(detections.mask, gt, affine))
             decide_by_rules(rows, FilterRules(), have_tissues=with_maps, have_baseline_lesions=with_maps)

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The README's main job on the bundled samples. Writes under demo_out/ (ignored by git).
+# The README's main job on the bundled samples: the classical detection chain on each
+# two-time-point case (subtract -> filter), then the MSSEG-2 evaluation of the cohort.
+# Writes under demo_out/ (ignored by git); rerunning overwrites it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=demo_out
-mkdir -p "$out"
-# Until the detectors land, the demo simulates a fresh case and evaluates the
-# all-lesion follow-up mask against the new-lesion ground truth of a sample case
-# (a deliberately poor "detector": every lesion at follow-up is called new).
-mstools simulate "$out/fresh-case" --seed 11 --force
-mstools evaluate data_samples/sim-001/lesions_time02.nii.gz data_samples/sim-001/ground_truth.nii.gz
+rm -rf "$out" && mkdir -p "$out/pred" "$out/gt"
+for case in data_samples/sim-00*; do
+    name=$(basename "$case")
+    mkdir -p "$out/$name"
+    mstools -q subtract "$case" -o "$out/$name/subtract" > /dev/null
+    mstools -q filter "$case" --candidates "$out/$name/subtract" -o "$out/$name/filter" > /dev/null
+    ln -s "../$name/filter_mask.nii.gz" "$out/pred/$name.nii.gz"
+    ln -s "$PWD/$case/ground_truth.nii.gz" "$out/gt/$name.nii.gz"
+done
+mstools evaluate --pred-dir "$out/pred" --gt-dir "$out/gt" --out-dir "$out/evaluation"
