@@ -74,34 +74,46 @@ class Detections:
 
 
 def lesion_table(labels: np.ndarray, affine: np.ndarray, *, score: np.ndarray | None = None) -> list[dict]:
-    """One row per label 1..max: size, volume (|det affine| per voxel), centroids, score statistics."""
-    count = int(labels.max()) if labels.size else 0
-    if count == 0:
+    """One row per label 1..max: size, volume (|det affine| per voxel), centroids, score statistics.
+
+    Only the labelled voxels are visited (bincount and sorted reductions), so the cost
+    follows the lesion load, not the volume.
+    """
+    flat = np.flatnonzero(labels)
+    if flat.size == 0:
         return []
+    lab = labels.ravel()[flat].astype(np.int64)
+    count = int(lab.max())
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    index = np.arange(1, count + 1)
-    sizes = component_sizes(labels, count)[1:]
-    coords = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.uint8), labels, index)
+    sizes = np.bincount(lab, minlength=count + 1)
+    coords = np.unravel_index(flat, labels.shape)
+    present = sizes > 0
+    centroids = np.zeros((count + 1, 3))
+    for axis, c in enumerate(coords):
+        centroids[present, axis] = np.bincount(lab, weights=c, minlength=count + 1)[present] / sizes[present]
     if score is not None:
-        s = np.asarray(score, dtype=np.float64)
-        means = ndimage.mean(s, labels, index)
-        maxima = ndimage.maximum(s, labels, index)
-        minima = ndimage.minimum(s, labels, index)
+        values = np.asarray(score).ravel()[flat].astype(np.float64)
+        means = np.zeros(count + 1)
+        means[present] = np.bincount(lab, weights=values, minlength=count + 1)[present] / sizes[present]
+        order = np.argsort(lab, kind="stable")
+        starts = np.searchsorted(lab[order], np.flatnonzero(present))
+        maxima = np.zeros(count + 1)
+        minima = np.zeros(count + 1)
+        maxima[present] = np.maximum.reduceat(values[order], starts)
+        minima[present] = np.minimum.reduceat(values[order], starts)
     rows = []
-    for n, label in enumerate(index):
-        if sizes[n] == 0:
-            continue
-        ijk = np.asarray(coords[n], dtype=np.float64)
+    for label in np.flatnonzero(present):
+        ijk = centroids[label]
         xyz = affine[:3, :3] @ ijk + affine[:3, 3]
         rows.append({
             "label": int(label),
-            "voxels": int(sizes[n]),
-            "volume_mm3": float(sizes[n] * voxel_mm3),
+            "voxels": int(sizes[label]),
+            "volume_mm3": float(sizes[label] * voxel_mm3),
             "centroid_i": float(ijk[0]), "centroid_j": float(ijk[1]), "centroid_k": float(ijk[2]),
             "centroid_x_mm": float(xyz[0]), "centroid_y_mm": float(xyz[1]), "centroid_z_mm": float(xyz[2]),
-            "score_mean": float(means[n]) if score is not None else None,
-            "score_max": float(maxima[n]) if score is not None else None,
-            "score_min": float(minima[n]) if score is not None else None,
+            "score_mean": float(means[label]) if score is not None else None,
+            "score_max": float(maxima[label]) if score is not None else None,
+            "score_min": float(minima[label]) if score is not None else None,
         })
     return rows
 
@@ -109,11 +121,16 @@ def lesion_table(labels: np.ndarray, affine: np.ndarray, *, score: np.ndarray | 
 def detections_from_mask(mask: np.ndarray, score: np.ndarray, affine: np.ndarray, *,
                          connectivity: int = 26) -> Detections:
     """Label a binary detection mask and tabulate its lesions with their scores."""
-    binary = (np.asarray(mask) > 0)
-    labels, _ = label_components(binary, connectivity=connectivity)
+    labels, _ = label_components(np.asarray(mask) > 0, connectivity=connectivity)
+    return detections_from_labels(labels, score, affine)
+
+
+def detections_from_labels(labels: np.ndarray, score: np.ndarray, affine: np.ndarray) -> Detections:
+    """Detections from an already labelled map (labels 1..n, one per lesion)."""
+    labels = np.asarray(labels, dtype=np.int32)
     return Detections(
         score=np.asarray(score, dtype=np.float32),
-        mask=binary.astype(np.uint8),
+        mask=(labels > 0).astype(np.uint8),
         labels=labels,
         table=lesion_table(labels, affine, score=score),
     )

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from mstools.intensity import (csf_from_flair, differential_bias_correction, match_histogram,
                                normalised_mutual_information, zscore_in_mask)
-from mstools.lesions import Detections, detections_from_mask, label_components, structure
+from mstools.lesions import Detections, detections_from_labels, label_components, structure
 
 RULES = ("prados", "larosa", "hamzaoui")
 
@@ -100,25 +100,32 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
     return ndimage.binary_erosion(mask, structure=structure(6), iterations=iterations)
 
 
-def survives_erosion(mask: np.ndarray, *, connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
-    """Keep the clusters of ``mask`` that still have a voxel after one 6-neighbour erosion."""
+def select_clusters(mask: np.ndarray, *, min_voxels: int = 1, require_core: bool = False,
+                    connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
+    """Clusters of ``mask`` with at least ``min_voxels`` voxels (and, with ``require_core``,
+    a voxel that survives one 6-neighbour erosion), labelled 1..n in one labelling pass."""
     labels, count = label_components(mask, connectivity=connectivity)
     if count == 0:
-        return mask.astype(bool)
-    core = _erode(mask, 1)
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[core])] = True
+        return labels
+    keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_voxels
+    if require_core:
+        has_core = np.zeros(count + 1, dtype=bool)
+        has_core[np.unique(labels[_erode(mask, 1)])] = True
+        keep &= has_core
     keep[0] = False
-    return keep[labels]
+    new_index = np.zeros(count + 1, dtype=np.int32)
+    new_index[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_index[labels]
 
 
-def keep_larger_than(mask: np.ndarray, min_voxels: int, *, connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
+def survives_erosion(mask: np.ndarray) -> np.ndarray:
+    """Keep the clusters of ``mask`` that still have a voxel after one 6-neighbour erosion."""
+    return select_clusters(mask, require_core=True) > 0
+
+
+def keep_larger_than(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Keep clusters of at least ``min_voxels`` voxels."""
-    labels, count = label_components(mask, connectivity=connectivity)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = sizes >= min_voxels
-    keep[0] = False
-    return keep[labels]
+    return select_clusters(mask, min_voxels=min_voxels) > 0
 
 
 def condition_pair(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, spacing_mm,
@@ -143,10 +150,21 @@ def _subtraction(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, 
     return b, f, np.where(brain, f - b, 0).astype(np.float32), corrected
 
 
-def _ratio(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    matched = match_histogram(baseline, followup, brain)
-    floor = max(float(np.percentile(followup[brain], 1)), 1e-6)
-    return np.where(brain, followup / np.maximum(matched, floor), 0).astype(np.float32)
+def _matched_baseline(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Baseline brain voxels histogram-matched to the follow-up's (a 1D array over ``brain``)."""
+    inside = np.ones(int(brain.sum()), dtype=bool)
+    return match_histogram(baseline[brain], followup[brain], inside)
+
+
+def _ratio(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray,
+           matched: np.ndarray | None = None) -> np.ndarray:
+    """Follow-up / histogram-matched baseline inside the brain, 0 outside."""
+    matched = _matched_baseline(baseline, followup, brain) if matched is None else matched
+    values = followup[brain]
+    floor = max(float(np.percentile(values, 1)), 1e-6)
+    ratio = np.zeros(brain.shape, dtype=np.float32)
+    ratio[brain] = values / np.maximum(matched, floor)
+    return ratio
 
 
 def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
@@ -164,11 +182,10 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     mean, sd = float(values.mean()), float(values.std())
     score = np.where(brain, (d - mean) / sd, 0).astype(np.float32)
     mask = inclusion & (score > k)
-    mask = survives_erosion(mask)
-    mask = keep_larger_than(mask, min_voxels)
+    labels = select_clusters(mask, min_voxels=min_voxels, require_core=True)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
-        detections=detections_from_mask(mask, score, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        detections=detections_from_labels(labels, score, affine),
         details={"rule": "prados", "k_sd": k, "difference_mean": mean, "difference_sd": sd,
                  "min_voxels": min_voxels, "inclusion_voxels": int(inclusion.sum())})
 
@@ -188,10 +205,10 @@ def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     b, f, d, corrected = _subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     nmi = normalised_mutual_information(b, f, brain)
     level = larosa_threshold(nmi) if threshold is None else threshold
-    mask = keep_larger_than(brain & (d > level), min_voxels)
+    labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
-        detections=detections_from_mask(mask, d, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        detections=detections_from_labels(labels, d, affine),
         details={"rule": "larosa", "nmi": nmi, "threshold": level, "adaptive": threshold is None,
                  "min_voxels": min_voxels})
 
@@ -213,18 +230,20 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     _, _, d, corrected = _subtraction(baseline, followup, brain, affine, bias_sigma_mm)
-    matched = match_histogram(baseline, corrected, brain)
-    ratio = _ratio(baseline, corrected, brain)
+    matched = _matched_baseline(baseline, corrected, brain)
+    ratio = _ratio(baseline, corrected, brain, matched)
     level_f = discretise(corrected, brain, levels)
-    level_b = discretise(matched, brain, levels)
+    level_b = np.zeros(brain.shape, dtype=np.float32)
+    level_b[brain] = discretise(matched, np.ones(matched.shape, bool), levels)
+    level_b[~brain] = 1
     inner = ndimage.binary_erosion(brain, structure=ball(HAMZAOUI_BRAIN_EROSION_MM, spacing))
     mask = inner & (level_f / level_b > ratio_threshold)
     mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
     min_voxels = int(np.floor(min_mm3 / voxel_mm3)) + 1          # strictly above min_mm3
-    mask = keep_larger_than(mask, min_voxels)
+    labels = select_clusters(mask, min_voxels=min_voxels)
     return SubtractionResult(
         subtraction=d, ratio=ratio,
-        detections=detections_from_mask(mask, ratio, affine, connectivity=CANDIDATE_CONNECTIVITY),
+        detections=detections_from_labels(labels, ratio, affine),
         details={"rule": "hamzaoui", "ratio_threshold": ratio_threshold, "grey_levels": levels,
                  "opening_mm": opening_mm, "min_mm3": min_mm3})
 
