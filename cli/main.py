@@ -18,6 +18,7 @@ from cli.simulate import simulate_command
 from cli.subtract import subtract_command
 from cli.filter import filter_app
 from cli.preprocess import apply_transform_command, preprocess_command
+from cli.register import register_command, warp_command
 from cli.evaluate import evaluate_command
 
 app = typer.Typer(
@@ -54,6 +55,8 @@ app.command("subtract")(subtract_command)
 app.add_typer(filter_app, name="filter")
 app.command("preprocess")(preprocess_command)
 app.command("apply-transform")(apply_transform_command)
+app.command("register")(register_command)
+app.command("warp")(warp_command)
 
 
 def main() -> None:
