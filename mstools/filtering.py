@@ -27,6 +27,13 @@ SHAPE_FEATURES = ("LeastAxisLength", "MinorAxisLength", "MajorAxisLength", "Sphe
 #: Thickness (mm) of the shell of neighbouring voxels the contrast is measured against.
 SHELL_MM = 2.0
 
+#: La Rosa et al. dropped candidates touching SAMSEG's CSF label, which excludes the
+#: ventricles (SAMSEG labels them apart); periventricular lesions are kept. Without
+#: that atlas we call CSF "ventricular" when it lies deeper than this below the brain
+#: surface: the lateral ventricles sit 15 mm and more deep in the adult brain, sulcal
+#: CSF within a few mm of it.
+OUTER_CSF_DEPTH_MM = 10.0
+
 FEATURE_COLUMNS = (
     "label", "voxels", "volume_mm3", "centroid_i", "centroid_j", "centroid_k",
     *(f"shape_{name}" for name in SHAPE_FEATURES),
@@ -86,6 +93,7 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
     csf = csf > 0
     edge_distance = ndimage.distance_transform_edt(brain, sampling=spacing)
     csf_distance = ndimage.distance_transform_edt(~csf, sampling=spacing) if csf.any() else None
+    outer_csf = csf & (edge_distance <= OUTER_CSF_DEPTH_MM)
     from mstools.subtraction import ball  # the physical structuring element
 
     shell_element = ball(SHELL_MM, spacing)
@@ -124,7 +132,7 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
             "score_max": float(score[window][region].max()) if score is not None else math.nan,
             "edge_distance_mm": float(edge_distance[window][region].min()),
             "csf_distance_mm": float(csf_distance[window][region].min()) if csf_distance is not None else math.inf,
-            "touches_csf": int(bool((csf[window] & (touch | region)).any())),
+            "touches_csf": int(bool((outer_csf[window] & (touch | region)).any())),
             "wm_fraction": float((white_matter[window][region] > 0).mean()) if white_matter is not None else math.nan,
             "touches_baseline_lesion": (int(bool((baseline_lesions[window] > 0)[touch | region].any()))
                                         if baseline_lesions is not None else 0),

@@ -16,29 +16,33 @@ from mstools.filtering import (FilterRules, candidate_features, candidate_truth,
 from tests.conftest import oblique_affine, save_nifti
 
 runner = CliRunner()
-SHAPE = (40, 40, 20)
+SHAPE = (40, 40, 28)
 SPACING_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 
 
 def volumes():
-    """WM everywhere (100), a CSF slab (20) at i < 4; a blob and a streak as candidates."""
+    """A brain box of WM (100) with sulcal CSF (20) at i < 4 and a deep 'ventricle' pocket
+    (20) touching the blob; candidates: a blob, a streak, a speck touching sulcal CSF."""
     baseline = np.full(SHAPE, 100.0, np.float32)
     baseline[:4] = 20.0
+    baseline[20:23, 14:17, 13:16] = 20.0
     followup = baseline.copy()
     labels = np.zeros(SHAPE, np.int32)
     idx = np.indices(SHAPE)
-    blob = ((idx[0] - 20) ** 2 + (idx[1] - 20) ** 2 + (idx[2] - 10) ** 2) <= 9          # ovoid, r = 3
-    streak = (idx[0] == 30) & (idx[1] >= 5) & (idx[1] < 35) & (idx[2] == 10)            # 1-voxel-thin vessel
-    speck_at_csf = (idx[0] >= 4) & (idx[0] < 7) & (idx[1] >= 10) & (idx[1] < 13) & (idx[2] >= 9) & (idx[2] < 12)
+    blob = ((idx[0] - 20) ** 2 + (idx[1] - 20) ** 2 + (idx[2] - 14) ** 2) <= 9          # ovoid, r = 3
+    streak = (idx[0] == 30) & (idx[1] >= 5) & (idx[1] < 35) & (idx[2] == 14)            # 1-voxel-thin vessel
+    speck_at_csf = (idx[0] >= 4) & (idx[0] < 7) & (idx[1] >= 10) & (idx[1] < 13) & (idx[2] >= 13) & (idx[2] < 16)
     labels[blob] = 1
     labels[streak] = 2
     labels[speck_at_csf] = 3
     followup[blob] = 180.0
     followup[streak] = 150.0
     followup[speck_at_csf] = 50.0                                                         # darker than its shell
-    brain = np.ones(SHAPE, bool)
-    csf = np.zeros(SHAPE, bool)
-    csf[:4] = True
+    brain = np.zeros(SHAPE, bool)
+    brain[2:-2, 2:-2, 2:-2] = True
+    baseline[~brain] = 0.0
+    followup[~brain] = 0.0
+    csf = brain & (baseline == 20.0)
     return baseline, followup, brain, csf, labels
 
 
@@ -47,7 +51,7 @@ def rows():
     baseline, followup, brain, csf, labels = volumes()
     wm = ~csf
     lesions_t1 = np.zeros(SHAPE, np.uint8)
-    lesions_t1[20:23, 24:27, 9:12] = 1         # touches the blob (which reaches j = 23)
+    lesions_t1[20:23, 24:27, 13:16] = 1        # touches the blob (which reaches j = 23)
     return candidate_features(labels, baseline=baseline, followup=followup, brain=brain, affine=SPACING_AFFINE,
                               csf=csf, white_matter=wm, baseline_lesions=lesions_t1)
 
@@ -59,15 +63,17 @@ def by_label(rows, label):
 def test_features_are_counted_right(rows):
     blob, streak, speck = by_label(rows, 1), by_label(rows, 2), by_label(rows, 3)
     assert blob["voxels"] == 123 and blob["volume_mm3"] == 123
-    assert blob["neighbour_contrast"] == pytest.approx(1.8)
+    assert blob["neighbour_contrast"] > 1.8          # 180 over a shell of WM (100) and the CSF pocket (20)
     assert streak["neighbour_contrast"] == pytest.approx(1.5)
     assert speck["neighbour_contrast"] < 0.9
-    assert (blob["centroid_i"], blob["centroid_j"], blob["centroid_k"]) == (20, 20, 10)
-    assert blob["touches_csf"] == 0 and speck["touches_csf"] == 1
+    assert (blob["centroid_i"], blob["centroid_j"], blob["centroid_k"]) == (20, 20, 14)
+    # the blob touches the deep (ventricular) CSF pocket, which La Rosa's rule spares
+    assert blob["csf_distance_mm"] == pytest.approx(1.0) and blob["touches_csf"] == 0
+    assert speck["touches_csf"] == 1
     assert speck["csf_distance_mm"] == pytest.approx(1.0)
     assert blob["wm_fraction"] == 1.0
     assert blob["touches_baseline_lesion"] == 1 and streak["touches_baseline_lesion"] == 0
-    assert blob["edge_distance_mm"] > 0
+    assert blob["edge_distance_mm"] == pytest.approx(9.0)   # k = 17 to the background at k = 26
     assert blob["shape_Sphericity"] > 0.8 > 0.4 > streak["shape_Sphericity"]
     assert streak["shape_LeastAxisLength"] < 1.2 < blob["shape_LeastAxisLength"]
     assert streak["shape_Elongation"] < 0.1 < 0.9 < blob["shape_Elongation"]
