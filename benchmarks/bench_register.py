@@ -60,6 +60,15 @@ def _sweep(subtraction, brain, truth, affine, affine_subtraction=None):
     return np.array(rows)  # (thresholds, [gt, detected, fp])
 
 
+def _subtract_sweep(case, brain, truth):
+    """`mstools subtract --rule larosa --threshold t` (bias-corrected, z-scored) swept over t."""
+    from mstools.subtraction import LAROSA_MIN_VOXELS, conditioned_subtraction, select_clusters
+
+    _, _, d, _ = conditioned_subtraction(case.baseline, case.followup, brain, case.affine, 15.0)
+    return np.array([_counts(select_clusters(brain & (d > t), min_voxels=LAROSA_MIN_VOXELS) > 0, truth, case.affine)
+                     for t in SWEEP])
+
+
 def accuracy(args) -> None:
     from mstools.registration import deformation, detection, parameters
     from mstools.registration.elastix import register
@@ -77,6 +86,7 @@ def accuracy(args) -> None:
         truth = case.ground_truth
         plain = detection.normalised_subtraction(case.followup, case.baseline, brain)
         curves = {"plain": _sweep(plain, brain, truth, case.affine)}
+        curves["mstools subtract (larosa rule)"] = _subtract_sweep(case, brain, truth)
         for grid in grids:
             maps = parameters.default_maps(parameters.RegistrationSettings(grid_spacing_mm=grid))
             result = register(case.followup, case.baseline, followup_affine=case.affine,

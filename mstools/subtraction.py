@@ -141,7 +141,7 @@ def condition_pair(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray
     return differential_bias_correction(baseline, followup, brain, spacing_mm=spacing_mm, sigma_mm=bias_sigma_mm)
 
 
-def _subtraction(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+def conditioned_subtraction(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, affine: np.ndarray,
                  bias_sigma_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(z-scored baseline, z-scored follow-up, subtraction, bias-corrected follow-up)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
@@ -174,7 +174,7 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
     """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring."""
     brain = brain > 0
-    b, _, d, corrected = _subtraction(baseline, followup, brain, affine, bias_sigma_mm)
+    b, _, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     csf = csf_from_flair(baseline, brain) if csf is None else csf > 0
     inclusion = (_erode(brain, PRADOS_BRAIN_EROSIONS) & ~_erode(csf, PRADOS_VENTRICLE_EROSIONS)
                  & ~(b > baseline_hyper_sd))
@@ -202,7 +202,7 @@ def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
     """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001)."""
     brain = brain > 0
-    b, f, d, corrected = _subtraction(baseline, followup, brain, affine, bias_sigma_mm)
+    b, f, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     nmi = normalised_mutual_information(b, f, brain)
     level = larosa_threshold(nmi) if threshold is None else threshold
     labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
@@ -229,7 +229,7 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     brain = brain > 0
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    _, _, d, corrected = _subtraction(baseline, followup, brain, affine, bias_sigma_mm)
+    _, _, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     matched = _matched_baseline(baseline, corrected, brain)
     ratio = _ratio(baseline, corrected, brain, matched)
     level_f = discretise(corrected, brain, levels)
