@@ -15,11 +15,14 @@ import typer
 from mstools import __version__
 from cli import common
 from cli.simulate import simulate_command
+from cli.evaluate import evaluate_command
 from cli.subtract import subtract_command
 from cli.filter import filter_app
-from cli.preprocess import apply_transform_command, preprocess_command
+from cli.refine import refine_app
 from cli.register import register_command, warp_command
-from cli.evaluate import evaluate_command
+from cli.preprocess import apply_transform_command, preprocess_command
+from cli.segment import segment_command
+from cli.train import train_command
 
 app = typer.Typer(
     name="mstools",
@@ -53,10 +56,13 @@ app.command("simulate")(simulate_command)
 app.command("evaluate")(evaluate_command)
 app.command("subtract")(subtract_command)
 app.add_typer(filter_app, name="filter")
-app.command("preprocess")(preprocess_command)
-app.command("apply-transform")(apply_transform_command)
+app.add_typer(refine_app, name="refine")
 app.command("register")(register_command)
 app.command("warp")(warp_command)
+app.command("preprocess")(preprocess_command)
+app.command("apply-transform")(apply_transform_command)
+app.command("segment")(segment_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -1,0 +1,18 @@
+"""Learned new-lesion segmentation: CoactSeg, an early-fusion 3D U-Net, a 2.5D multitask network.
+
+Nothing here imports torch at package level (``mstools --help`` must stay light):
+the networks, losses, inference and training modules import it themselves.
+
+* :mod:`~mstools.deep.config` -- model configurations (the papers' and the small defaults);
+* :mod:`~mstools.deep.coactseg`, :mod:`~mstools.deep.unet`, :mod:`~mstools.deep.multitask` -- networks;
+* :mod:`~mstools.deep.losses` -- Dice losses (paper 002 eq. 2), relation regulariser (eq. 3),
+  registration loss (paper 000 eq. 2);
+* :mod:`~mstools.deep.sampling` -- lesion-centred patch sampling (paper 002);
+* :mod:`~mstools.deep.augment` -- spatial, intensity and image-quality augmentation (paper 001);
+* :mod:`~mstools.deep.inference` -- device choice, sliding windows with Gaussian blending, flip TTA;
+* :mod:`~mstools.deep.training` -- the training loop (one step at a time, resumable);
+* :mod:`~mstools.deep.predictor` -- :class:`~mstools.deep.predictor.Predictor`: load once, predict many;
+* :mod:`~mstools.deep.cards` -- weight files and model cards.
+"""
+
+MODELS = ("coactseg", "unet", "multitask")

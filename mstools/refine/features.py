@@ -1,0 +1,217 @@
+"""Voxel features for the refinement classifier (Prados & Kanber, paper 001, section 2.2).
+
+The published set: for a voxel and its 6 face neighbours, the normalised baseline,
+the normalised follow-up and the first-stage candidate mask -- 3 inputs x 7 voxels =
+21 features. Neighbour order (array axes, never x/y/z):
+
+    c (the voxel), im (i-1), ip (i+1), jm (j-1), jp (j+1), km (k-1), kp (k+1)
+
+and features are named ``<input>_<position>``, inputs in the order baseline,
+followup, candidates: ``baseline_c, baseline_im, ..., candidates_kp``.
+
+Edges of the volume: a neighbour outside the grid takes, for the intensities, the
+value of the nearest voxel inside (edge replication: the scan does not jump to 0 at
+the field-of-view edge); for the candidate mask it is 0 (no candidate beyond the
+field of view).
+
+Richer, named sets add context (all recorded in a model's card, so a model is
+always applied with the features it was trained on):
+
+* ``context``: the published 21 + the subtraction (follow-up minus baseline) at the
+  voxel; local means and standard deviations of baseline, follow-up and subtraction
+  in boxes of two nominal widths (``CONTEXT_BOX_MM``, see ``_box_width``); the detector's score at the voxel
+  (NaN when the detector wrote none); the distance to the brain edge in mm (capped
+  at ``EDGE_CAP_MM``).
+* ``lesion``: ``context`` + the lesion-level features of ``mstools filter`` (its
+  ``_features.tsv``) of the candidate holding the voxel (NaN outside candidates).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+#: Neighbour positions in feature order: (name, offset along i, j, k).
+NEIGHBOURS = (("c", (0, 0, 0)), ("im", (-1, 0, 0)), ("ip", (1, 0, 0)), ("jm", (0, -1, 0)),
+              ("jp", (0, 1, 0)), ("km", (0, 0, -1)), ("kp", (0, 0, 1)))
+PUBLISHED_INPUTS = ("baseline", "followup", "candidates")
+PUBLISHED = tuple(f"{source}_{name}" for source in PUBLISHED_INPUTS for name, _ in NEIGHBOURS)
+
+#: Widths (mm) of the two boxes of the local statistics of the ``context`` set.
+CONTEXT_BOX_MM = (3.0, 7.0)
+#: Brain-edge distances are capped here (mm): deeper voxels are all "deep".
+EDGE_CAP_MM = 10.0
+
+_CONTEXT_MAPS = ("baseline", "followup", "subtraction")
+CONTEXT = PUBLISHED + ("subtraction_c",) + tuple(
+    f"{source}_{stat}_{int(width)}mm" for width in CONTEXT_BOX_MM for source in _CONTEXT_MAPS
+    for stat in ("mean", "sd")) + ("score_c", "brain_edge_mm")
+
+#: Lesion-level columns of ``mstools filter``'s feature table used by the ``lesion`` set.
+LESION_COLUMNS = ("voxels", "volume_mm3", "shape_LeastAxisLength", "shape_MinorAxisLength",
+                  "shape_MajorAxisLength", "shape_Sphericity", "shape_Elongation", "shape_Flatness",
+                  "neighbour_contrast", "difference_mean", "score_max", "edge_distance_mm",
+                  "csf_distance_mm", "wm_fraction")
+LESION = CONTEXT + tuple(f"lesion_{c}" for c in LESION_COLUMNS)
+
+FEATURE_SETS = {"published": PUBLISHED, "context": CONTEXT, "lesion": LESION}
+
+
+def feature_names(feature_set: str) -> tuple[str, ...]:
+    """The ordered feature names of a named set."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[feature_set]
+
+
+def neighbour_values(volume: np.ndarray, voxels: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+                     outside: str = "edge") -> np.ndarray:
+    """(n, 7) values of ``volume`` at each voxel and its 6 face neighbours, in ``NEIGHBOURS`` order.
+
+    ``outside="edge"`` replicates the nearest voxel inside the grid; ``"zero"`` gives 0.
+    """
+    if outside not in ("edge", "zero"):
+        raise ValueError(f"outside must be 'edge' or 'zero', not {outside!r}")
+    out = np.empty((len(voxels[0]), len(NEIGHBOURS)), dtype=np.float32)
+    shape = volume.shape
+    for column, (_, offset) in enumerate(NEIGHBOURS):
+        idx = [np.asarray(v, dtype=np.int64) + d for v, d in zip(voxels, offset)]
+        clipped = [np.clip(v, 0, n - 1) for v, n in zip(idx, shape)]
+        values = volume[tuple(clipped)].astype(np.float32)
+        if outside == "zero":
+            inside = np.ones(len(values), dtype=bool)
+            for v, n in zip(idx, shape):
+                inside &= (v >= 0) & (v < n)
+            values = np.where(inside, values, 0.0)
+        out[:, column] = values
+    return out
+
+
+def _box_statistics(image: np.ndarray, width_vox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and standard deviation in a box (edges: nearest-voxel replication)."""
+    image = image.astype(np.float32)
+    mean = ndimage.uniform_filter(image, size=width_vox, mode="nearest")
+    square = ndimage.uniform_filter(image * image, size=width_vox, mode="nearest")
+    return mean, np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def _box_width(width_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Odd box width in voxels along each axis: ``2 * round(width / spacing / 2) + 1``, at least 3
+    (a box of one voxel is no context). ``np.round`` rounds halves to even, so at 1 mm the
+    3 mm box is 5 voxels wide and the 7 mm box 9 voxels (the packaged model was trained so)."""
+    half = np.maximum(np.round(width_mm / spacing / 2.0), 1).astype(int)
+    return 2 * half + 1
+
+
+def _crop(voxels, shape, margin) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+    """The bounding box of ``voxels`` grown by ``margin`` voxels (clipped), and the voxels in it."""
+    lo = [max(int(v.min()) - int(m), 0) for v, m in zip(voxels, margin)]
+    hi = [min(int(v.max()) + int(m) + 1, n) for v, m, n in zip(voxels, margin, shape)]
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), [v - a for v, a in zip(voxels, lo)]
+
+
+def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.ndarray, *,
+                   voxels: tuple[np.ndarray, np.ndarray, np.ndarray], feature_set: str = "published",
+                   spacing_mm=(1.0, 1.0, 1.0), brain: np.ndarray | None = None,
+                   score: np.ndarray | None = None, labels: np.ndarray | None = None,
+                   lesion_rows: dict[int, dict] | None = None) -> np.ndarray:
+    """(n, len(feature_names(feature_set))) float32 features of the voxels ``voxels`` (i, j, k arrays).
+
+    ``baseline`` and ``followup`` are the normalised scans (see :func:`normalise_pair`),
+    ``candidates`` the first-stage mask (any non-zero = candidate). ``context`` needs
+    ``brain`` (and uses ``score`` if given); ``lesion`` needs ``labels`` (the candidate
+    labels) and ``lesion_rows`` (label -> filter feature row). Inputs are not modified.
+    """
+    names = feature_names(feature_set)
+    voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
+    n = len(voxels[0])
+    columns = [neighbour_values(baseline, voxels), neighbour_values(followup, voxels),
+               neighbour_values((np.asarray(candidates) > 0).astype(np.float32), voxels, outside="zero")]
+    if feature_set != "published" and n:
+        if brain is None:
+            raise ValueError(f"feature set {feature_set!r} needs the brain mask")
+        spacing = np.asarray(spacing_mm, dtype=float)
+        widths = [_box_width(w, spacing) for w in CONTEXT_BOX_MM]
+        margin = np.max(widths, axis=0) // 2 + np.ceil(EDGE_CAP_MM / spacing).astype(int) + 1
+        window, local = _crop(voxels, baseline.shape, margin)
+        local = tuple(local)
+        b, f = baseline[window].astype(np.float32), followup[window].astype(np.float32)
+        maps = {"baseline": b, "followup": f, "subtraction": f - b}
+        extra = [maps["subtraction"][local][:, None]]
+        for width in widths:
+            for source in _CONTEXT_MAPS:
+                mean, sd = _box_statistics(maps[source], width)
+                extra.append(np.stack([mean[local], sd[local]], axis=1))
+        score_c = (np.asarray(score)[voxels].astype(np.float32) if score is not None
+                   else np.full(n, np.nan, np.float32))
+        edge = brain_edge_distance(np.asarray(brain)[window] > 0, local, spacing_mm=spacing)
+        extra += [score_c[:, None], edge[:, None]]
+        columns += extra
+    elif feature_set != "published":
+        columns.append(np.zeros((0, len(CONTEXT) - len(PUBLISHED)), np.float32))
+    if feature_set == "lesion":
+        if labels is None or lesion_rows is None:
+            raise ValueError("feature set 'lesion' needs the candidate labels and their filter feature rows")
+        columns.append(lesion_matrix(np.asarray(labels)[voxels] if n else np.zeros(0, np.int64), lesion_rows))
+    matrix = np.concatenate(columns, axis=1).astype(np.float32)
+    if matrix.shape[1] != len(names):  # a programming error, never bad input
+        raise RuntimeError(f"feature set {feature_set!r}: {matrix.shape[1]} columns for {len(names)} names")
+    return matrix
+
+
+def brain_edge_distance(brain: np.ndarray, voxels, *, spacing_mm, cap_mm: float = EDGE_CAP_MM) -> np.ndarray:
+    """Distance (mm, capped at ``cap_mm``) from each voxel to the nearest voxel outside the brain
+    that touches it (face neighbour); 0 for voxels outside the brain. The grid edge is not a
+    brain edge. A k-d tree of the boundary voxels answers only the voxels asked for."""
+    from scipy.spatial import cKDTree
+
+    voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
+    spacing = np.asarray(spacing_mm, dtype=float)
+    out = np.full(len(voxels[0]), cap_mm, dtype=np.float32)
+    if not len(out):
+        return out
+    brain = np.asarray(brain) > 0
+    outer = ndimage.binary_dilation(brain, structure=ndimage.generate_binary_structure(3, 1)) & ~brain
+    inside = brain[voxels]
+    out[~inside] = 0.0
+    if outer.any() and inside.any():
+        tree = cKDTree(np.argwhere(outer) * spacing)
+        points = np.stack(voxels, axis=1)[inside] * spacing
+        distance, _ = tree.query(points, distance_upper_bound=cap_mm)
+        out[inside] = np.minimum(distance, cap_mm)
+    return out
+
+
+def lesion_matrix(voxel_labels: np.ndarray, lesion_rows: dict[int, dict]) -> np.ndarray:
+    """(n, len(LESION_COLUMNS)) lesion features of each voxel's candidate; NaN for label 0 or unknown."""
+    top = max([int(voxel_labels.max()) if voxel_labels.size else 0, *lesion_rows.keys(), 0])
+    table = np.full((top + 1, len(LESION_COLUMNS)), np.nan, dtype=np.float32)
+    for label, row in lesion_rows.items():
+        if label <= 0:
+            continue
+        table[label] = [_number(row.get(c)) for c in LESION_COLUMNS]
+    return table[np.asarray(voxel_labels, dtype=np.int64)]
+
+
+def _number(value) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def normalise_pair(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, spacing_mm,
+                   bias_sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both scans z-scored in the brain ("normalised to have a zero mean and unit standard
+    deviation", paper 001), the follow-up first freed of the smooth bias difference to the
+    baseline as ``mstools subtract`` does (``bias_sigma_mm`` = 0: off)."""
+    from mstools.intensity import zscore_in_mask
+    from mstools.subtraction import condition_pair
+
+    brain = np.asarray(brain) > 0
+    corrected = condition_pair(baseline, followup, brain, spacing_mm=spacing_mm, bias_sigma_mm=bias_sigma_mm)
+    return zscore_in_mask(baseline, brain), zscore_in_mask(corrected, brain)

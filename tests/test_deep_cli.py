@@ -1,0 +1,214 @@
+"""`mstools segment` and `mstools train` end to end on tiny oblique, anisotropic cases."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from cli.main import app  # noqa: E402
+from mstools import case_layout as layout  # noqa: E402
+from mstools.deep import MODELS  # noqa: E402
+from mstools.deep.cards import card_path, default_weights, file_sha256, read_card, save_weights  # noqa: E402
+from mstools.deep.config import ModelConfig, build_model  # noqa: E402
+from tests.conftest import oblique_affine, save_nifti  # noqa: E402
+
+runner = CliRunner()
+SHAPE = (22, 18, 9)
+
+
+def make_case(folder, seed=0, *, single=False, affine=None):
+    """A head-like blob with a bright new lesion at follow-up (two time points) or lesions (one)."""
+    rng = np.random.default_rng(seed)
+    affine = oblique_affine() if affine is None else affine
+    folder.mkdir(parents=True, exist_ok=True)
+    head = np.zeros(SHAPE, np.float32)
+    head[2:-2, 2:-2, 1:-1] = 300
+    base = head + rng.normal(0, 10, SHAPE).astype(np.float32)
+    lesion = np.zeros(SHAPE, np.uint8)
+    lesion[8:12, 7:10, 3:6] = 1
+    follow = head + 200 * lesion + rng.normal(0, 10, SHAPE).astype(np.float32)
+    if single:
+        save_nifti(folder / layout.SINGLE_FLAIR, follow, affine)
+        save_nifti(folder / layout.SINGLE_LESIONS, lesion, affine)
+    else:
+        save_nifti(folder / layout.BASELINE, base, affine)
+        save_nifti(folder / layout.FOLLOWUP, follow, affine)
+        save_nifti(folder / layout.GROUND_TRUTH, lesion, affine)
+    return folder
+
+
+def tiny_weights(path, model="coactseg", spacing_mm=1.5):
+    torch.manual_seed(0)
+    cfg = ModelConfig(model, base_filters=2, patch_size=16, spacing_mm=spacing_mm, norm="batch")
+    save_weights(path, cfg, build_model(cfg).state_dict())
+    return path
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_segment_keeps_the_native_oblique_grid(tmp_path, model):
+    case = make_case(tmp_path / "case")
+    weights = tiny_weights(tmp_path / f"{model}.pt", model)
+    prefix = str(tmp_path / "out" / "seg")
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(app, ["segment", str(case), "--model", model, "--weights", str(weights), "-o", prefix,
+                                 "--json", "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["model_sha256"] == file_sha256(weights)
+    reference = nib.load(case / layout.BASELINE)
+    names = ["_score", "_mask", "_labels"] + (["_all_time01_score", "_all_time01_mask", "_all_time02_score",
+                                                "_all_time02_mask"] if model == "coactseg" else [])
+    dtypes = {"_score": np.float32, "_mask": np.uint8, "_labels": np.int32}
+    for name in names:
+        img = nib.load(prefix + name + ".nii.gz")
+        assert img.shape == SHAPE
+        np.testing.assert_allclose(img.affine, reference.affine, atol=1e-5)
+        assert img.get_data_dtype() == dtypes.get(name, np.float32 if name.endswith("score") else np.uint8)
+        side = json.loads(open(prefix + name + ".json").read())
+        assert side["models_sha256"] == {str(weights): file_sha256(weights)}
+    score = nib.load(prefix + "_score.nii.gz").get_fdata()
+    assert 0 <= score.min() and score.max() <= 1
+    assert (tmp_path / "out" / "seg_lesions.tsv").is_file()
+    assert len(payload["written"]) == len(names) * 2 + 2
+
+
+def test_segment_error_paths(tmp_path, write_nifti):
+    case = make_case(tmp_path / "case")
+    unet = tiny_weights(tmp_path / "unet.pt", "unet")
+    out = str(tmp_path / "o")
+
+    def run(*args):
+        return runner.invoke(app, ["segment", *args])
+
+    r = run(str(case), "--model", "coactseg", "--weights", str(unet), "-o", out)
+    assert r.exit_code == 1 and "use --model unet" in r.stderr
+    r = run(str(case), "--weights", str(tmp_path / "missing.pt"), "-o", out)
+    assert r.exit_code == 1 and "not found" in r.stderr
+    broken = tmp_path / "broken.pt"
+    state = build_model(ModelConfig("unet", base_filters=2, patch_size=16)).state_dict()
+    state.pop(next(iter(state)))
+    save_weights(broken, ModelConfig("unet", base_filters=2, patch_size=16), state)
+    r = run(str(case), "--model", "unet", "--weights", str(broken), "-o", out)
+    assert r.exit_code == 1 and "do not match" in r.stderr and "Missing key" in r.stderr
+    r = run(str(tmp_path / "nowhere"), "-o", out)
+    assert r.exit_code == 1 and "not found" in r.stderr
+    r = run("--baseline", str(case / layout.BASELINE))
+    assert r.exit_code == 1 and "both --baseline and --followup" in r.stderr
+    r = run("--baseline", str(case / layout.BASELINE), "--followup", str(case / layout.FOLLOWUP), "--weights", str(unet),
+            "--model", "unet")
+    assert r.exit_code == 1 and "--output" in r.stderr
+    other = write_nifti("other.nii.gz", np.zeros(SHAPE, np.float32), oblique_affine(spacing=(1, 1, 1)))
+    r = run("--baseline", str(case / layout.BASELINE), "--followup", str(other), "--weights", str(unet),
+            "--model", "unet", "-o", out)
+    assert r.exit_code == 1 and "grid" in r.stderr.lower()
+    r = run(str(case), "--model", "unet", "--weights", str(unet), "-o", out)
+    assert r.exit_code == 0, r.stderr
+    r = run(str(case), "--model", "unet", "--weights", str(unet), "-o", out)   # outputs exist
+    assert r.exit_code == 1 and "--force" in r.stderr
+    assert run(str(case), "--model", "unet", "--weights", str(unet), "-o", out, "--force").exit_code == 0
+
+
+def _train(tmp_path, run, *extra):
+    return runner.invoke(app, ["train", str(run), "--model", "coactseg", "--cases", str(tmp_path / "data"),
+                               "--val", str(tmp_path / "val"), "--base-filters", "2", "--patch-size", "16",
+                               "--spacing-mm", "0", "--batch-longitudinal", "1", "--batch-single", "1",
+                               "--threads", "1", "--checkpoint-every", "1", "--validate-every", "2", *extra])
+
+
+def test_train_writes_weights_card_log_and_resumes(tmp_path):
+    for n in range(2):
+        make_case(tmp_path / "data" / f"two-{n}", seed=n)
+    make_case(tmp_path / "data" / "one-0", seed=5, single=True)
+    make_case(tmp_path / "val" / "v-0", seed=9)
+    run = tmp_path / "run"
+    result = _train(tmp_path, run, "--iterations", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["iterations"] == 2 and payload["best"]["iteration"] == 2
+    card = read_card(run / "model.pt")
+    assert card["sha256"] == file_sha256(run / "model.pt")
+    assert card["configuration"]["base_filters"] == 2 and card["iterations"] == 2
+    assert sorted(card["training_data"]["longitudinal"]) == ["two-0", "two-1"]
+    log = (run / "training_log.tsv").read_text().splitlines()
+    assert log[0].split("\t")[:3] == ["iteration", "seconds", "loss"] and log[-1].startswith("2\t")
+    # resume to 4 iterations, and the weights work with segment
+    result = _train(tmp_path, run, "--iterations", "4", "--resume")
+    assert result.exit_code == 0, result.stderr
+    log = (run / "training_log.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in log[1:]] == ["2", "4"]
+    seg = runner.invoke(app, ["segment", str(tmp_path / "val" / "v-0"), "--weights", str(run / "model.pt"),
+                              "-o", str(tmp_path / "seg")])
+    assert seg.exit_code == 0, seg.stderr
+    # a non-empty run folder is not silently reused
+    again = _train(tmp_path, run, "--iterations", "2")
+    assert again.exit_code == 1 and "--resume" in again.stderr
+
+
+def test_train_error_paths(tmp_path):
+    make_case(tmp_path / "data" / "two-0")
+    make_case(tmp_path / "val" / "v-0", seed=3)
+
+    def run(*args):
+        return runner.invoke(app, ["train", str(tmp_path / "run"), *args])
+
+    r = run()
+    assert r.exit_code == 1 and "no training data" in r.stderr
+    r = run("--cases", str(tmp_path / "data"))                         # coactseg without single-time-point data
+    assert r.exit_code == 1 and "single-time-point" in r.stderr
+    r = run("--cases", str(tmp_path / "data"), "--val", str(tmp_path / "data" / "two-0"), "--batch-single", "0")
+    assert r.exit_code == 1 and "both training and validation" in r.stderr
+    r = run("--cases", str(tmp_path / "nothing"))
+    assert r.exit_code == 1 and "not found" in r.stderr
+    r = run("--cases", str(tmp_path))                                  # a folder without any case
+    assert r.exit_code == 1 and "no case folder" in r.stderr
+    r = run("--cases", str(tmp_path / "data"), "--resume", "--batch-single", "0")
+    assert r.exit_code == 1 and "no checkpoint" in r.stderr
+    r = run("--cases", str(tmp_path / "data"), "--patch-size", "24", "--batch-single", "0")
+    assert r.exit_code == 1 and "multiple of" in r.stderr
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("case\tsplit\ndata/two-0\ttrain\nval/v-0\tholdout\n")
+    r = run("--manifest", str(manifest))
+    assert r.exit_code == 1 and "split must be" in r.stderr
+    manifest.write_text("path\tsplit\ndata/two-0\ttrain\n")
+    r = run("--manifest", str(manifest))
+    assert r.exit_code == 1 and "'case' and 'split'" in r.stderr
+    r = run("--manifest", str(manifest), "--cases", str(tmp_path / "data"))
+    assert r.exit_code == 1 and "either --manifest" in r.stderr
+
+
+def test_train_from_a_manifest_never_reads_test_rows(tmp_path):
+    make_case(tmp_path / "data" / "two-0")
+    make_case(tmp_path / "val" / "v-0", seed=3)
+    (tmp_path / "test" / "t-0").mkdir(parents=True)          # unreadable on purpose: must not be opened
+    (tmp_path / "test" / "t-0" / layout.BASELINE).write_bytes(b"junk")
+    (tmp_path / "test" / "t-0" / layout.FOLLOWUP).write_bytes(b"junk")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("case\tsplit\ndata/two-0\ttrain\nval/v-0\tval\ntest/t-0\ttest\n")
+    r = runner.invoke(app, ["train", str(tmp_path / "run"), "--model", "unet", "--manifest", str(manifest),
+                            "--base-filters", "2", "--patch-size", "32", "--spacing-mm", "0", "--iterations", "1",
+                            "--batch-longitudinal", "1", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.stderr
+    card = read_card(tmp_path / "run" / "model.pt")
+    assert card["training_data"]["longitudinal"] == ["two-0"] and card["validation_data"] == ["v-0"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_default_weights_ship_with_a_card_and_load_strictly(model):
+    from mstools.deep.predictor import Predictor
+
+    path = default_weights(model)
+    assert path.is_file(), f"default weights missing: {path}"
+    assert path.stat().st_size < 5 * 1024 * 1024
+    card = read_card(path)
+    assert card is not None and card_path(path).is_file()
+    assert card["sha256"] == file_sha256(path)
+    for key in ("configuration", "training", "training_data", "iterations", "held_out"):
+        assert key in card
+    predictor = Predictor.from_file(path, device="cpu")
+    assert predictor.config.model == model and predictor.config.as_dict() == card["configuration"]
