@@ -136,7 +136,8 @@ def filter_apply(
                         drop_touching_csf=not keep_touching_csf,
                         drop_touching_baseline_lesion=not keep_touching_lesions)
     model_text, card = _load_model(model) if model is not None else (None, None)
-    reference, labels, rows, inputs = compute_features(case, candidates, tissues=tissues,
+    reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
+                                                       brain_mask=brain_mask, tissues=tissues,
                                                        baseline_lesions=baseline_lesions)
     common.log(f"filter: {len(rows)} candidates from {candidates}")
     columns = list(FEATURE_COLUMNS)
