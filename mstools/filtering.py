@@ -75,7 +75,14 @@ def _shape_features(crop: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
     for name in SHAPE_FEATURES:
         calculator.enableFeatureByName(name, True)
     values = calculator.execute()
-    return {f"shape_{name}": float(values[name]) for name in SHAPE_FEATURES}
+    return {f"shape_{name}": _real_feature(values[name]) for name in SHAPE_FEATURES}
+
+
+def _real_feature(value) -> float:
+    """pyradiomics' axis lengths are 4 sqrt(eigenvalue) of the voxel covariance; for a flat
+    candidate the smallest eigenvalue can be slightly negative by round-off and the length
+    comes out imaginary: its real part (0) is the length."""
+    return float(np.real(value))
 
 
 def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray,
