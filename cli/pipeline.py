@@ -1,0 +1,626 @@
+"""The default hybrid chain of `mstools run`: stages, their configuration, and running them.
+
+Each stage is one of the subcommands, run in this process with the arguments the
+configuration gives (so a stage does exactly what the command does by hand). The
+configuration's defaults are not written here: they are read from the commands'
+own option defaults, so ``mstools run --print-config`` can never disagree with
+``mstools <stage> --help``.
+
+A stage is skipped when its key (mstools version, options, model files, the keys of
+the stages it reads and the sha256 of the case's input files) equals the one recorded
+in ``RUN/<stage>/stage.json`` and its outputs are still there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from mstools import __version__
+from mstools import case_layout as layout
+from mstools import run_layout as rl
+from mstools.cohort_inputs import CaseInput
+from mstools.errors import InputError
+
+
+class StageFailed(InputError):
+    """A stage stopped on bad input; ``stage`` says which, the message says why."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.detail = message
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (StageFailed, (self.stage, self.detail))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: the command it runs, the options the pipeline sets itself, its own keys."""
+
+    name: str
+    command: tuple[str, ...]
+    reserved: frozenset[str]
+    #: Pipeline-only keys: name -> (default, comment).
+    own: Mapping[str, tuple[object, str]] = field(default_factory=dict)
+    about: str = ""
+
+
+_ALWAYS_RESERVED = {"force", "as_json"}
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("preprocess", ("preprocess",),
+          frozenset({"baseline", "followup", "output", "baseline_mask", "followup_mask", "baseline_lesions",
+                     "followup_lesions"}),
+          about="Runs only when the input is two raw scans (not a case folder)."),
+    Stage("subtract", ("subtract",),
+          frozenset({"case", "out", "baseline", "followup", "brain_mask", "tissues"}),
+          about="Candidate new lesions from the subtraction image (paper 001)."),
+    Stage("filter", ("filter", "apply"),
+          frozenset({"case", "candidates", "out", "baseline", "followup", "brain_mask", "tissues",
+                     "baseline_lesions"}),
+          own={"enabled": (True, "Filter the subtract candidates.")},
+          about="La Rosa et al.'s rules, or a learned filter with model: (paper 001)."),
+    Stage("register", ("register",),
+          frozenset({"followup", "baseline", "output", "followup_mask", "baseline_mask"}),
+          own={"enabled": (False, "Registration-based detection with elastix (slower: ~45 s on a 1 mm pair).")},
+          about="Candidates from the subtraction after deformable registration."),
+    Stage("segment", ("segment",),
+          frozenset({"case", "baseline", "followup", "output"}),
+          own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores).")},
+          about="Deep-learning new-lesion segmentation."),
+    Stage("refine", ("refine", "apply"),
+          frozenset({"case", "candidates", "out", "baseline", "followup", "brain_mask", "lesion_features"}),
+          own={"enabled": (True, "LightGBM voxel-wise refinement (Prados & Kanber, paper 001)."),
+               "candidates": ("filter", "The stage whose candidates are refined: subtract, filter, register "
+                                        "or segment.")},
+          about="Voxel-wise refinement of one detector's candidates."),
+)}
+
+#: Top-level keys: name -> (default, comment).
+TOP_LEVEL: dict[str, tuple[object, str]] = {
+    "final": ("refine", "The stage whose output is the final new-lesion mask (RUN/new_lesions_*)."),
+    "evaluate": (True, "Evaluate every detector stage when a ground truth is known (RUN/evaluation.tsv)."),
+    "report": (True, "Write RUN/report.html."),
+}
+
+#: Options whose value is a file: relative paths are taken from the config file's folder.
+PATH_OPTIONS = {"model", "weights", "parameters"}
+
+
+# ----------------------------------------------------------------------------------
+# Commands and their options
+
+
+def _click_command(stage: Stage):
+    """The Typer (click) command object of a stage."""
+    import typer
+
+    from cli.main import app
+
+    command = typer.main.get_command(app)
+    for part in stage.command:
+        command = command.commands[part]  # type: ignore[attr-defined]
+    return command
+
+
+def _options(stage: Stage) -> dict:
+    """The configurable options of a stage: name -> click option (defaults, help, flags)."""
+    reserved = stage.reserved | _ALWAYS_RESERVED
+    return {p.name: p for p in _click_command(stage).params
+            if p.param_type_name == "option" and p.name not in reserved}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def default_config() -> dict:
+    """Every key with its default, read from the commands."""
+    config: dict = {key: default for key, (default, _) in TOP_LEVEL.items()}
+    for stage in STAGES.values():
+        values = {key: default for key, (default, _) in stage.own.items()}
+        values.update({name: _plain(option.default) for name, option in _options(stage).items()})
+        config[stage.name] = values
+    return config
+
+
+def _yaml_scalar(value: object) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _comment(text: str) -> str:
+    return " ".join((text or "").split())
+
+
+def default_config_text() -> str:
+    """The default configuration as a commented YAML document (`mstools run --print-config`)."""
+    lines = [f"# mstools run configuration (mstools {__version__}): every default written out.",
+             "# A config file of your own needs only the keys it changes; the rest keep these values.",
+             "# Stage options are the options of `mstools <stage> --help`, dashes written as underscores.", ""]
+    for key, (default, comment) in TOP_LEVEL.items():
+        lines += [f"# {comment}", f"{key}: {_yaml_scalar(default)}"]
+    for stage in STAGES.values():
+        lines += ["", f"{stage.name}:  # {stage.about}"]
+        for key, (default, comment) in stage.own.items():
+            lines += [f"  # {comment}", f"  {key}: {_yaml_scalar(default)}"]
+        for name, option in _options(stage).items():
+            default = _plain(option.default)
+            comment = _comment(option.help)
+            if isinstance(option.default, Enum):
+                comment += f" [{' | '.join(m.value for m in type(option.default))}]"
+            lines += [f"  # {comment}", f"  {name}: {_yaml_scalar(default)}"]
+    return "\n".join(lines) + "\n"
+
+
+def load_config(path: Optional[Path]) -> tuple[dict, Path]:
+    """The defaults overlaid with a YAML file's values; unknown keys are errors.
+
+    Returns the configuration and the folder that relative model paths are taken from.
+    """
+    config = default_config()
+    if path is None:
+        return config, Path.cwd()
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found; write one from `mstools run --print-config`")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = " ".join(str(exc).split())
+        raise InputError(f"{path}: not valid YAML ({first}); compare with `mstools run --print-config`") from None
+    if not isinstance(given, dict):
+        raise InputError(f"{path}: a mapping of keys was expected at the top; see `mstools run --print-config`")
+    for key, value in given.items():
+        if key not in config:
+            raise InputError(f"{path}: unknown key {key!r}; valid keys: {', '.join(config)}")
+        if key in STAGES:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise InputError(f"{path}: {key} must hold options (key: value lines), not {value!r}")
+            for option, option_value in value.items():
+                if option not in config[key]:
+                    raise InputError(f"{path}: {key} has no option {option!r}; valid: {', '.join(config[key])}")
+                config[key][option] = option_value
+        else:
+            config[key] = value
+    return config, path.resolve().parent
+
+
+def check_config(config: dict) -> None:
+    """Errors a run would otherwise meet halfway: bad values of any stage's options."""
+    import typer
+
+    if config["final"] not in rl.DETECTORS:
+        raise InputError(f"config: final must be one of {', '.join(rl.DETECTORS)}, not {config['final']!r}")
+    for key in ("evaluate", "report"):
+        if not isinstance(config[key], bool):
+            raise InputError(f"config: {key} must be true or false, not {config[key]!r}")
+    for stage in STAGES.values():
+        for key in stage.own:
+            if key == "enabled" and not isinstance(config[stage.name][key], bool):
+                raise InputError(f"config: {stage.name}.enabled must be true or false")
+    refine = config["refine"]
+    if refine["candidates"] not in ("subtract", "filter", "register", "segment"):
+        raise InputError(f"config: refine.candidates must be subtract, filter, register or segment, "
+                         f"not {refine['candidates']!r}")
+    if refine["enabled"] and not _enabled(config, refine["candidates"]):
+        raise InputError(f"config: refine reads the {refine['candidates']} candidates but {refine['candidates']} "
+                         "is not enabled; enable it or set refine.candidates")
+    if not _enabled(config, config["final"]):
+        raise InputError(f"config: final is {config['final']} but that stage is not enabled")
+    for stage in STAGES.values():
+        if stage.name == "preprocess" or _enabled(config, stage.name):
+            args = stage_options_args(stage, config[stage.name], Path("."))
+            command = _click_command(stage)
+            placeholders = _placeholder_args(stage)
+            try:
+                command.make_context(f"mstools {' '.join(stage.command)}", [*placeholders, *args],
+                                     resilient_parsing=False)
+            except typer.TyperException as exc:
+                raise InputError(f"config: {stage.name}: {_message(exc)}") from None
+
+
+def _message(exc: Exception) -> str:
+    format_message = getattr(exc, "format_message", None)
+    return " ".join((format_message() if format_message else str(exc)).split())
+
+
+def _placeholder_args(stage: Stage) -> list[str]:
+    """Arguments that let an option-only parse succeed (never run)."""
+    command = _click_command(stage)
+    placeholders: list[str] = []
+    for p in command.params:
+        if p.param_type_name == "argument" and p.required:
+            placeholders.append("placeholder")
+        elif p.param_type_name == "option" and p.required:
+            placeholders += [p.opts[0], "placeholder"]
+    return placeholders
+
+
+def _enabled(config: dict, stage: str) -> bool:
+    return bool(config[stage].get("enabled", True))
+
+
+def stage_options_args(stage: Stage, values: Mapping[str, object], base: Path) -> list[str]:
+    """Command-line options for a stage's configured values (None: the command's default)."""
+    options = _options(stage)
+    args: list[str] = []
+    for name, value in values.items():
+        if name in stage.own or value is None:
+            continue
+        option = options[name]
+        if name in PATH_OPTIONS:
+            value = [str(_resolve(base, v)) for v in value] if isinstance(value, list) else str(_resolve(base, value))
+        if option.is_flag:
+            if not isinstance(value, bool):
+                raise InputError(f"config: {stage.name}.{name} must be true or false, not {value!r}")
+            if value:
+                args.append(option.opts[0])
+            elif option.secondary_opts:
+                args.append(option.secondary_opts[0])
+        elif option.multiple:
+            for item in value if isinstance(value, list) else [value]:
+                args += [option.opts[0], str(item)]
+        else:
+            args += [option.opts[0], str(value)]
+    return args
+
+
+def _resolve(base: Path, value: object) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+# ----------------------------------------------------------------------------------
+# Inputs of one case
+
+
+def check_case_input(case: CaseInput) -> None:
+    """Files exist; a case folder holds the layout's images."""
+    if case.problem:
+        raise InputError(case.problem)
+    if case.folder is not None:
+        if not case.folder.is_dir():
+            raise InputError(f"{case.folder}: case folder not found")
+        for name in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK):
+            if not (case.folder / name).is_file():
+                raise InputError(f"{case.folder}: no {name}; a case folder holds {layout.BASELINE}, "
+                                 f"{layout.FOLLOWUP} and {layout.BRAIN_MASK} (see `mstools preprocess`), "
+                                 "or give the two raw scans")
+    else:
+        for path, what in ((case.baseline, "baseline"), (case.followup, "follow-up")):
+            if path is None:
+                raise InputError(f"no {what} scan; give a case folder or both scans")
+            if not Path(path).is_file():
+                raise InputError(f"{path}: {what} scan not found")
+    if case.ground_truth is not None and not Path(case.ground_truth).is_file():
+        raise InputError(f"{case.ground_truth}: ground truth not found")
+
+
+def _input_files(case: CaseInput) -> list[Path]:
+    if case.folder is not None:
+        files = [case.folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
+    else:
+        files = [Path(case.baseline), Path(case.followup)]  # type: ignore[arg-type]
+    return files
+
+
+def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> None:
+    """A ground truth on the raw follow-up's grid, moved into the preprocessed case folder."""
+    from cli.preprocess import TRANSFORM_FOLLOWUP
+
+    folder = run_dir / rl.CASE_DIR
+    carry = Stage("preprocess", ("apply-transform",), frozenset())
+    _invoke(carry, [str(case.ground_truth), str(folder / TRANSFORM_FOLLOWUP), str(folder / layout.FOLLOWUP),
+                    str(folder / layout.GROUND_TRUTH), "--force"], verbose=verbose)
+
+
+def _ground_truth(case: CaseInput, run_dir: Path) -> Optional[Path]:
+    if case.ground_truth is not None and not case.raw:
+        return Path(case.ground_truth)
+    folder = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
+    candidate = folder / layout.GROUND_TRUTH
+    return candidate if candidate.is_file() else None
+
+
+def _hash_text(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_key(case: CaseInput, config: dict, base: Path) -> str:
+    """What a finished run depends on: version, configuration (models by content) and inputs."""
+    from mstools.io import sha256
+
+    files = _input_files(case) + ([Path(case.ground_truth)] if case.ground_truth else [])
+    return _hash_text({"version": __version__, "config": config, "models": _model_hashes(config, base),
+                       "inputs": [sha256(p) for p in files]})
+
+
+def _model_hashes(config: dict, base: Path) -> dict:
+    from mstools.io import sha256
+
+    found = {}
+    for stage in STAGES:
+        for name in PATH_OPTIONS:
+            value = config[stage].get(name)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is not None and _resolve(base, item).is_file():
+                    found[f"{stage}.{name}:{item}"] = sha256(_resolve(base, item))
+    return found
+
+
+# ----------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class StageOutcome:
+    status: str          # ran | reused | off
+    seconds: float = 0.0
+    key: str = ""
+
+
+def _invoke(stage: Stage, args: list[str], *, verbose: bool) -> None:
+    """Run a stage's command in this process; its stdout is dropped, its error becomes StageFailed."""
+    import typer
+
+    from cli import common
+
+    command = _click_command(stage)
+    captured = io.StringIO()
+    level = common.STATE.level
+    common.STATE.level = 1 if verbose else -1
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _tee_stderr(captured, echo=verbose):
+            code = command.main(args=args, prog_name=f"mstools {' '.join(stage.command)}", standalone_mode=False)
+    except typer.TyperException as exc:
+        raise StageFailed(stage.name, _message(exc)) from None
+    finally:
+        common.STATE.level = level
+    if code not in (None, 0):
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        message = lines[-1] if lines else f"exited with code {code}"
+        raise StageFailed(stage.name, message.split(": error: ", 1)[-1])
+
+
+@contextlib.contextmanager
+def _tee_stderr(buffer: io.StringIO, *, echo: bool):
+    import sys
+
+    original = sys.stderr
+
+    class Tee(io.TextIOBase):
+        def write(self, text: str) -> int:
+            buffer.write(text)
+            if echo:
+                original.write(text)
+            return len(text)
+
+        def isatty(self) -> bool:
+            return False
+
+    sys.stderr = Tee()
+    try:
+        yield
+    finally:
+        sys.stderr = original
+
+
+def _stage_args(stage: str, case_dir: Path, run_dir: Path, config: dict, base: Path,
+                case: CaseInput) -> list[str]:
+    """The whole command line of a stage (after the command's name)."""
+    spec = STAGES[stage]
+    options = stage_options_args(spec, config[stage], base)
+    prefix = str(rl.stage_prefix(run_dir, stage))
+    files = {n: str(case_dir / n) for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)}
+    if stage == "preprocess":
+        return [str(case.baseline), str(case.followup), str(run_dir / rl.CASE_DIR), *options, "--force"]
+    if stage == "subtract":
+        return [str(case_dir), "-o", prefix, *options, "--force"]
+    if stage == "filter":
+        return [str(case_dir), "-c", str(rl.stage_prefix(run_dir, "subtract")), "-o", prefix, *options, "--force"]
+    if stage == "register":
+        return [files[layout.FOLLOWUP], files[layout.BASELINE], prefix, "--followup-mask", files[layout.BRAIN_MASK],
+                *options, "--force"]
+    if stage == "segment":
+        return [str(case_dir), "-o", prefix, *options, "--force"]
+    if stage == "refine":
+        upstream = str(rl.stage_prefix(run_dir, config["refine"]["candidates"]))
+        return [str(case_dir), "-c", upstream, "-o", prefix, *options, "--force"]
+    raise ValueError(stage)
+
+
+def _upstream(stage: str, config: dict) -> list[str]:
+    return {"preprocess": [], "subtract": ["preprocess"], "filter": ["preprocess", "subtract"],
+            "register": ["preprocess"], "segment": ["preprocess"],
+            "refine": ["preprocess", config["refine"]["candidates"]]}[stage]
+
+
+def _outputs_present(run_dir: Path, stage: str) -> bool:
+    from mstools.lesions import output_paths
+
+    if stage == "preprocess":
+        folder = run_dir / rl.CASE_DIR
+        return all((folder / n).is_file() for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK))
+    return all(Path(p).is_file() for p in output_paths(str(rl.stage_prefix(run_dir, stage))).values())
+
+
+def _read_stage_key(run_dir: Path, stage: str) -> str:
+    record = run_dir / stage / rl.STAGE_RECORD if stage != "preprocess" else run_dir / rl.CASE_DIR / rl.STAGE_RECORD
+    try:
+        return json.loads(record.read_text()).get("key", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _write_stage_record(run_dir: Path, stage: str, key: str, args: list[str], seconds: float) -> None:
+    from mstools.io import OutputBatch
+
+    folder = run_dir / (stage if stage != "preprocess" else rl.CASE_DIR)
+    with OutputBatch(force=True) as batch:
+        batch.json(folder / rl.STAGE_RECORD, {"stage": stage, "key": key, "version": __version__,
+                                              "command": ["mstools", *STAGES[stage].command, *args],
+                                              "seconds": round(seconds, 2)})
+
+
+@dataclass
+class RunResult:
+    record: dict
+    evaluation: list[dict]
+
+
+def run_pipeline(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool = False,
+                 on_stage: Optional[Callable[[str, str], None]] = None) -> RunResult:
+    """Run (or reuse) every enabled stage of one case into ``run_dir``; write the final result.
+
+    Raises :class:`InputError` (or :class:`StageFailed`) on bad input. A run that fails
+    before any stage finished leaves no run folder behind.
+    """
+    check_case_input(case)
+    check_config(config)
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        return _run(case, run_dir, config, base, verbose=verbose, on_stage=on_stage)
+    except BaseException:
+        if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
+         on_stage: Optional[Callable[[str, str], None]]) -> RunResult:
+    from mstools.io import sha256
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_hashes = [sha256(p) for p in _input_files(case)]
+    models = _model_hashes(config, base)
+    case_dir = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
+    keys: dict[str, str] = {}
+    outcomes: dict[str, StageOutcome] = {}
+    for stage in rl.STAGES:
+        if stage == "preprocess" and not case.raw:
+            outcomes[stage] = StageOutcome("off")
+            continue
+        if stage != "preprocess" and not _enabled(config, stage):
+            outcomes[stage] = StageOutcome("off")
+            continue
+        args = _stage_args(stage, case_dir, run_dir, config, base, case)
+        key = _hash_text({"stage": stage, "version": __version__, "options": config[stage], "models": models,
+                          "inputs": input_hashes, "upstream": [keys.get(u, "") for u in _upstream(stage, config)]})
+        keys[stage] = key
+        if _read_stage_key(run_dir, stage) == key and _outputs_present(run_dir, stage):
+            outcomes[stage] = StageOutcome("reused", key=key)
+            if on_stage:
+                on_stage(stage, "reused")
+            continue
+        if on_stage:
+            on_stage(stage, "running")
+        folder = run_dir / (stage if stage != "preprocess" else rl.CASE_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        _invoke(STAGES[stage], args, verbose=verbose)
+        seconds = time.perf_counter() - start
+        _write_stage_record(run_dir, stage, key, args, seconds)
+        outcomes[stage] = StageOutcome("ran", seconds, key)
+        if on_stage:
+            on_stage(stage, f"done in {seconds:.1f} s")
+    if case.raw and case.ground_truth is not None:
+        _carry_ground_truth(case, run_dir, verbose=verbose)
+    return _finish(case, run_dir, case_dir, config, outcomes, run_key(case, config, base))
+
+
+def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcomes: dict[str, StageOutcome],
+            key: str) -> RunResult:
+    from mstools.io import OutputBatch, read_tsv
+    from mstools.lesions import output_paths
+    from mstools.provenance import sidecar_path
+
+    final = config["final"]
+    source = output_paths(str(rl.stage_prefix(run_dir, final)))
+    target = output_paths(str(rl.final_prefix(run_dir)))
+    truth = _ground_truth(case, run_dir)
+    evaluation = _evaluate(run_dir, truth, outcomes) if (truth is not None and config["evaluate"]) else []
+    lesions = read_tsv(source["table"])
+    volume = sum(float(row["volume_mm3"]) for row in lesions)
+    metrics = next((row for row in evaluation if row["stage"] == final), None)
+    record = {
+        "case": case.case, "status": "complete", "run_key": key, "version": __version__,
+        "inputs": {"case_folder": _relative(case_dir, run_dir),
+                   "baseline": _relative(case_dir / layout.BASELINE, run_dir),
+                   "followup": _relative(case_dir / layout.FOLLOWUP, run_dir),
+                   "brain_mask": _relative(case_dir / layout.BRAIN_MASK, run_dir),
+                   "ground_truth": _relative(truth, run_dir) if truth is not None else None,
+                   "raw_baseline": str(case.baseline) if case.raw else None,
+                   "raw_followup": str(case.followup) if case.raw else None},
+        "config": config,
+        "stages": {name: {"status": o.status, "seconds": round(o.seconds, 2),
+                          "prefix": (_relative(rl.stage_prefix(run_dir, name), run_dir)
+                                     if name != "preprocess" else rl.CASE_DIR) if o.status != "off" else None}
+                   for name, o in outcomes.items()},
+        "final_stage": final,
+        "final": {kind: _relative(Path(p), run_dir) for kind, p in target.items()},
+        "new_lesions": len(lesions),
+        "new_lesion_volume_mm3": round(volume, 3),
+        "metrics": metrics,
+    }
+    import yaml
+
+    with OutputBatch(force=True) as batch:
+        for kind in ("score", "mask", "labels", "table"):
+            batch.text(target[kind], Path(source[kind]).read_bytes())
+            side = sidecar_path(source[kind])
+            if side.is_file():
+                batch.text(sidecar_path(target[kind]), side.read_bytes())
+        if evaluation:
+            batch.table(run_dir / rl.EVALUATION, evaluation, rl.EVALUATION_COLUMNS)
+        batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))
+        batch.json(run_dir / rl.RUN_RECORD, record)
+    return RunResult(record, evaluation)
+
+
+def _relative(path: Optional[Path], run_dir: Path) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _evaluate(run_dir: Path, truth: Path, outcomes: dict[str, StageOutcome]) -> list[dict]:
+    """MSSEG-2 lesion-wise and voxel metrics of every detector stage that ran or was reused."""
+    from mstools.io import check_same_grid, read_mask
+    from mstools.lesions import MASK_SUFFIX
+    from mstools.metrics import evaluate_case
+
+    gt = read_mask(truth)
+    rows = []
+    for stage in rl.DETECTORS:
+        if outcomes.get(stage, StageOutcome("off")).status == "off":
+            continue
+        prediction = read_mask(str(rl.stage_prefix(run_dir, stage)) + MASK_SUFFIX)
+        check_same_grid(prediction, gt)
+        metrics = evaluate_case(prediction.data, gt.data, affine=gt.affine).metrics
+        rows.append({"stage": stage, **{c: metrics[c] for c in rl.EVALUATION_COLUMNS if c != "stage"}})
+    return rows

@@ -1,0 +1,66 @@
+"""File names of a `mstools run` folder and of a `mstools batch` derivatives folder.
+
+A run folder (one case)::
+
+    RUN/run.json                  the run record (see below)
+    RUN/config.yaml               the configuration the run used, defaults filled in
+    RUN/case/                     `preprocess` output (a case folder), only when raw scans came in
+    RUN/<stage>/<stage>_*         each stage's outputs (common detector convention,
+                                  :mod:`mstools.lesions`), with JSON sidecars
+    RUN/<stage>/stage.json        what the stage ran with (its key); an unchanged key is not rerun
+    RUN/new_lesions_{score,mask,labels}.nii.gz, RUN/new_lesions_lesions.tsv
+                                  the final result: a copy of the final stage's outputs
+    RUN/evaluation.tsv            when a ground truth is known: one row per detector stage
+    RUN/report.html               `mstools report`
+
+``run.json`` holds: ``case`` (name), ``status`` ("complete"), ``run_key``,
+``inputs`` (``case_folder``, ``baseline``, ``followup``, ``brain_mask``,
+``ground_truth`` or null: the files the detectors read, on one grid), ``config``,
+``stages`` (name -> ``status`` ran / reused / off, ``seconds``, ``prefix``),
+``final_stage``, ``final`` (``score``, ``mask``, ``labels``, ``table`` paths),
+``new_lesions``, ``new_lesion_volume_mm3`` and ``metrics`` (the final stage's
+evaluation, or null). Paths in it are relative to the run folder when inside it.
+
+A derivatives folder (a cohort)::
+
+    DERIV/<case>/                 one run folder per case
+    DERIV/cohort.tsv              one row per case (``COHORT_COLUMNS``)
+    DERIV/errors.tsv              the cases that failed, with the stage and message
+    DERIV/cohort.html             `mstools report` of the cohort
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN_RECORD = "run.json"
+CONFIG = "config.yaml"
+CASE_DIR = "case"
+STAGE_RECORD = "stage.json"
+FINAL_PREFIX = "new_lesions"
+EVALUATION = "evaluation.tsv"
+REPORT = "report.html"
+
+#: Stages in the order they run; detectors are the stages whose output can be final.
+STAGES = ("preprocess", "subtract", "filter", "register", "segment", "refine")
+DETECTORS = ("subtract", "filter", "register", "segment", "refine")
+
+COHORT_TABLE = "cohort.tsv"
+ERRORS_TABLE = "errors.tsv"
+COHORT_REPORT = "cohort.html"
+COHORT_COLUMNS = ("case", "status", "new_lesions", "new_lesion_volume_mm3", "seconds",
+                  "gt_lesions", "lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice", "run_folder")
+ERROR_COLUMNS = ("case", "stage", "message")
+
+#: Evaluation columns kept in ``evaluation.tsv`` (keys of :func:`mstools.metrics.evaluate_case`).
+EVALUATION_COLUMNS = ("stage", "gt_lesions", "pred_lesions", "msseg2_detected", "msseg2_fp",
+                      "lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice")
+
+
+def stage_prefix(run_dir: str | Path, stage: str) -> Path:
+    """Output prefix of a detector stage: RUN/<stage>/<stage>."""
+    return Path(run_dir) / stage / stage
+
+
+def final_prefix(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FINAL_PREFIX
