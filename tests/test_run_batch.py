@@ -1,0 +1,223 @@
+"""`mstools run` (one case, stages reused) and `mstools batch` (a cohort on a local Dask cluster)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import pipeline
+from cli.main import app
+from mstools import case_layout as layout
+from mstools import run_layout as rl
+from mstools.cohort_inputs import discover_cases
+from mstools.subtraction import PRADOS_K_SD
+
+runner = CliRunner()
+NO_REPORT = "report: false\n"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three simulated 3 mm cases with ground truth (two with big new lesions, one without)."""
+    root = tmp_path_factory.mktemp("cohort")
+    for seed, n_new in ((11, 3), (12, 3), (13, 0)):
+        result = runner.invoke(app, ["simulate", str(root / f"sim-{seed}"), "--seed", str(seed), "--voxel-mm", "3",
+                                     "--n-new", str(n_new), "--new-volume-mm3", "300", "1200", "--n-stable", "4"])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture
+def no_report(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(NO_REPORT)
+    return path
+
+
+def _run(case, out, *extra):
+    return runner.invoke(app, ["run", str(case), "-o", str(out), *extra])
+
+
+def test_print_config_is_the_commands_defaults(tmp_path):
+    result = runner.invoke(app, ["run", "--print-config"])
+    assert result.exit_code == 0
+    text = result.stdout
+    assert "# prados: standard deviations above the mean difference." in text
+    parsed = yaml.safe_load(text)
+    assert parsed == pipeline.default_config()
+    assert parsed["subtract"]["k"] == PRADOS_K_SD
+    assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "refine"
+    assert parsed["register"]["enabled"] is False and parsed["segment"]["enabled"] is False
+
+
+def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_path, no_report):
+    case, out = cohort / "sim-11", tmp_path / "run"
+    result = _run(case, out, "-c", str(no_report))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / rl.RUN_RECORD).read_text())
+    assert record["status"] == "complete" and record["final_stage"] == "refine"
+    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "filter", "refine"]
+    assert record["stages"]["preprocess"]["status"] == "off"
+    for stage in ("subtract", "filter", "refine"):
+        assert (out / stage / rl.STAGE_RECORD).is_file()
+    final = nib.load(out / record["final"]["mask"])
+    reference = nib.load(case / layout.BASELINE)
+    assert np.allclose(final.affine, reference.affine) and final.shape == reference.shape
+    assert final.get_data_dtype() == np.uint8
+    refine_mask = nib.load(out / "refine" / "refine_mask.nii.gz")
+    assert np.array_equal(np.asarray(final.dataobj), np.asarray(refine_mask.dataobj))
+    rows = (out / rl.EVALUATION).read_text().splitlines()
+    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "filter", "refine"]
+    assert record["metrics"]["stage"] == "refine" and record["metrics"]["gt_lesions"] == 3
+    assert str(out / record["final"]["mask"]) in result.stdout and "lesion" not in result.stderr.split("\n")[0][:0]
+    assert "refine" in result.stdout.splitlines()[-1]  # the evaluation table on stdout
+
+
+def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort, tmp_path, no_report):
+    case, out = cohort / "sim-12", tmp_path / "run"
+    assert _run(case, out, "-c", str(no_report)).exit_code == 0
+    stamps = {s: (out / s / rl.STAGE_RECORD).stat().st_mtime_ns for s in ("subtract", "filter", "refine")}
+    result = _run(case, out, "-c", str(no_report), "--json")
+    assert result.exit_code == 0
+    assert {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items() if v["status"] != "off"} == \
+        {"subtract": "reused", "filter": "reused", "refine": "reused"}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(NO_REPORT + "refine:\n  threshold: 0.5\n")
+    result = _run(case, out, "-c", str(changed), "--json")
+    statuses = {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items()}
+    assert statuses["subtract"] == "reused" and statuses["filter"] == "reused" and statuses["refine"] == "ran"
+    assert (out / "subtract" / rl.STAGE_RECORD).stat().st_mtime_ns == stamps["subtract"]
+    assert (out / "refine" / rl.STAGE_RECORD).stat().st_mtime_ns != stamps["refine"]
+
+
+@pytest.mark.slow
+def test_raw_scans_are_preprocessed_and_the_ground_truth_carried(cohort, tmp_path, no_report):
+    case, out = cohort / "sim-11", tmp_path / "run"
+    result = runner.invoke(app, ["run", "--baseline", str(case / layout.BASELINE), "--followup",
+                                 str(case / layout.FOLLOWUP), "--ground-truth", str(case / layout.GROUND_TRUTH),
+                                 "-o", str(out), "-c", str(no_report), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["stages"]["preprocess"]["status"] == "ran" and record["inputs"]["case_folder"] == rl.CASE_DIR
+    assert record["inputs"]["ground_truth"] == f"{rl.CASE_DIR}/{layout.GROUND_TRUTH}"
+    carried = nib.load(out / rl.CASE_DIR / layout.GROUND_TRUTH)
+    middle = nib.load(out / rl.CASE_DIR / layout.FOLLOWUP)
+    assert carried.shape == middle.shape and np.allclose(carried.affine, middle.affine)
+    assert record["evaluation"] and record["evaluation"][0]["gt_lesions"] >= 1
+
+
+@pytest.mark.parametrize("config, message", [
+    ("colour: red\n", "unknown key 'colour'"),
+    ("subtract:\n  kk: 2\n", "subtract has no option 'kk'"),
+    ("subtract:\n  rule: magic\n", "config: subtract:"),
+    ("refine:\n  threshold: 2\n", "config: refine:"),
+    ("final: segment\n", "final is segment but that stage is not enabled"),
+    ("filter:\n  enabled: false\n", "refine reads the filter candidates but filter is not enabled"),
+    ("subtract: [1, 2\n", "not valid YAML"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(cohort, tmp_path, config, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(config)
+    out = tmp_path / "run"
+    result = _run(cohort / "sim-11", out, "-c", str(path))
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_case_leaves_no_run_folder(cohort, tmp_path):
+    case = tmp_path / "case"
+    shutil.copytree(cohort / "sim-11", case)
+    (case / layout.FOLLOWUP).write_bytes(b"not a nifti")
+    out = tmp_path / "run"
+    result = _run(case, out)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [result.stderr.splitlines()[-1]] and errors[0].startswith("mstools run: error: subtract:")
+    assert not out.exists()
+    (case / layout.BRAIN_MASK).unlink()
+    result = _run(case, out)
+    assert result.exit_code == 1 and "no brain_mask.nii.gz" in result.stderr and not out.exists()
+
+
+def test_run_input_errors(cohort, tmp_path):
+    assert "give -o OUT" in runner.invoke(app, ["run", str(cohort / "sim-11")]).stderr
+    both = runner.invoke(app, ["run", str(cohort / "sim-11"), "-o", str(tmp_path / "r"), "--baseline", "x.nii.gz"])
+    assert both.exit_code == 1 and "not both" in both.stderr
+    missing = runner.invoke(app, ["run", "-o", str(tmp_path / "r"), "--baseline", str(tmp_path / "b.nii.gz"),
+                                  "--followup", str(tmp_path / "f.nii.gz")])
+    assert missing.exit_code == 1 and "baseline scan not found" in missing.stderr
+
+
+def test_discover_cases_from_folder_manifest_and_bids(cohort, tmp_path):
+    assert [c.case for c in discover_cases(cohort)] == ["sim-11", "sim-12", "sim-13"]
+    assert discover_cases(cohort)[0].ground_truth == cohort / "sim-11" / layout.GROUND_TRUTH
+    manifest = tmp_path / "cases.tsv"
+    manifest.write_text(f"case\tfolder\tbaseline\tfollowup\nA\t{cohort / 'sim-11'}\t\t\nB\t\traw/b.nii.gz\traw/f.nii.gz\n")
+    a, b = discover_cases(manifest)
+    assert a.folder == cohort / "sim-11" and not a.raw
+    assert b.raw and b.baseline == tmp_path / "raw" / "b.nii.gz"
+    bids = tmp_path / "bids"
+    for subject, sessions in (("sub-01", ("ses-1", "ses-2", "ses-3")), ("sub-02", ("ses-1",))):
+        for session in sessions:
+            (bids / subject / session / "anat").mkdir(parents=True)
+            (bids / subject / session / "anat" / f"{subject}_{session}_FLAIR.nii.gz").write_bytes(b"x")
+    first, second = discover_cases(bids)
+    assert first.baseline.name == "sub-01_ses-1_FLAIR.nii.gz" and first.followup.name == "sub-01_ses-3_FLAIR.nii.gz"
+    assert "two are needed" in second.problem
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name\tfolder\nA\tx\n", "manifest needs the columns case and folder"),
+    ("case\tfolder\nA\tx\nA\ty\n", "listed twice"),
+    ("case\tfolder\n", "manifest has no case"),
+])
+def test_bad_manifest(tmp_path, content, message):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(content)
+    result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "d")])
+    assert result.exit_code == 1 and message in result.stderr
+
+
+@pytest.mark.slow
+def test_batch_on_a_local_cluster_with_a_broken_case_and_a_resumed_rerun(cohort, tmp_path, no_report):
+    source = tmp_path / "cases"
+    shutil.copytree(cohort, source)
+    (source / "sim-12" / layout.BASELINE).write_bytes(b"\x1f\x8b broken")
+    out = tmp_path / "derivatives"
+    result = runner.invoke(app, ["batch", str(source), "-o", str(out), "-c", str(no_report), "--workers", "2",
+                                 "--memory-per-worker", "2GiB", "--json"])
+    assert result.exit_code == 1, result.output
+    assert "1 of 3 case(s) failed" in result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (2, 0, 1)
+    assert summary["peak_rss_mb_per_worker"] and all(v > 0 for v in summary["peak_rss_mb_per_worker"].values())
+    cohort_rows = [line.split("\t") for line in (out / rl.COHORT_TABLE).read_text().splitlines()]
+    assert cohort_rows[0] == list(rl.COHORT_COLUMNS)
+    assert {r[0]: r[1] for r in cohort_rows[1:]} == {"sim-11": "done", "sim-12": "failed", "sim-13": "done"}
+    errors = (out / rl.ERRORS_TABLE).read_text().splitlines()
+    assert len(errors) == 2 and errors[1].startswith("sim-12\tsubtract\t") and "flair_time01" in errors[1]
+    assert not (out / "sim-12").exists()
+    again = runner.invoke(app, ["batch", str(source), "-o", str(out), "-c", str(no_report), "--workers", "1",
+                                "--json"])
+    summary = json.loads(again.stdout)
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 2, 1)
+
+
+def test_batch_bad_options(cohort, tmp_path):
+    result = runner.invoke(app, ["batch", str(cohort), "-o", str(tmp_path / "d"), "--memory-per-worker", "lots"])
+    assert result.exit_code == 1 and "not a size" in result.stderr
+    result = runner.invoke(app, ["batch", str(tmp_path / "nowhere"), "-o", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "not found" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Example: mstools" in result.stdout
