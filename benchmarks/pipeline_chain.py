@@ -22,12 +22,17 @@ from cli import pipeline
 
 #: name -> config changes over the defaults.
 VARIANTS = {
-    "refine(filter) [default]": {},
-    "refine(subtract)": {"refine": {"candidates": "subtract"}},
-    "refine(filter), mm sizes": {"refine": {"min_volume_mm3": 27.0, "min_minor_axis_mm": 2.0}},
-    "refine(subtract), mm sizes": {"refine": {"candidates": "subtract", "min_volume_mm3": 27.0,
-                                              "min_minor_axis_mm": 2.0}},
-    "no refine (final filter)": {"refine": {"enabled": False}, "final": "filter"},
+    "subtract>refine>filter [default]": {},
+    "subtract>refine(paper sizes)>filter": {"refine": {"min_voxels": 27, "min_minor_axis": 2.0}},
+    "subtract>refine": {"filter": {"candidates": "subtract"}, "final": "refine"},
+    "subtract>refine(paper sizes)": {"filter": {"candidates": "subtract"}, "final": "refine",
+                                     "refine": {"min_voxels": 27, "min_minor_axis": 2.0}},
+    "subtract>filter>refine": {"filter": {"candidates": "subtract"}, "refine": {"candidates": "filter"},
+                               "final": "refine"},
+    "subtract>filter>refine(paper sizes)": {"filter": {"candidates": "subtract"}, "final": "refine",
+                                            "refine": {"candidates": "filter", "min_voxels": 27,
+                                                       "min_minor_axis": 2.0}},
+    "subtract>filter": {"filter": {"candidates": "subtract"}, "refine": {"enabled": False}},
 }
 
 
@@ -46,10 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="+", type=Path)
     parser.add_argument("--work", type=Path, required=True, help="Folder for the run folders (reused).")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="Variant names to run (default: all).")
     args = parser.parse_args()
     table: dict[str, dict[str, list[dict]]] = {}
     seconds: dict[str, list[float]] = {}
     for name, changes in VARIANTS.items():
+        if name not in args.variants:
+            continue
         config = configured(changes)
         for case in args.cases:
             start = time.perf_counter()

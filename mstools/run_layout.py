@@ -41,9 +41,10 @@ FINAL_PREFIX = "new_lesions"
 EVALUATION = "evaluation.tsv"
 REPORT = "report.html"
 
-#: Stages in the order they run; detectors are the stages whose output can be final.
-STAGES = ("preprocess", "subtract", "filter", "register", "segment", "refine")
-DETECTORS = ("subtract", "filter", "register", "segment", "refine")
+#: Stages in their default order (filter and refine swap when filter reads subtract and
+#: refine reads filter); detectors are the stages whose output can be final.
+STAGES = ("preprocess", "subtract", "register", "segment", "refine", "filter")
+DETECTORS = ("subtract", "register", "segment", "refine", "filter")
 
 COHORT_TABLE = "cohort.tsv"
 ERRORS_TABLE = "errors.tsv"

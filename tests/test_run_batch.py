@@ -52,7 +52,10 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     parsed = yaml.safe_load(text)
     assert parsed == pipeline.default_config()
     assert parsed["subtract"]["k"] == PRADOS_K_SD
-    assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "refine"
+    assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "filter"
+    # where the run departs from a command's default, the value and the reason are printed
+    assert parsed["refine"]["min_voxels"] == pipeline.RUN_OVERRIDES["refine"]["min_voxels"]
+    assert "mstools run uses 5 instead of the command's 27" in text
     assert parsed["register"]["enabled"] is False and parsed["segment"]["enabled"] is False
 
 
@@ -61,8 +64,8 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     result = _run(case, out, "-c", str(no_report))
     assert result.exit_code == 0, result.output
     record = json.loads((out / rl.RUN_RECORD).read_text())
-    assert record["status"] == "complete" and record["final_stage"] == "refine"
-    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "filter", "refine"]
+    assert record["status"] == "complete" and record["final_stage"] == "filter"
+    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "refine", "filter"]
     assert record["stages"]["preprocess"]["status"] == "off"
     for stage in ("subtract", "filter", "refine"):
         assert (out / stage / rl.STAGE_RECORD).is_file()
@@ -70,13 +73,15 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     reference = nib.load(case / layout.BASELINE)
     assert np.allclose(final.affine, reference.affine) and final.shape == reference.shape
     assert final.get_data_dtype() == np.uint8
-    refine_mask = nib.load(out / "refine" / "refine_mask.nii.gz")
-    assert np.array_equal(np.asarray(final.dataobj), np.asarray(refine_mask.dataobj))
+    filter_mask = nib.load(out / "filter" / "filter_mask.nii.gz")
+    assert np.array_equal(np.asarray(final.dataobj), np.asarray(filter_mask.dataobj))
+    assert json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]["candidates"].endswith(
+        "refine/refine")
     rows = (out / rl.EVALUATION).read_text().splitlines()
-    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "filter", "refine"]
-    assert record["metrics"]["stage"] == "refine" and record["metrics"]["gt_lesions"] == 3
+    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "refine", "filter"]
+    assert record["metrics"]["stage"] == "filter" and record["metrics"]["gt_lesions"] == 3
     assert str(out / record["final"]["mask"]) in result.stdout and "lesion" not in result.stderr.split("\n")[0][:0]
-    assert "refine" in result.stdout.splitlines()[-1]  # the evaluation table on stdout
+    assert result.stdout.splitlines()[-1].startswith("filter")  # the evaluation table on stdout
 
 
 def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort, tmp_path, no_report):
@@ -91,7 +96,8 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     changed.write_text(NO_REPORT + "refine:\n  threshold: 0.5\n")
     result = _run(case, out, "-c", str(changed), "--json")
     statuses = {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items()}
-    assert statuses["subtract"] == "reused" and statuses["filter"] == "reused" and statuses["refine"] == "ran"
+    # refine changed, and filter reads refine: both run again; subtract is reused
+    assert statuses["subtract"] == "reused" and statuses["refine"] == "ran" and statuses["filter"] == "ran"
     assert (out / "subtract" / rl.STAGE_RECORD).stat().st_mtime_ns == stamps["subtract"]
     assert (out / "refine" / rl.STAGE_RECORD).stat().st_mtime_ns != stamps["refine"]
 
@@ -118,7 +124,9 @@ def test_raw_scans_are_preprocessed_and_the_ground_truth_carried(cohort, tmp_pat
     ("subtract:\n  rule: magic\n", "config: subtract:"),
     ("refine:\n  threshold: 2\n", "config: refine:"),
     ("final: segment\n", "final is segment but that stage is not enabled"),
-    ("filter:\n  enabled: false\n", "refine reads the filter candidates but filter is not enabled"),
+    ("filter:\n  enabled: false\n", "final is filter but that stage is not enabled"),
+    ("refine:\n  enabled: false\n", "filter reads the refine candidates but refine is not enabled"),
+    ("refine:\n  candidates: filter\n", "one of them must read subtract"),
     ("subtract: [1, 2\n", "not valid YAML"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(cohort, tmp_path, config, message):
