@@ -175,7 +175,7 @@ def batch_command(
     if settings["report"]:
         from mstools.report import write_cohort_report
 
-        written.append(write_cohort_report(out))
+        written.append(write_cohort_report(out, case_pages=False, force=True))
     done = sum(r["status"] == "done" for r in table)
     skipped = sum(r["status"] == "skipped" for r in table)
     summary = {"cases": len(table), "done": done, "skipped": skipped, "failed": len(errors),

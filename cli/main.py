@@ -23,6 +23,7 @@ from cli.register import register_command, warp_command
 from cli.preprocess import apply_transform_command, preprocess_command
 from cli.segment import segment_command
 from cli.train import train_command
+from cli.report import report_command
 from cli.run import run_command
 from cli.batch import batch_command
 
@@ -65,6 +66,7 @@ app.command("preprocess")(preprocess_command)
 app.command("apply-transform")(apply_transform_command)
 app.command("segment")(segment_command)
 app.command("train")(train_command)
+app.command("report")(report_command)
 app.command("run")(run_command)
 app.command("batch")(batch_command)
 

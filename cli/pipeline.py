@@ -376,7 +376,10 @@ def run_key(case: CaseInput, config: dict, base: Path) -> str:
     """What a finished run depends on: version, configuration (models by content) and inputs."""
     from mstools.io import sha256
 
-    files = _input_files(case) + ([Path(case.ground_truth)] if case.ground_truth else [])
+    truth = case.ground_truth
+    if truth is None and case.folder is not None and (case.folder / layout.GROUND_TRUTH).is_file():
+        truth = case.folder / layout.GROUND_TRUTH
+    files = _input_files(case) + ([Path(truth)] if truth else [])
     return _hash_text({"version": __version__, "config": config, "models": _model_hashes(config, base),
                        "inputs": [sha256(p) for p in files]})
 
@@ -616,6 +619,7 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
         "new_lesions": len(lesions),
         "new_lesion_volume_mm3": round(volume, 3),
         "metrics": metrics,
+        "report": rl.REPORT if config["report"] else None,
     }
     import yaml
 
@@ -629,6 +633,10 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
             batch.table(run_dir / rl.EVALUATION, evaluation, rl.EVALUATION_COLUMNS)
         batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))
         batch.json(run_dir / rl.RUN_RECORD, record)
+    if config["report"]:
+        from mstools.report import write_case_report
+
+        write_case_report(run_dir, force=True)
     return RunResult(record, evaluation)
 
 

@@ -194,12 +194,12 @@ def test_bad_manifest(tmp_path, content, message):
 
 
 @pytest.mark.slow
-def test_batch_on_a_local_cluster_with_a_broken_case_and_a_resumed_rerun(cohort, tmp_path, no_report):
+def test_batch_on_a_local_cluster_with_a_broken_case_and_a_resumed_rerun(cohort, tmp_path):
     source = tmp_path / "cases"
     shutil.copytree(cohort, source)
     (source / "sim-12" / layout.BASELINE).write_bytes(b"\x1f\x8b broken")
     out = tmp_path / "derivatives"
-    result = runner.invoke(app, ["batch", str(source), "-o", str(out), "-c", str(no_report), "--workers", "2",
+    result = runner.invoke(app, ["batch", str(source), "-o", str(out), "--workers", "2",
                                  "--memory-per-worker", "2GiB", "--json"])
     assert result.exit_code == 1, result.output
     assert "1 of 3 case(s) failed" in result.stderr
@@ -212,8 +212,10 @@ def test_batch_on_a_local_cluster_with_a_broken_case_and_a_resumed_rerun(cohort,
     errors = (out / rl.ERRORS_TABLE).read_text().splitlines()
     assert len(errors) == 2 and errors[1].startswith("sim-12\tsubtract\t") and "flair_time01" in errors[1]
     assert not (out / "sim-12").exists()
-    again = runner.invoke(app, ["batch", str(source), "-o", str(out), "-c", str(no_report), "--workers", "1",
-                                "--json"])
+    page = (out / rl.COHORT_REPORT).read_text()
+    assert 'href="sim-11/report.html"' in page and 'href="sim-13/report.html"' in page and "sim-12" in page
+    assert "sim-11" in (out / "sim-11" / rl.REPORT).read_text()
+    again = runner.invoke(app, ["batch", str(source), "-o", str(out), "--workers", "1", "--json"])
     summary = json.loads(again.stdout)
     assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 2, 1)
 

@@ -1,0 +1,285 @@
+"""Report pages as HTML strings: dicts and PNG bytes in, one self-contained page out.
+
+A page needs nothing but itself: pictures are ``data:image/png;base64`` URIs, the
+stylesheet is inline, fonts are the browser's own, there is no script and no web
+address, so it opens offline in any browser and can be mailed as one file. Every
+value taken from a record or a table is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from html import escape
+from typing import Mapping, Sequence
+
+from mstools.report.figures import Figure
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:1.5em auto;
+max-width:62em;padding:0 1em;color:#1d1d1f;background:#fff;line-height:1.4}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.sub{color:#555;margin-top:0}.badge{display:inline-block;padding:.05em .5em;border-radius:.6em;
+font-size:.8em;background:#e3e9f3;color:#234}.badge.complete{background:#dcefdc;color:#1c4d1c}
+.badge.failed,.badge.error{background:#f6dcdc;color:#6b1c1c}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+th,td{border:1px solid #d6d6d6;padding:.2em .55em;text-align:right}
+th{background:#f3f4f6}td.t,th.t{text-align:left}tr.final td{font-weight:600;background:#fbf7e6}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block;border:1px solid #ccc}
+figcaption{font-size:.85em;color:#444;margin-top:.25em}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dl.summary dt{color:#555}
+dl.summary dd{margin:0;font-weight:600}pre{background:#f6f8fa;padding:.7em;overflow:auto;font-size:.85em}
+details summary{cursor:pointer;color:#234}.note{color:#666;font-size:.9em}
+footer{margin-top:2em;color:#888;font-size:.8em}
+""".strip()
+
+#: Columns of the final lesion table on a case page: (header, keys joined into one cell, format).
+LESION_TABLE = (("label", ("label",), "{:.0f}"), ("volume (mm3)", ("volume_mm3",), "{:.1f}"),
+                ("centroid x, y, z (mm)", ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), "{:.1f}"),
+                ("score mean", ("score_mean",), "{:.3g}"), ("score max", ("score_max",), "{:.3g}"))
+#: Metrics shown (evaluation.tsv columns, mstools.run_layout.EVALUATION_COLUMNS).
+METRIC_HEADERS = {"stage": "stage", "gt_lesions": "true lesions", "pred_lesions": "detected",
+                  "msseg2_detected": "true positives", "msseg2_fp": "false positives",
+                  "lesion_sensitivity": "lesion sensitivity", "lesion_ppv": "lesion PPV",
+                  "lesion_f1": "lesion F1", "dice": "Dice"}
+COHORT_METRICS = ("lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice")
+#: Headers of cohort.tsv's columns (mstools.run_layout.COHORT_COLUMNS) on the cohort page.
+COHORT_HEADERS = {**METRIC_HEADERS, "case": "case", "status": "status", "new_lesions": "new lesions",
+                  "new_lesion_volume_mm3": "new-lesion volume (mm3)", "seconds": "seconds"}
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI (RFC 2397), for ``<img src=...>``."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def number(value) -> float | None:
+    """A finite float from a record or TSV cell (``"n/a"``, empty, NaN -> None)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def cell(value, fmt: str = "{:.3g}") -> str:
+    """A table cell's escaped text: numbers formatted, missing values as n/a."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "n/a", "nan", "None")):
+        return "n/a"
+    if isinstance(value, str):
+        parsed = number(value)
+        if parsed is None or fmt == "{}":
+            return escape(value)
+        value = parsed
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "n/a"
+        return escape(fmt.format(value))
+    return escape(str(value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_columns: Sequence[int] = (0,),
+           row_classes: Sequence[str] | None = None) -> str:
+    def th(i, h):
+        return f'<th class="t">{escape(h)}</th>' if i in text_columns else f"<th>{escape(h)}</th>"
+
+    def td(i, c):
+        return f'<td class="t">{c}</td>' if i in text_columns else f"<td>{c}</td>"
+
+    head = "<tr>" + "".join(th(i, h) for i, h in enumerate(headers)) + "</tr>"
+    body = []
+    for n, row in enumerate(rows):
+        css = f' class="{row_classes[n]}"' if row_classes and row_classes[n] else ""
+        body.append(f"<tr{css}>" + "".join(td(i, c) for i, c in enumerate(row)) + "</tr>")
+    return "<table>\n" + head + "\n" + "\n".join(body) + "\n</table>"
+
+
+def _page(title: str, body: Sequence[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{escape(title)}</title>\n<style>\n{STYLE}\n</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _figure(png: bytes, caption: str, alt: str) -> str:
+    return (f'<figure><img src="{data_uri(png)}" alt="{escape(alt)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {escape(status)}">{escape(status)}</span>'
+
+
+# --------------------------------------------------------------------------- case page
+
+
+def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: Sequence[Mapping] | None = None,
+              figures: Sequence[Figure] = (), qc_pictures: Sequence[tuple[str, bytes]] = (),
+              config_text: str | None = None, difference_name: str = "follow-up - baseline",
+              version: str = "") -> str:
+    """The page of one run (``record`` is ``run.json``, see :mod:`mstools.run_layout`).
+
+    ``lesions`` are the rows of the final lesion table, ``evaluation`` those of
+    ``evaluation.tsv`` (None: no evaluation; the record's ``metrics`` are shown when
+    present), ``qc_pictures`` (name, PNG bytes) the preprocessing QC pictures.
+    """
+    case = str(record.get("case") or "case")
+    status = str(record.get("status") or "unknown")
+    run_version = record.get("mstools_version") or record.get("version")
+    subtitle = f"mstools {version}" + (f" (run made with mstools {run_version})"
+                                       if run_version and str(run_version) != version else "")
+    body = [f"<h1>New MS lesions: {escape(case)} {_badge(status)}</h1>", f'<p class="sub">{escape(subtitle)}</p>']
+
+    count = record.get("new_lesions")
+    count = len(lesions) if number(count) is None else int(number(count))
+    volume = number(record.get("new_lesion_volume_mm3"))
+    if volume is None:
+        volume = sum(number(r.get("volume_mm3")) or 0.0 for r in lesions)
+    final = record.get("final_stage")
+    inputs = record.get("inputs") or {}
+    summary = [("new lesions", f"{count}"), ("new-lesion volume", f"{volume:.1f} mm3"),
+               ("final stage", escape(str(final)) if final else "n/a"),
+               ("ground truth", "yes" if inputs.get("ground_truth") else "no")]
+    if record.get("run_key"):
+        summary.append(("run key", escape(str(record["run_key"]))))
+    body.append("<h2>Summary</h2>\n<dl class=\"summary\">" + "".join(
+        f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in summary) + "</dl>")
+    stages = record.get("stages") or {}
+    if stages:
+        rows, classes = [], []
+        for name, info in stages.items():
+            info = info or {}
+            seconds = number(info.get("seconds"))
+            rows.append([escape(str(name)), escape(str(info.get("status", "n/a"))),
+                         f"{seconds:.1f}" if seconds is not None else "n/a"])
+            classes.append("final" if name == final else "")
+        body.append(_table(("stage", "status", "seconds"), rows, text_columns=(0, 1), row_classes=classes))
+
+    metric_rows = list(evaluation) if evaluation else []
+    if not metric_rows and isinstance(record.get("metrics"), Mapping):
+        metric_rows = [{"stage": final or "final", **record["metrics"]}]
+    if metric_rows:
+        keys = [k for k in METRIC_HEADERS if any(k in r for r in metric_rows)]
+        body.append("<h2>Evaluation against the ground truth</h2>")
+        body.append(_table([METRIC_HEADERS[k] for k in keys],
+                           [[cell(r.get(k), "{:.3f}" if k in COHORT_METRICS else "{:.4g}") for k in keys]
+                            for r in metric_rows],
+                           row_classes=["final" if r.get("stage") == final else "" for r in metric_rows]))
+        body.append('<p class="note">MSSEG-2 lesion-wise detection (Anima rule) and voxel Dice; '
+                    "the final stage's row is highlighted.</p>")
+
+    body.append(f"<h2>New lesions ({count})</h2>")
+    if lesions:
+        body.append(_table([h for h, _, _ in LESION_TABLE],
+                           [[", ".join(cell(r.get(k), fmt) for k in keys) for _, keys, fmt in LESION_TABLE]
+                            for r in lesions]))
+    else:
+        body.append("<p>No new lesion was found.</p>")
+
+    if figures:
+        shown = sum(1 for f in figures if f.kind == "lesion")
+        note = (f" (the {shown} largest of {count})" if 0 < shown < count else "")
+        body.append(f"<h2>Images{escape(note)}</h2>")
+        body.append('<p class="note">Axial slices through each lesion\'s centroid, neurological convention '
+                    "(R on the right, anterior at the top); third column: "
+                    f"{escape(difference_name)}."
+                    + (" Under each lesion's row, the same zoomed on the yellow box (the zoomed follow-up "
+                       "without outline)." if any(f.kind != "overview" for f in figures) else "") + "</p>")
+        body.extend(_figure(f.png, f.caption, f"{f.kind} {f.label if f.label is not None else ''}".strip())
+                    for f in figures)
+    if qc_pictures:
+        body.append("<h2>Preprocessing quality control</h2>")
+        body.extend(_figure(png, name, "preprocessing QC") for name, png in qc_pictures)
+    if config_text is not None:
+        body.append("<h2>Configuration</h2>\n<details><summary>config.yaml</summary>"
+                    f"<pre>{escape(config_text)}</pre></details>")
+    body.append(f"<footer>Made by mstools {escape(version)} report.</footer>")
+    return _page(f"{case}: new MS lesions", body)
+
+
+# --------------------------------------------------------------------------- cohort page
+
+
+def mean_metrics(rows: Sequence[Mapping], keys: Sequence[str] = COHORT_METRICS) -> dict[str, tuple[float, float, int]]:
+    """Key -> (mean, sample standard deviation, number of cases) over the cases where it is defined."""
+    out = {}
+    for key in keys:
+        values = [v for v in (number(r.get(key)) for r in rows) if v is not None]
+        if values:
+            mean = sum(values) / len(values)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            out[key] = (mean, sd, len(values))
+    return out
+
+
+def _cohort_format(column: str) -> str:
+    if column == "status":
+        return "{}"
+    if column in COHORT_METRICS:
+        return "{:.3f}"
+    return "{:.1f}" if column.endswith(("_mm3", "seconds")) else "{:.4g}"
+
+
+def cohort_page(rows: Sequence[Mapping], *, title: str = "cohort", columns: Sequence[str] = (),
+                links: Mapping[str, str] | None = None, errors: Sequence[Mapping] = (),
+                histograms: bytes | None = None, notes: Mapping[str, str] | None = None,
+                version: str = "") -> str:
+    """The page of a cohort: ``rows`` of ``cohort.tsv``; ``links`` case -> relative URL of its
+    page; ``errors`` rows of ``errors.tsv``; ``notes`` case -> why it has no page."""
+    links = links or {}
+    notes = notes or {}
+    columns = [c for c in (columns or (list(rows[0]) if rows else ["case"])) if c != "run_folder"]
+    complete = sum(1 for r in rows if str(r.get("status", "")) == "complete")
+    body = [f"<h1>New MS lesions: cohort {escape(title)}</h1>",
+            f'<p class="sub">mstools {escape(version)}; {len(rows)} cases, {complete} complete, '
+            f"{len(errors)} error{'' if len(errors) == 1 else 's'}</p>"]
+    counts = [number(r.get("new_lesions")) for r in rows]
+    volumes = [number(r.get("new_lesion_volume_mm3")) for r in rows]
+    known = [c for c in counts if c is not None]
+    if known:
+        total_volume = sum(v for v in volumes if v is not None)
+        body.append("<h2>Summary</h2>\n<dl class=\"summary\">"
+                    f"<dt>new lesions</dt><dd>{int(sum(known))} in {len(known)} cases "
+                    f"({sum(1 for c in known if c > 0)} cases with at least one)</dd>"
+                    f"<dt>new-lesion volume</dt><dd>{total_volume:.1f} mm3</dd></dl>")
+    means = mean_metrics(rows)
+    if means:
+        body.append("<h2>Mean metrics</h2>")
+        body.append(_table(("metric", "mean", "sd", "cases"),
+                           [[escape(METRIC_HEADERS.get(k, k)), f"{m:.3f}", f"{s:.3f}", f"{n}"]
+                            for k, (m, s, n) in means.items()]))
+        body.append('<p class="note">Over the cases where the metric is defined (a case without '
+                    "ground-truth lesion has no sensitivity or Dice).</p>")
+    if histograms is not None:
+        body.append("<h2>Distributions</h2>")
+        body.append(_figure(histograms, "New lesions per case, new-lesion volume per case and, where the "
+                            "lesion tables exist, the volume of each new lesion.", "histograms"))
+    body.append(f"<h2>Cases ({len(rows)})</h2>")
+    table_rows = []
+    for r in rows:
+        case = str(r.get("case", ""))
+        cells = []
+        for c in columns:
+            if c == "case":
+                text = escape(case)
+                if case in links:
+                    text = f'<a href="{escape(links[case], quote=True)}">{text}</a>'
+                elif case in notes:
+                    text += f' <span class="note">({escape(notes[case])})</span>'
+                cells.append(text)
+            else:
+                cells.append(cell(r.get(c), _cohort_format(c)))
+        table_rows.append(cells)
+    body.append(_table([COHORT_HEADERS.get(c, c) for c in columns], table_rows,
+                       text_columns=[i for i, c in enumerate(columns) if c in ("case", "status")]))
+    if errors:
+        body.append(f"<h2>Errors ({len(errors)})</h2>")
+        error_columns = list(errors[0])
+        body.append(_table(error_columns, [[cell(e.get(c), "{}") for c in error_columns] for e in errors],
+                           text_columns=range(len(error_columns))))
+    body.append(f"<footer>Made by mstools {escape(version)} report.</footer>")
+    return _page(f"{title}: new MS lesions (cohort)", body)
