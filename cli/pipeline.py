@@ -110,7 +110,7 @@ RUN_OVERRIDES: dict[str, dict[str, object]] = {
 }
 
 #: Options whose value is a file: relative paths are taken from the config file's folder.
-PATH_OPTIONS = {"model", "weights", "parameters"}
+PATH_OPTIONS = {"filter": {"model"}, "refine": {"model"}, "segment": {"weights"}, "register": {"parameters"}}
 
 
 # ----------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def stage_options_args(stage: Stage, values: Mapping[str, object], base: Path) -
         if name in stage.own or value is None:
             continue
         option = options[name]
-        if name in PATH_OPTIONS:
+        if name in PATH_OPTIONS.get(stage.name, ()):
             value = [str(_resolve(base, v)) for v in value] if isinstance(value, list) else str(_resolve(base, value))
         if option.is_flag:
             if not isinstance(value, bool):
@@ -391,7 +391,7 @@ def _model_hashes(config: dict, base: Path) -> dict:
 
     found = {}
     for stage in STAGES:
-        for name in PATH_OPTIONS:
+        for name in PATH_OPTIONS.get(stage, ()):
             value = config[stage].get(name)
             for item in (value if isinstance(value, list) else [value]):
                 if item is not None and _resolve(base, item).is_file():

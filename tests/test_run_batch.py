@@ -231,3 +231,16 @@ def test_batch_bad_options(cohort, tmp_path):
 def test_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example: mstools" in result.stdout
+
+
+def test_config_values_become_the_stage_options(tmp_path):
+    base = tmp_path / "configs"
+    # a file option is taken relative to the config's folder; a name option is passed as it is
+    assert pipeline.stage_options_args(pipeline.STAGES["refine"], {"model": "m.txt", "threshold": 0.3}, base) == \
+        ["--model", str(base / "m.txt"), "--threshold", "0.3"]
+    assert pipeline.stage_options_args(pipeline.STAGES["segment"], {"model": "unet", "tta": True}, base) == \
+        ["--model", "unet", "--tta"]
+    assert pipeline.stage_options_args(pipeline.STAGES["preprocess"], {"bias_correction": False}, base) == \
+        ["--no-bias-correction"]
+    assert pipeline.stage_options_args(pipeline.STAGES["register"], {"parameters": ["a.txt", "b.txt"]}, base) == \
+        ["--parameters", str(base / "a.txt"), "--parameters", str(base / "b.txt")]
