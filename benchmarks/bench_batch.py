@@ -35,6 +35,10 @@ def main() -> None:
           f"wall {wall_first:.1f} s (command), {first['wall_seconds']} s (cases)")
     for worker, peak in sorted(first["peak_rss_mb_per_worker"].items()):
         print(f"  worker {worker}: peak RSS {peak:.0f} MB")
+    rows = [line.split("\t") for line in (Path(out) / "cohort.tsv").read_text().splitlines()]
+    seconds = [float(r[rows[0].index("seconds")]) for r in rows[1:] if r[rows[0].index("status")] == "done"]
+    if seconds:
+        print(f"  time per case on a worker: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
     second, wall_second = batch(source, out, extra)
     print(f"rerun: {second['done']} done, {second['skipped']} skipped, {second['failed']} failed; "
           f"wall {wall_second:.1f} s")
@@ -46,13 +50,10 @@ def main() -> None:
         values = [v for v in values if not math.isnan(v)]
         if values:
             print(f"  mean {metric}: {sum(values) / len(values):.3f} over {len(values)} cases")
-    seconds = [float(r[column["seconds"]]) for r in rows if r[column["status"]] == "done"]
     print(f"  new lesions found: {sum(int(r[column['new_lesions']]) for r in rows if r[column['new_lesions']])}")
     print("cohort table:")
     for row in [header, *rows]:
         print("  " + "  ".join(row))
-    if seconds:
-        print(f"time per case on a worker: mean {sum(seconds) / len(seconds):.1f} s, max {max(seconds):.1f} s")
 
 
 if __name__ == "__main__":

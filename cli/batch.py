@@ -15,9 +15,10 @@ from cli import common
 from mstools import run_layout as rl
 from mstools.errors import InputError
 
-#: Memory bound of one worker. Measured peak of one case in one process
-#: (benchmarks/bench_batch.py): ~1.3 GB for the default chain on a 1 mm case, ~2 GB with
-#: register; 4 GiB leaves room for larger grids and for segment.
+#: Memory bound of one worker. Measured peaks of one worker process
+#: (benchmarks/bench_batch.py, 20 simulated 1 mm cases, default chain): 0.83 GB; with
+#: register, 1.85 GB for the elastix process (benchmarks/bench_register.py); segment
+#: 0.5-0.6 GB. 4 GiB leaves room for larger grids.
 MEMORY_PER_WORKER = "4GiB"
 
 
@@ -125,7 +126,8 @@ def batch_command(
             continue
         record = _finished(run_dir, key)
         if record is not None:
-            rows[case.case] = cohort_row(case.case, record, status="skipped", seconds=0.0, run_folder=case.case)
+            seconds = sum(float(stage.get("seconds") or 0.0) for stage in record.get("stages", {}).values())
+            rows[case.case] = cohort_row(case.case, record, status="skipped", seconds=seconds, run_folder=case.case)
         else:
             todo.append(case)
     common.log(f"{len(cases)} case(s): {len(todo)} to run, {sum(r['status'] == 'skipped' for r in rows.values())} "

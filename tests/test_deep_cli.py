@@ -212,3 +212,18 @@ def test_default_weights_ship_with_a_card_and_load_strictly(model):
         assert key in card
     predictor = Predictor.from_file(path, device="cpu")
     assert predictor.config.model == model and predictor.config.as_dict() == card["configuration"]
+
+
+def test_segment_cli_defaults_are_the_library_defaults():
+    """cli/segment.py writes its defaults as literals (mstools --help must not import the
+    predictor); they must stay the predictor's and the inference module's."""
+    import inspect
+
+    from cli.segment import segment_command
+    from mstools.deep import inference, predictor
+
+    options = inspect.signature(segment_command).parameters
+    assert options["threshold"].default.default == predictor.DEFAULT_THRESHOLD
+    assert options["min_lesion_mm3"].default.default == predictor.DEFAULT_MIN_LESION_MM3
+    assert options["overlap"].default.default == inference.DEFAULT_OVERLAP
+    assert options["batch_size"].default.default == predictor.PredictOptions().batch_size

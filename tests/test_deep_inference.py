@@ -128,3 +128,32 @@ def test_resampling_round_trip_keeps_shape_and_values():
     back = inference.resample(there, (30, 20, 10), order=1)
     assert back.shape == ramp.shape
     assert np.abs(back - ramp)[2:-2].max() < 0.02
+
+
+class FollowupBrightness(torch.nn.Module):
+    """Logit > 0 where the normalised follow-up exceeds 2: its answer is known at every voxel."""
+
+    def forward(self, x):
+        return {"new": 4 * (x[:, 1:2] - 2)}
+
+
+def test_predictor_puts_a_lesion_back_in_place_on_an_anisotropic_grid():
+    """Input grid 0.9 x 1.1 x 2.5 mm -> model grid 1.5 mm -> back: the bright follow-up blob is
+    found where it is in the input's own grid (an axis swapped or flipped on the way would move it)."""
+    from mstools.deep.config import ModelConfig
+    from mstools.deep.predictor import Predictor
+
+    rng = np.random.default_rng(5)
+    shape = (40, 30, 14)
+    head = np.zeros(shape, np.float32)
+    head[4:-4, 4:-4, 2:-2] = 300
+    head += rng.normal(0, 5, shape).astype(np.float32)
+    lesion = np.zeros(shape, bool)
+    lesion[10:18, 18:24, 6:10] = True                      # off-centre along every axis
+    config = ModelConfig("unet", base_filters=2, patch_size=16, spacing_mm=1.5, norm="batch")
+    predictor = Predictor(FollowupBrightness(), config)
+    p = predictor.predict(head, head + 300 * lesion, spacing_mm=(0.9, 1.1, 2.5))["new"]
+    assert p.shape == shape and p.dtype == np.float32
+    found = p > 0.5
+    assert 2 * (found & lesion).sum() / (found.sum() + lesion.sum()) > 0.8
+    np.testing.assert_allclose(np.argwhere(found).mean(0), np.argwhere(lesion).mean(0), atol=0.5)

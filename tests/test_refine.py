@@ -220,6 +220,21 @@ def test_fit_is_deterministic_for_a_seed_and_learns_the_toy_task(toy_samples):
         fit(x, y, g, names=ft.PUBLISHED, class_weight="heavy")
 
 
+def test_balanced_class_weight_reaches_lightgbm(toy_samples):
+    """class_weight="balanced": positives weighted by negatives / positives, so lesion
+    probabilities rise; "none" (the default) leaves the weights to the sampling alone."""
+    x, y, g = _stack(toy_samples)
+    text_none, plain = fit(x, y, g, names=ft.PUBLISHED, seed=0, max_rounds=20)
+    text_bal, balanced = fit(x, y, g, names=ft.PUBLISHED, seed=0, max_rounds=20, class_weight="balanced")
+    positives = int(y.sum())
+    assert "scale_pos_weight" not in plain["params"]
+    assert balanced["params"]["scale_pos_weight"] == pytest.approx((len(y) - positives) / positives)
+    card = {"feature_set": "published", "features": list(ft.PUBLISHED)}
+    p_none = RefineModel(text_none, card).predict(x, ft.PUBLISHED)
+    p_bal = RefineModel(text_bal, card).predict(x, ft.PUBLISHED)
+    assert p_bal[y == 0].mean() > p_none[y == 0].mean() and p_bal[y == 1].mean() > p_none[y == 1].mean()
+
+
 def test_a_model_refuses_features_other_than_its_own(toy_samples):
     x, y, g = _stack(toy_samples)
     text, _ = fit(x, y, g, names=ft.PUBLISHED, seed=0, max_rounds=5)

@@ -191,6 +191,25 @@ def test_training_on_a_local_dask_cluster(cases, tmp_path):
     assert nib.load(str(tmp_path / "dk_mask.nii.gz")).get_fdata().sum() > 0
 
 
+@pytest.mark.slow
+def test_training_on_an_existing_dask_cluster_leaves_it_running(cases, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    from mstools.refine.trees import TreeEnsemble
+
+    model = tmp_path / "sched.txt"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = _train(cases, model, "--scheduler", cluster.scheduler_address, "--cv-folds", "0", "--json")
+        assert result.exit_code == 0, result.stderr
+        # the command closes its client only: a cluster it did not start keeps serving
+        with Client(cluster.scheduler_address, timeout="10s") as client:
+            assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+    card = json.loads(result.stdout)
+    assert card["training"]["backend"] == "dask-scheduler" and card["training"]["dask_workers"] == 1
+    assert TreeEnsemble.from_text(model.read_text()).feature_names == tuple(PUBLISHED)
+
+
 def test_cli_defaults_are_the_library_defaults():
     from cli import refine as cli_refine
     from mstools.refine import postprocess, sampling
