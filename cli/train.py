@@ -234,7 +234,8 @@ def train_command(
         write_card(path, {
             "model": model.value, "weights": path.name, "sha256": file_sha256(path),
             "configuration": model_config.as_dict(), "training": train_config.as_dict(),
-            "iterations": trainer.iteration, "training_data": {
+            "iterations": trainer.iteration, "relation_on_from_iteration": trainer.relation_start_iteration,
+            "training_data": {
                 "longitudinal": [c.name for c in longitudinal], "single_timepoint": [c.name for c in single],
                 "generator_seeds": [s for s in (_seed_of(f) for f in train_folders) if s is not None]},
             "validation_data": [f.name for f in val_folders], "validation_metrics": metrics,

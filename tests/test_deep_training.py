@@ -54,6 +54,21 @@ def test_relation_regulariser_switches_on_halfway():
     assert weights == [0.0, 0.0, 1.0, 1.0]   # lambda2 = 0 for the first half (paper 002), then 1
 
 
+def test_resuming_with_more_iterations_keeps_the_regulariser_on_once_it_started():
+    a = trainer(iterations=4)
+    for _ in range(3):
+        a.step()                                  # on from iteration 2 (half of 4)
+    longer = trainer(iterations=10)               # halfway would now be 5
+    longer.load_state_dict(a.state_dict())
+    assert longer.relation_start_iteration == 2 and longer.step()["relation_weight"] == 1.0
+    early = trainer(iterations=4)
+    early.step()                                  # stopped before the switch: the new plan decides
+    later = trainer(iterations=10)
+    later.load_state_dict(early.state_dict())
+    assert later.relation_start_iteration == 5
+    assert [later.step()["relation_weight"] for _ in range(5)] == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
 def test_fixed_seed_reproduces_and_resume_is_exact():
     torch.set_num_threads(1)
     a = trainer(seed=3)

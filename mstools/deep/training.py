@@ -167,9 +167,17 @@ class Trainer:
         return np.stack(inputs), np.stack(labels).astype(np.float32), self.config.batch_longitudinal
 
     # -- optimisation ----------------------------------------------------------------------------
+    @property
+    def relation_start_iteration(self) -> int:
+        """First iteration with the relation regulariser: ``relation_start`` x iterations, or,
+        once a resumed run had it on already, the iteration it really started at (so that
+        resuming with more iterations never switches it off again)."""
+        started = getattr(self, "_relation_started_at", None)
+        return started if started is not None else math.ceil(self.config.relation_start * self.config.iterations)
+
     def relation_weight(self) -> float:
-        """lambda2 of paper 002: 0 before ``relation_start`` x iterations, then ``lambda_relation``."""
-        on = self.iteration >= math.ceil(self.config.relation_start * self.config.iterations)
+        """lambda2 of paper 002: 0 before ``relation_start_iteration``, then ``lambda_relation``."""
+        on = self.iteration >= self.relation_start_iteration
         return self.config.lambda_relation if on else 0.0
 
     def losses(self, outputs, x, y, n_long: int) -> dict:
@@ -241,7 +249,8 @@ class Trainer:
                 "iteration": self.iteration, "numpy_rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "model_config": self.model_config.as_dict(), "training_config": self.config.as_dict()})
+                "model_config": self.model_config.as_dict(), "training_config": self.config.as_dict(),
+                "relation_start_iteration": self.relation_start_iteration})
 
     def load_state_dict(self, state: dict) -> None:
         import torch
@@ -252,6 +261,9 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
+        started = state.get("relation_start_iteration")
+        if started is not None and self.iteration >= int(started):
+            self._relation_started_at = int(started)
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         if self.scaler is not None and state.get("scaler"):
