@@ -321,10 +321,10 @@ def make_cohort(tmp_path):
     deriv.mkdir()
     make_run(deriv, "case-a", qc=False)
     make_run(deriv, "case b", with_lesions=False, qc=False, evaluation=False, seed=1)
-    rows = [{"case": "case-a", "status": "complete", "new_lesions": 2, "new_lesion_volume_mm3": 54.5,
+    rows = [{"case": "case-a", "status": "done", "new_lesions": 2, "new_lesion_volume_mm3": 54.5,
              "seconds": 12.0, "gt_lesions": 2, "lesion_sensitivity": 1.0, "lesion_ppv": 1.0,
              "lesion_f1": 1.0, "dice": 0.9, "run_folder": "case-a"},
-            {"case": "case b", "status": "complete", "new_lesions": 0, "new_lesion_volume_mm3": 0.0,
+            {"case": "case b", "status": "skipped", "new_lesions": 0, "new_lesion_volume_mm3": 0.0,
              "seconds": 9.0, "gt_lesions": 1, "lesion_sensitivity": 0.0, "lesion_ppv": None,
              "lesion_f1": 0.0, "dice": 0.5, "run_folder": str(deriv / "case b")},
             {"case": "case-c", "status": "failed", "run_folder": "case-c"}]
@@ -348,7 +348,7 @@ def test_cohort_page_links_case_pages_histograms_metrics_and_errors(tmp_path):
     assert '<a href="case-a/report.html">case-a</a>' in page and '<a href="case%20b/report.html">case b</a>' in page
     assert "case-c" in page and 'href="case-c' not in page
     assert len(images(page)) == 1 and images(page)[0].startswith(b"\x89PNG")  # the histograms
-    assert "3 cases, 2 complete, 1 error" in page
+    assert "3 cases (1 done, 1 skipped, 1 failed), 1 error" in page
     assert re.search(r"<td class=\"t\">lesion F1</td><td>0.500</td><td>0.707</td><td>2</td>", page)
     assert re.search(r"<td class=\"t\">lesion PPV</td><td>1.000</td><td>0.000</td><td>1</td>", page)
     assert "Errors (1)" in page and "baseline.nii.gz: file not found" in page

@@ -20,7 +20,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;m
 max-width:62em;padding:0 1em;color:#1d1d1f;background:#fff;line-height:1.4}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .sub{color:#555;margin-top:0}.badge{display:inline-block;padding:.05em .5em;border-radius:.6em;
-font-size:.8em;background:#e3e9f3;color:#234}.badge.complete{background:#dcefdc;color:#1c4d1c}
+font-size:.8em;background:#e3e9f3;color:#234}.badge.complete,.badge.done,.badge.skipped{background:#dcefdc;color:#1c4d1c}
 .badge.failed,.badge.error{background:#f6dcdc;color:#6b1c1c}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 th,td{border:1px solid #d6d6d6;padding:.2em .55em;text-align:right}
@@ -233,9 +233,12 @@ def cohort_page(rows: Sequence[Mapping], *, title: str = "cohort", columns: Sequ
     links = links or {}
     notes = notes or {}
     columns = [c for c in (columns or (list(rows[0]) if rows else ["case"])) if c != "run_folder"]
-    complete = sum(1 for r in rows if str(r.get("status", "")) == "complete")
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[str(r.get("status", "") or "unknown")] = statuses.get(str(r.get("status", "") or "unknown"), 0) + 1
+    by_status = ", ".join(f"{n} {escape(status)}" for status, n in statuses.items())
     body = [f"<h1>New MS lesions: cohort {escape(title)}</h1>",
-            f'<p class="sub">mstools {escape(version)}; {len(rows)} cases, {complete} complete, '
+            f'<p class="sub">mstools {escape(version)}; {len(rows)} cases ({by_status}), '
             f"{len(errors)} error{'' if len(errors) == 1 else 's'}</p>"]
     counts = [number(r.get("new_lesions")) for r in rows]
     volumes = [number(r.get("new_lesion_volume_mm3")) for r in rows]
