@@ -585,11 +585,11 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
             on_stage(stage, f"done in {seconds:.1f} s")
     if case.raw and case.ground_truth is not None:
         _carry_ground_truth(case, run_dir, verbose=verbose)
-    return _finish(case, run_dir, case_dir, config, outcomes, run_key(case, config, base))
+    return _finish(case, run_dir, case_dir, config, outcomes, run_key(case, config, base), verbose=verbose)
 
 
 def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcomes: dict[str, StageOutcome],
-            key: str) -> RunResult:
+            key: str, *, verbose: bool = False) -> RunResult:
     from mstools.io import OutputBatch, read_tsv
     from mstools.lesions import output_paths
     from mstools.provenance import sidecar_path
@@ -634,12 +634,35 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
         if evaluation:
             batch.table(run_dir / rl.EVALUATION, evaluation, rl.EVALUATION_COLUMNS)
         batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))
+    if case.raw:
+        record["final_native"] = _carry_final_to_native(case, run_dir, verbose=verbose)
+    # run.json last: it marks the run complete (batch skips a case by it)
+    with OutputBatch(force=True) as batch:
         batch.json(run_dir / rl.RUN_RECORD, record)
     if config["report"]:
         from mstools.report import write_case_report
 
-        write_case_report(run_dir, force=True)
+        try:
+            write_case_report(run_dir, force=True)
+        except BaseException:
+            (run_dir / rl.RUN_RECORD).unlink(missing_ok=True)
+            raise
     return RunResult(record, evaluation)
+
+
+def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> dict:
+    """The final mask and labels carried back onto the raw follow-up's own grid."""
+    from cli.preprocess import TRANSFORM_FOLLOWUP
+
+    carry = Stage("preprocess", ("apply-transform",), frozenset())
+    written = {}
+    for kind in ("mask", "labels"):
+        source = rl.final_prefix(run_dir).parent / f"{rl.FINAL_PREFIX}_{kind}.nii.gz"
+        target = rl.final_prefix(run_dir).parent / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
+        _invoke(carry, [str(source), str(run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP), str(case.followup),
+                        str(target), "--inverse", "--force"], verbose=verbose)
+        written[kind] = target.name
+    return written
 
 
 def _relative(path: Optional[Path], run_dir: Path) -> Optional[str]:

@@ -10,6 +10,8 @@ A run folder (one case)::
     RUN/<stage>/stage.json        what the stage ran with (its key); an unchanged key is not rerun
     RUN/new_lesions_{score,mask,labels}.nii.gz, RUN/new_lesions_lesions.tsv
                                   the final result: a copy of the final stage's outputs
+    RUN/new_lesions_{mask,labels}_native.nii.gz
+                                  raw input only: the final result on the raw follow-up's grid
     RUN/evaluation.tsv            when a ground truth is known: one row per detector stage
     RUN/report.html               `mstools report`
 
@@ -18,7 +20,7 @@ A run folder (one case)::
 ``ground_truth`` or null: the files the detectors read, on one grid), ``config``,
 ``stages`` (name -> ``status`` ran / reused / off, ``seconds``, ``prefix``),
 ``final_stage``, ``final`` (``score``, ``mask``, ``labels``, ``table`` paths),
-``new_lesions``, ``new_lesion_volume_mm3`` and ``metrics`` (the final stage's
+``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3`` and ``metrics`` (the final stage's
 evaluation, or null). Paths in it are relative to the run folder when inside it.
 
 A derivatives folder (a cohort)::
@@ -38,6 +40,7 @@ CONFIG = "config.yaml"
 CASE_DIR = "case"
 STAGE_RECORD = "stage.json"
 FINAL_PREFIX = "new_lesions"
+NATIVE_SUFFIX = "_native"
 EVALUATION = "evaluation.tsv"
 REPORT = "report.html"
 

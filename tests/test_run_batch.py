@@ -102,12 +102,24 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     assert (out / "refine" / rl.STAGE_RECORD).stat().st_mtime_ns != stamps["refine"]
 
 
+def _cropped(source, target, crop=(slice(2, -1), slice(1, -2), slice(None))):
+    """The image on a smaller grid covering the same world positions (another raw grid)."""
+    img = nib.load(source)
+    data = np.asarray(img.dataobj)[crop]
+    start = np.array([c.start or 0 for c in crop] + [1.0])
+    affine = img.affine.copy()
+    affine[:, 3] = img.affine @ start
+    nib.save(nib.Nifti1Image(data, affine, img.header), target)
+    return target
+
+
 @pytest.mark.slow
-def test_raw_scans_are_preprocessed_and_the_ground_truth_carried(cohort, tmp_path, no_report):
+def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_path, no_report):
     case, out = cohort / "sim-11", tmp_path / "run"
-    result = runner.invoke(app, ["run", "--baseline", str(case / layout.BASELINE), "--followup",
-                                 str(case / layout.FOLLOWUP), "--ground-truth", str(case / layout.GROUND_TRUTH),
-                                 "-o", str(out), "-c", str(no_report), "--json"])
+    followup = _cropped(case / layout.FOLLOWUP, tmp_path / "followup_raw.nii.gz")
+    truth = _cropped(case / layout.GROUND_TRUTH, tmp_path / "truth_raw.nii.gz")
+    result = runner.invoke(app, ["run", "--baseline", str(case / layout.BASELINE), "--followup", str(followup),
+                                 "--ground-truth", str(truth), "-o", str(out), "-c", str(no_report), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["stages"]["preprocess"]["status"] == "ran" and record["inputs"]["case_folder"] == rl.CASE_DIR
@@ -116,6 +128,23 @@ def test_raw_scans_are_preprocessed_and_the_ground_truth_carried(cohort, tmp_pat
     middle = nib.load(out / rl.CASE_DIR / layout.FOLLOWUP)
     assert carried.shape == middle.shape and np.allclose(carried.affine, middle.affine)
     assert record["evaluation"] and record["evaluation"][0]["gt_lesions"] >= 1
+    # the final result also lands on the raw follow-up's own grid
+    raw = nib.load(followup)
+    for kind in ("mask", "labels"):
+        native = nib.load(out / record["final_native"][kind])
+        assert native.shape == raw.shape and np.allclose(native.affine, raw.affine)
+    native_mask = np.asarray(nib.load(out / record["final_native"]["mask"]).dataobj)
+    assert set(np.unique(native_mask)) <= {0, 1}
+    middle = nib.load(out / record["final"]["mask"])
+    middle_mask = np.asarray(middle.dataobj)
+    assert middle_mask.any() and native_mask.any()
+
+    def world_centroid(mask, affine):
+        return (affine @ np.append(np.argwhere(mask > 0).mean(axis=0), 1.0))[:3]
+
+    # a small lesion on a 3 mm grid loses voxels to the resampling, but not its place
+    shift = world_centroid(native_mask, raw.affine) - world_centroid(middle_mask, middle.affine)
+    assert np.linalg.norm(shift) < 3.0
 
 
 @pytest.mark.parametrize("config, message", [
