@@ -17,6 +17,11 @@ from mstools.errors import InputError
 ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
 
 
+class Time02Source(str, Enum):
+    union = "union"
+    head = "head"
+
+
 class ModelChoice(str, Enum):
     coactseg = "coactseg"
     unet = "unet"
@@ -42,6 +47,7 @@ def segment_command(
     overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window overlap (fraction of the window)."),
     batch_size: int = typer.Option(2, min=1, help="Windows per forward pass."),
     tta: bool = typer.Option(False, "--tta", help="Average over all flips (8x slower)."),
+    all_time02: Time02Source = typer.Option(Time02Source.union, help="coactseg: the time-2 all-lesion map from the time-1 head united with the new lesions (union; measured far better with the default weights) or from the network's own time-2 head."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, help="auto = cuda, then mps, then cpu."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
@@ -110,7 +116,12 @@ def segment_command(
             bar.stop()
     seconds = time.time() - started
 
+    if model == ModelChoice.coactseg:
+        from mstools.deep.predictor import time02_all_lesions
+
+        maps = {**maps, "all_t2": time02_all_lesions(maps, source=all_time02.value)}
     parameters = {"model": model.value, "weights": str(weights_path), "threshold": threshold,
+                  "all_time02": all_time02.value if model == ModelChoice.coactseg else None,
                   "min_lesion_mm3": min_lesion_mm3, "overlap": overlap, "batch_size": batch_size, "tta": tta,
                   "device": str(predictor.device), "threads": threads, "model_config": predictor.config.as_dict()}
     record = sidecar(command="segment", parameters=parameters,

@@ -227,3 +227,17 @@ def test_segment_cli_defaults_are_the_library_defaults():
     assert options["min_lesion_mm3"].default.default == predictor.DEFAULT_MIN_LESION_MM3
     assert options["overlap"].default.default == inference.DEFAULT_OVERLAP
     assert options["batch_size"].default.default == predictor.PredictOptions().batch_size
+    assert options["all_time02"].default.default.value == predictor.DEFAULT_ALL_TIME02
+
+
+def test_time02_all_lesion_map_sources():
+    import numpy as np
+
+    from mstools.deep.predictor import time02_all_lesions
+
+    maps = {"new": np.array([0.9, 0.1, 0.0], np.float32), "all_t1": np.array([0.2, 0.7, 0.0], np.float32),
+            "all_t2": np.array([0.5, 0.5, 0.5], np.float32)}
+    assert np.array_equal(time02_all_lesions(maps), np.array([0.9, 0.7, 0.0], np.float32))   # union by default
+    assert time02_all_lesions(maps, source="head") is maps["all_t2"]
+    with pytest.raises(ValueError, match="source must be one of"):
+        time02_all_lesions(maps, source="both")
