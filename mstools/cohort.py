@@ -117,7 +117,13 @@ def pairs_from_manifest(path: str | Path) -> list[CasePair]:
     if missing:
         raise InputError(f"{path}: manifest lacks the column(s) {', '.join(missing)}; "
                          f"the columns {', '.join(MANIFEST_COLUMNS)} are required (tab-separated)")
-    pairs: list[CasePair] = []
+    return [CasePair(case, manifest_path(path, row.get("prediction")), manifest_path(path, row.get("ground_truth")))
+            for case, row in named_rows(path, rows)]
+
+
+def named_rows(path: Path, rows: list[dict[str, str]]) -> list[tuple[str, dict[str, str]]]:
+    """(case, row) for each manifest row; every row needs a case name, each name once."""
+    named: list[tuple[str, dict[str, str]]] = []
     seen: set[str] = set()
     for number, row in enumerate(rows, start=2):
         case = (row.get("case") or "").strip()
@@ -126,12 +132,12 @@ def pairs_from_manifest(path: str | Path) -> list[CasePair]:
         if case in seen:
             raise InputError(f"{path}: case {case!r} is listed twice (line {number}); keep one row per case")
         seen.add(case)
-        pairs.append(CasePair(case, _manifest_path(path, row.get("prediction")),
-                              _manifest_path(path, row.get("ground_truth"))))
-    return pairs
+        named.append((case, row))
+    return named
 
 
-def _manifest_path(manifest: Path, value: str | None) -> Path | None:
+def manifest_path(manifest: Path, value: str | None) -> Path | None:
+    """A path cell of a manifest: empty or n/a is None; relative paths start at the manifest's folder."""
     text = (value or "").strip()
     if not text or text == "n/a":
         return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from mstools import case_layout as layout
+from mstools.cohort import manifest_path, named_rows
 from mstools.errors import InputError
 
 
@@ -71,30 +72,16 @@ def cases_from_manifest(path: Path) -> list[CaseInput]:
     if "case" not in columns or not ({"folder"} <= columns or {"baseline", "followup"} <= columns):
         raise InputError(f"{path}: manifest needs the columns case and folder, or case, baseline and followup "
                          f"(tab-separated); it has {', '.join(sorted(columns))}")
-    cases, seen = [], set()
-    for number, row in enumerate(rows, start=2):
-        name = (row.get("case") or "").strip()
-        if not name:
-            raise InputError(f"{path}: line {number} has no case name")
-        if name in seen:
-            raise InputError(f"{path}: case {name!r} is listed twice (line {number}); keep one row per case")
-        seen.add(name)
-        folder = _path(path, row.get("folder"))
-        truth = _path(path, row.get("ground_truth"))
+    cases = []
+    for name, row in named_rows(path, rows):
+        folder = manifest_path(path, row.get("folder"))
+        truth = manifest_path(path, row.get("ground_truth"))
         if folder is not None:
             cases.append(CaseInput(name, folder=folder, ground_truth=truth or _truth(folder)))
         else:
-            cases.append(CaseInput(name, baseline=_path(path, row.get("baseline")),
-                                   followup=_path(path, row.get("followup")), ground_truth=truth))
+            cases.append(CaseInput(name, baseline=manifest_path(path, row.get("baseline")),
+                                   followup=manifest_path(path, row.get("followup")), ground_truth=truth))
     return cases
-
-
-def _path(manifest: Path, value: Optional[str]) -> Optional[Path]:
-    text = (value or "").strip()
-    if not text or text == "n/a":
-        return None
-    p = Path(text)
-    return p if p.is_absolute() else manifest.parent / p
 
 
 def cases_from_bids(root: Path) -> list[CaseInput]:
