@@ -84,6 +84,7 @@ def batch_command(
     scheduler: Optional[str] = typer.Option(None, help="Existing Dask scheduler address (e.g. tcp://10.0.0.5:8786); default: a local cluster started and stopped here."),
     workers: Optional[int] = typer.Option(None, min=1, help="Local cluster workers (default: cores, bounded by memory / --memory-per-worker)."),
     memory_per_worker: str = typer.Option(MEMORY_PER_WORKER, help="Memory bound of each local worker (a case above it is stopped and reported)."),
+    scheduler_timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for --scheduler to answer."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Run `mstools run` on every case of a cohort, in parallel, and tabulate the results.
@@ -107,7 +108,6 @@ def batch_command(
         parse_bytes(memory_per_worker)
     except (ValueError, TypeError):
         raise InputError(f"--memory-per-worker {memory_per_worker!r}: not a size; write e.g. 4GiB or 3000MB") from None
-    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     errors: list[dict] = []
     todo = []
@@ -139,9 +139,10 @@ def batch_command(
 
         cluster = None if scheduler else _local_cluster(workers, memory_per_worker, len(todo))
         try:
-            client = Client(scheduler, timeout="30s") if scheduler else Client(cluster)
+            client = Client(scheduler, timeout=f"{scheduler_timeout}s") if scheduler else Client(cluster)
         except (OSError, TimeoutError) as exc:
             raise InputError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc}); check the address") from None
+        out.mkdir(parents=True, exist_ok=True)
         try:
             futures = {client.submit(run_case_task, case, str(out / case.case), settings, str(base), pure=False,
                                      retries=0, key=f"mstools-run-{case.case}"): case for case in todo}
@@ -170,6 +171,7 @@ def batch_command(
     record = sidecar(command="batch", parameters={"source": str(source), "config": settings,
                                                   "scheduler": scheduler, "memory_per_worker": memory_per_worker},
                      inputs={}, extra={"wall_seconds": round(wall, 1), "peak_rss_mb_per_worker": peaks})
+    out.mkdir(parents=True, exist_ok=True)
     with OutputBatch(force=True) as batch:
         common.add_table(batch, out / rl.COHORT_TABLE, table, rl.COHORT_COLUMNS, record)
         common.add_table(batch, out / rl.ERRORS_TABLE, errors, rl.ERROR_COLUMNS, record)

@@ -249,6 +249,31 @@ def test_batch_on_a_local_cluster_with_a_broken_case_and_a_resumed_rerun(cohort,
     assert (summary["done"], summary["skipped"], summary["failed"]) == (0, 2, 1)
 
 
+@pytest.mark.slow
+def test_batch_on_an_existing_cluster_leaves_it_running(cohort, tmp_path, no_report):
+    from dask.distributed import Client, LocalCluster
+
+    source = tmp_path / "cases"
+    source.mkdir()
+    shutil.copytree(cohort / "sim-13", source / "sim-13")
+    out = tmp_path / "derivatives"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = runner.invoke(app, ["batch", str(source), "-o", str(out), "-c", str(no_report), "--scheduler",
+                                     cluster.scheduler_address, "--json"])
+        assert result.exit_code == 0, result.output
+        with Client(cluster.scheduler_address, timeout="10s") as client:  # not closed by the command
+            assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+    assert json.loads(result.stdout)["done"] == 1 and (out / "sim-13" / rl.RUN_RECORD).is_file()
+
+
+def test_batch_refuses_a_scheduler_that_does_not_answer(cohort, tmp_path, no_report):
+    result = runner.invoke(app, ["batch", str(cohort), "-o", str(tmp_path / "d"), "-c", str(no_report),
+                                 "--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout", "1"])
+    assert result.exit_code == 1 and "no Dask scheduler answered" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2 and not (tmp_path / "d").exists()
+
+
 def test_batch_bad_options(cohort, tmp_path):
     result = runner.invoke(app, ["batch", str(cohort), "-o", str(tmp_path / "d"), "--memory-per-worker", "lots"])
     assert result.exit_code == 1 and "not a size" in result.stderr
