@@ -89,8 +89,9 @@ def batch_command(
 ) -> None:
     """Run `mstools run` on every case of a cohort, in parallel, and tabulate the results.
 
-    Cases already finished with the same inputs and configuration are skipped; a case
-    that fails goes to OUT/errors.tsv and the others go on (exit code 1 if any failed).
+    Cases already finished with the same inputs and configuration are
+    skipped; a case that fails goes to OUT/errors.tsv and the others go on
+    (exit code 1 if any failed).
 
     Example: mstools batch data_samples -o out/cohort
     """

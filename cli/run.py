@@ -43,10 +43,11 @@ def run_command(
 ) -> None:
     """Run the default chain on one case and write the final new-lesion mask and table.
 
-    Stages: preprocess (raw scans only), subtract, filter, refine; register and segment
-    when the config enables them. Each stage keeps its outputs in OUT/<stage>/; a stage
-    whose inputs and options are unchanged is not run again. With a ground truth, every
-    detector stage is evaluated (OUT/evaluation.tsv) and the table is printed.
+    Stages: preprocess (raw scans only), subtract, refine, filter; register
+    and segment when the config enables them. Each stage keeps its outputs in
+    OUT/<stage>/; a stage whose inputs and options are unchanged is reused.
+    With a ground truth, every detector stage is evaluated and the table is
+    printed (OUT/evaluation.tsv).
 
     Example: mstools run data_samples/sim-001 -o out/sim-001
     """
