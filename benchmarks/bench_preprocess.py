@@ -17,7 +17,6 @@ Run: python benchmarks/bench_preprocess.py MODE [options], MODE one of
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 

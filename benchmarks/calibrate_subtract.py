@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from mstools import case_layout as layout
 from mstools.io import read_image, read_mask

@@ -7,7 +7,6 @@ detector's candidates; ``mstools filter train ...`` fits the learned filter.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import List, Optional
 

@@ -146,7 +146,7 @@ def test_case_page_shows_lesions_metrics_figures_qc_and_config(tmp_path):
     assert result.stdout.split() == [str(page_path)]
     page = page_path.read_text()
 
-    assert f"New MS lesions: case-a" in page and "complete" in page and f"mstools {__version__}" in page
+    assert "New MS lesions: case-a" in page and "complete" in page and f"mstools {__version__}" in page
     voxel = abs(np.linalg.det(oblique_affine()[:3, :3]))
     small, large = 4 * voxel, 18 * voxel
     summary = re.search(r"<dt>new lesions</dt><dd>(\d+)</dd><dt>new-lesion volume</dt><dd>([\d.]+) mm3", page)

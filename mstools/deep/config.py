@@ -7,7 +7,7 @@ weight file so that a file is enough to rebuild its model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from mstools.deep import MODELS
 
