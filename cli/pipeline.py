@@ -352,6 +352,20 @@ def _input_files(case: CaseInput) -> list[Path]:
     return files
 
 
+def _check_ground_truth(case: CaseInput, config: dict) -> None:
+    """A given ground truth is a binary mask on the case grid (checked before any stage runs)."""
+    truth = case.ground_truth
+    if truth is None and case.folder is not None and (case.folder / layout.GROUND_TRUTH).is_file():
+        truth = case.folder / layout.GROUND_TRUTH
+    if truth is None or not config["evaluate"]:
+        return
+    from mstools.io import check_same_grid, read_mask
+
+    gt = read_mask(truth)
+    if case.folder is not None:
+        check_same_grid(read_mask(case.folder / layout.BRAIN_MASK), gt)
+
+
 def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> None:
     """A ground truth on the raw follow-up's grid, moved into the preprocessed case folder."""
     from cli.preprocess import TRANSFORM_FOLLOWUP
@@ -536,6 +550,7 @@ def run_pipeline(case: CaseInput, run_dir: Path, config: dict, base: Path, *, ve
     """
     check_case_input(case)
     check_config(config)
+    _check_ground_truth(case, config)
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     try:

@@ -183,6 +183,19 @@ def test_bad_case_leaves_no_run_folder(cohort, tmp_path):
     assert result.exit_code == 1 and "no brain_mask.nii.gz" in result.stderr and not out.exists()
 
 
+def test_a_ground_truth_on_another_grid_or_not_binary_is_refused_before_any_stage(cohort, tmp_path):
+    case = cohort / "sim-11"
+    other = tmp_path / "gt_other_grid.nii.gz"
+    gt = nib.load(case / layout.GROUND_TRUTH)
+    nib.save(nib.Nifti1Image(np.asarray(gt.dataobj)[1:], gt.affine, gt.header), other)
+    result = _run(case, tmp_path / "run", "--ground-truth", str(other))
+    assert result.exit_code == 1 and "gt_other_grid" in result.stderr and not (tmp_path / "run").exists()
+    labels = tmp_path / "gt_labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(gt.dataobj).astype(np.uint8) * 2, gt.affine, gt.header), labels)
+    result = _run(case, tmp_path / "run", "--ground-truth", str(labels))
+    assert result.exit_code == 1 and "gt_labels" in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_run_input_errors(cohort, tmp_path):
     assert "give -o OUT" in runner.invoke(app, ["run", str(cohort / "sim-11")]).stderr
     both = runner.invoke(app, ["run", str(cohort / "sim-11"), "-o", str(tmp_path / "r"), "--baseline", "x.nii.gz"])
