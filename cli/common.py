@@ -78,3 +78,20 @@ def add_table(batch, path, rows, columns, record: Mapping) -> None:
 
     batch.table(path, rows, columns)
     batch.json(sidecar_path(path), record)
+
+
+def add_detections(batch, prefix: str, detections, reference, record: Mapping, *,
+                   table: list | None = None, columns: Iterable[str] | None = None) -> None:
+    """Queue a detector's common outputs (PREFIX_score, _mask, _labels, _lesions.tsv; see
+    :mod:`mstools.lesions`) with their sidecars. ``table``/``columns`` replace the standard
+    lesion table when a detector adds columns of its own."""
+    import numpy as np
+
+    from mstools.lesions import LESION_COLUMNS, output_paths
+
+    names = output_paths(prefix)
+    add_image(batch, names["score"], detections.score, reference, np.float32, record)
+    add_image(batch, names["mask"], detections.mask, reference, np.uint8, record)
+    add_image(batch, names["labels"], detections.labels, reference, np.int32, record)
+    add_table(batch, names["table"], detections.table if table is None else table,
+              LESION_COLUMNS if columns is None else tuple(columns), record)

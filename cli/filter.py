@@ -127,7 +127,6 @@ def filter_apply(
     """
     from mstools.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
     from mstools.io import OutputBatch, sha256
-    from mstools.lesions import LESION_COLUMNS, output_paths
     from mstools.provenance import describe_inputs, sidecar
 
     rules = FilterRules(min_least_axis_mm=min_least_axis_mm or None, min_sphericity=min_sphericity or None,
@@ -153,12 +152,8 @@ def filter_apply(
     kept = sum(row["decision"] == "kept" for row in rows)
     record = sidecar(command="filter", parameters={**parameters, "candidates": candidates},
                      inputs=describe_inputs(inputs), models={str(model): sha256(model)} if model else None)
-    names = output_paths(out)
     with OutputBatch(inputs=inputs, force=force) as batch:
-        common.add_image(batch, names["score"], detections.score, reference, np.float32, record)
-        common.add_image(batch, names["mask"], detections.mask, reference, np.uint8, record)
-        common.add_image(batch, names["labels"], detections.labels, reference, np.int32, record)
-        common.add_table(batch, names["table"], detections.table, LESION_COLUMNS, record)
+        common.add_detections(batch, out, detections, reference, record)
         common.add_table(batch, out + "_features.tsv", rows, columns + ["decision", "output_label"], record)
     common.log(f"kept {kept} of {len(rows)}")
     common.emit(batch.written, as_json=as_json,

@@ -14,6 +14,7 @@ in ``RUN/<stage>/stage.json`` and its outputs are still there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -89,6 +90,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           about="La Rosa et al.'s rules, or a learned filter with model: (paper 001)."),
 )}
 
+#: `mstools apply-transform`, run by the pipeline to carry masks in and out of the middle space.
+_APPLY_TRANSFORM = Stage("preprocess", ("apply-transform",), frozenset())
+
 #: Top-level keys: name -> (default, comment).
 TOP_LEVEL: dict[str, tuple[object, str]] = {
     "final": ("filter", "The stage whose output is the final new-lesion mask (RUN/new_lesions_*)."),
@@ -117,13 +121,19 @@ PATH_OPTIONS = {"filter": {"model"}, "refine": {"model"}, "segment": {"weights"}
 # Commands and their options
 
 
-def _click_command(stage: Stage):
-    """The Typer (click) command object of a stage."""
+@functools.lru_cache(maxsize=1)
+def _app_command():
+    """The whole `mstools` click command tree, built once per process."""
     import typer
 
     from cli.main import app
 
-    command = typer.main.get_command(app)
+    return typer.main.get_command(app)
+
+
+def _click_command(stage: Stage):
+    """The Typer (click) command object of a stage."""
+    command = _app_command()
     for part in stage.command:
         command = command.commands[part]  # type: ignore[attr-defined]
     return command
@@ -354,9 +364,7 @@ def _input_files(case: CaseInput) -> list[Path]:
 
 def _check_ground_truth(case: CaseInput, config: dict) -> None:
     """A given ground truth is a binary mask on the case grid (checked before any stage runs)."""
-    truth = case.ground_truth
-    if truth is None and case.folder is not None and (case.folder / layout.GROUND_TRUTH).is_file():
-        truth = case.folder / layout.GROUND_TRUTH
+    truth = _given_truth(case)
     if truth is None or not config["evaluate"]:
         return
     from mstools.io import check_same_grid, read_mask
@@ -371,33 +379,48 @@ def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> Non
     from cli.preprocess import TRANSFORM_FOLLOWUP
 
     folder = run_dir / rl.CASE_DIR
-    carry = Stage("preprocess", ("apply-transform",), frozenset())
-    _invoke(carry, [str(case.ground_truth), str(folder / TRANSFORM_FOLLOWUP), str(folder / layout.FOLLOWUP),
-                    str(folder / layout.GROUND_TRUTH), "--force"], verbose=verbose)
+    _invoke(_APPLY_TRANSFORM, [str(case.ground_truth), str(folder / TRANSFORM_FOLLOWUP),
+                               str(folder / layout.FOLLOWUP), str(folder / layout.GROUND_TRUTH), "--force"],
+            verbose=verbose)
 
 
 def _ground_truth(case: CaseInput, run_dir: Path) -> Optional[Path]:
-    if case.ground_truth is not None and not case.raw:
-        return Path(case.ground_truth)
-    folder = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
-    candidate = folder / layout.GROUND_TRUTH
-    return candidate if candidate.is_file() else None
+    """The ground truth on the case grid: for raw scans, the one carried into RUN/case."""
+    if case.raw:
+        carried = run_dir / rl.CASE_DIR / layout.GROUND_TRUTH
+        return carried if carried.is_file() else None
+    return _given_truth(case)
 
 
 def _hash_text(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_key(case: CaseInput, config: dict, base: Path) -> str:
-    """What a finished run depends on: version, configuration (models by content) and inputs."""
+def _given_truth(case: CaseInput) -> Optional[Path]:
+    """The ground truth given with the case: explicit, else the case folder's, else None."""
+    if case.ground_truth is not None:
+        return Path(case.ground_truth)
+    if case.folder is not None and (case.folder / layout.GROUND_TRUTH).is_file():
+        return case.folder / layout.GROUND_TRUTH
+    return None
+
+
+def _input_hashes(case: CaseInput) -> list[str]:
     from mstools.io import sha256
 
-    truth = case.ground_truth
-    if truth is None and case.folder is not None and (case.folder / layout.GROUND_TRUTH).is_file():
-        truth = case.folder / layout.GROUND_TRUTH
-    files = _input_files(case) + ([Path(truth)] if truth else [])
-    return _hash_text({"version": __version__, "config": config, "models": _model_hashes(config, base),
-                       "inputs": [sha256(p) for p in files]})
+    return [sha256(p) for p in _input_files(case)]
+
+
+def run_key(case: CaseInput, config: dict, base: Path, *, input_hashes: Optional[list[str]] = None,
+            models: Optional[dict] = None) -> str:
+    """What a finished run depends on: version, configuration (models by content) and inputs
+    (``input_hashes`` / ``models`` when the caller has them already)."""
+    from mstools.io import sha256
+
+    truth = _given_truth(case)
+    hashes = (input_hashes if input_hashes is not None else _input_hashes(case)) + ([sha256(truth)] if truth else [])
+    return _hash_text({"version": __version__, "config": config,
+                       "models": models if models is not None else _model_hashes(config, base), "inputs": hashes})
 
 
 def _model_hashes(config: dict, base: Path) -> dict:
@@ -563,10 +586,8 @@ def run_pipeline(case: CaseInput, run_dir: Path, config: dict, base: Path, *, ve
 
 def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
          on_stage: Optional[Callable[[str, str], None]]) -> RunResult:
-    from mstools.io import sha256
-
     run_dir.mkdir(parents=True, exist_ok=True)
-    input_hashes = [sha256(p) for p in _input_files(case)]
+    input_hashes = _input_hashes(case)
     models = _model_hashes(config, base)
     case_dir = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
     keys: dict[str, str] = {}
@@ -600,7 +621,7 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
             on_stage(stage, f"done in {seconds:.1f} s")
     if case.raw and case.ground_truth is not None:
         _carry_ground_truth(case, run_dir, verbose=verbose)
-    return _finish(case, run_dir, case_dir, config, outcomes, run_key(case, config, base), verbose=verbose)
+    return _finish(case, run_dir, case_dir, config, outcomes, run_key(case, config, base, input_hashes=input_hashes, models=models), verbose=verbose)
 
 
 def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcomes: dict[str, StageOutcome],
@@ -669,13 +690,12 @@ def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> 
     """The final mask and labels carried back onto the raw follow-up's own grid."""
     from cli.preprocess import TRANSFORM_FOLLOWUP
 
-    carry = Stage("preprocess", ("apply-transform",), frozenset())
     written = {}
     for kind in ("mask", "labels"):
-        source = rl.final_prefix(run_dir).parent / f"{rl.FINAL_PREFIX}_{kind}.nii.gz"
-        target = rl.final_prefix(run_dir).parent / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
-        _invoke(carry, [str(source), str(run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP), str(case.followup),
-                        str(target), "--inverse", "--force"], verbose=verbose)
+        source = run_dir / f"{rl.FINAL_PREFIX}_{kind}.nii.gz"
+        target = run_dir / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
+        _invoke(_APPLY_TRANSFORM, [str(source), str(run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP),
+                                   str(case.followup), str(target), "--inverse", "--force"], verbose=verbose)
         written[kind] = target.name
     return written
 

@@ -170,7 +170,6 @@ def refine_apply(
     Example: mstools refine data_samples/sim-001 --candidates out/s1 -o out/s1_refined
     """
     from mstools.io import OutputBatch, sha256
-    from mstools.lesions import LESION_COLUMNS, output_paths
     from mstools.provenance import describe_inputs, sidecar
     from mstools.refine.postprocess import refined_detections
 
@@ -188,12 +187,8 @@ def refine_apply(
     record = sidecar(command="refine", parameters={"candidates": candidates, "region": region.value,
                                                    "feature_set": refiner.feature_set, **options.as_dict()},
                      inputs=describe_inputs(inputs), models={str(path): sha256(path)}, extra={"postprocess": report})
-    names = output_paths(out)
     with OutputBatch(inputs=inputs, force=force) as batch:
-        common.add_image(batch, names["score"], detections.score, reference, np.float32, record)
-        common.add_image(batch, names["mask"], detections.mask, reference, np.uint8, record)
-        common.add_image(batch, names["labels"], detections.labels, reference, np.int32, record)
-        common.add_table(batch, names["table"], detections.table, LESION_COLUMNS, record)
+        common.add_detections(batch, out, detections, reference, record)
     common.log(f"{len(detections.table)} lesions ({report['too_small']} too small, {report['too_thin']} too thin dropped)")
     common.emit(batch.written, as_json=as_json,
                 payload={"lesions": len(detections.table), "postprocess": report,

@@ -152,10 +152,7 @@ def register_command(
         common.add_image(out, paths["subtraction"], subtraction, fixed, np.float32, record)
         if use_affine:
             common.add_image(out, paths["affine_subtraction"], affine_subtraction, fixed, np.float32, record)
-        common.add_image(out, paths["score"], found.score, fixed, np.float32, record)
-        common.add_image(out, paths["mask"], found.mask, fixed, np.uint8, record)
-        common.add_image(out, paths["labels"], found.labels, fixed, np.int32, record)
-        common.add_table(out, paths["table"], rows, columns, record)
+        common.add_detections(out, output, found, fixed, record, table=rows, columns=columns)
         text = "".join(f"// stage {n}\n" + parameter_text(m) + "\n" for n, m in enumerate(result.transform_maps))
         out.text(paths["transform"], text)
         out.json(sidecar_path(paths["transform"]), record)

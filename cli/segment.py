@@ -59,7 +59,7 @@ def segment_command(
     """
     from mstools.deep.cards import default_weights
     from mstools.io import OutputBatch, check_same_grid, check_writable, read_image
-    from mstools.lesions import LESION_COLUMNS, detections_from_mask, output_paths
+    from mstools.lesions import detections_from_mask, output_paths
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
 
     if case is None and (baseline is None or followup is None):
@@ -131,10 +131,7 @@ def segment_command(
                                min_lesion_mm3=min_lesion_mm3) for name, p in maps.items()}
     detections = detections_from_mask(masks["new"], maps["new"], base.affine)
     with OutputBatch(inputs=[baseline_path, followup_path], force=force) as out:
-        common.add_image(out, paths["score"], detections.score, base, "float32", record)
-        common.add_image(out, paths["mask"], detections.mask, base, "uint8", record)
-        common.add_image(out, paths["labels"], detections.labels, base, "int32", record)
-        common.add_table(out, paths["table"], detections.table, LESION_COLUMNS, record)
+        common.add_detections(out, output, detections, base, record)
         for name, files in extra.items():
             common.add_image(out, files["score"], maps[name], base, "float32", record)
             common.add_image(out, files["mask"], masks[name], base, "uint8", record)

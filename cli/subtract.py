@@ -74,7 +74,6 @@ def subtract_command(
     Example: mstools subtract data_samples/sim-001 -o out/sim-001_subtract --rule prados
     """
     from mstools.io import OutputBatch, read_labels
-    from mstools.lesions import LESION_COLUMNS, output_paths
     from mstools.provenance import describe_inputs, sidecar
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
@@ -102,15 +101,11 @@ def subtract_command(
                   "csf_source": "tissues" if csf is not None else "flair intensity (3-class Otsu)"}
     record = sidecar(command="subtract", parameters=parameters, inputs=describe_inputs(inputs),
                      extra={"details": result.details})
-    names = output_paths(prefix)
     detections = result.detections
     with OutputBatch(inputs=inputs, force=force) as batch:
         common.add_image(batch, prefix + "_subtraction.nii.gz", result.subtraction, b_img, np.float32, record)
         common.add_image(batch, prefix + "_ratio.nii.gz", result.ratio, b_img, np.float32, record)
-        common.add_image(batch, names["score"], detections.score, b_img, np.float32, record)
-        common.add_image(batch, names["mask"], detections.mask, b_img, np.uint8, record)
-        common.add_image(batch, names["labels"], detections.labels, b_img, np.int32, record)
-        common.add_table(batch, names["table"], detections.table, LESION_COLUMNS, record)
+        common.add_detections(batch, prefix, detections, b_img, record)
     common.log(f"{len(detections.table)} candidates")
     common.emit(batch.written, as_json=as_json,
                 payload={"candidates": len(detections.table), "details": result.details,

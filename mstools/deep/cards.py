@@ -10,7 +10,6 @@ weights live in ``mstools/deep/weights/<model>.pt`` with ``<model>.card.json``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from mstools.deep import MODELS
 from mstools.deep.config import ModelConfig
 from mstools.errors import InputError
+from mstools.io import sha256
 
 WEIGHT_FORMAT = "mstools-deep-weights-1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -34,12 +34,8 @@ def card_path(weights: str | os.PathLike) -> Path:
     return p.with_name(p.name.removesuffix(".pt") + ".card.json")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: The sha256 of a file (the model cards' and sidecars' hash): mstools.io's.
+file_sha256 = sha256
 
 
 def save_weights(path: str | os.PathLike, config: ModelConfig, state_dict: dict, *, extra: dict | None = None,
