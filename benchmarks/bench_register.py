@@ -62,10 +62,10 @@ def _sweep(subtraction, brain, truth, affine, affine_subtraction=None):
 
 def _subtract_sweep(case, brain, truth):
     """`mstools subtract --rule larosa --threshold t` (bias-corrected, z-scored) swept over t."""
-    from mstools.subtraction import LAROSA_MIN_VOXELS, conditioned_subtraction, select_clusters
+    from mstools.subtraction import LAROSA_MIN_MM3, conditioned_subtraction, min_voxels_for, select_clusters
 
     _, _, d, _ = conditioned_subtraction(case.baseline, case.followup, brain, case.affine, 15.0)
-    return np.array([_counts(select_clusters(brain & (d > t), min_voxels=LAROSA_MIN_VOXELS) > 0, truth, case.affine)
+    return np.array([_counts(select_clusters(brain & (d > t), min_voxels=min_voxels_for(LAROSA_MIN_MM3, float(abs(np.linalg.det(case.affine[:3, :3]))))) > 0, truth, case.affine)
                      for t in SWEEP])
 
 

@@ -44,10 +44,15 @@ DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 # false-positive load the filter and refine stages remove.
 PRADOS_PAPER_K_SD = 1.0
 PRADOS_K_SD = 3.0
-PRADOS_MIN_VOXELS = 6             # "bigger than 5 voxels"
+# Sizes are physical: the paper's voxels are MSSEG-2's ~1 mm ones, so "5 voxels" is 5 mm3
+# and "one erosion" a 1 mm step. On 1 mm grids this is exactly the paper's rule; on a
+# 0.72 x 0.72 x 3 mm clinical grid the erosion acts in-plane only and a lesion one slice
+# thick still counts (see erode_mm).
+PRADOS_MIN_MM3 = 5.0              # "bigger than 5 voxels" (strictly above)
 PRADOS_BASELINE_HYPER_SD = 1.0    # baseline hyperintensities: 1 SD above mean brain intensity
-PRADOS_BRAIN_EROSIONS = 1         # "one time eroded MNI brain mask"
-PRADOS_VENTRICLE_EROSIONS = 2     # "two times eroded standard ventricles mask"
+PRADOS_BRAIN_EROSION_MM = 1.0     # "one time eroded MNI brain mask"
+PRADOS_VENTRICLE_EROSION_MM = 2.0 # "two times eroded standard ventricles mask"
+PRADOS_CORE_EROSION_MM = 1.0      # clusters "that survive one erosion"
 
 # La Rosa et al. (paper 001): "depending on [the mutual information], different
 # thresholds are applied to the subtraction image" -- the paper gives no values. Ours
@@ -60,7 +65,7 @@ PRADOS_VENTRICLE_EROSIONS = 2     # "two times eroded standard ventricles mask"
 # where even 2.0 left 84 false positives per case (sensitivity 0.60).
 LAROSA_THRESHOLDS = (1.25, 2.5)
 LAROSA_NMI_RANGE = (1.11, 1.17)
-LAROSA_MIN_VOXELS = 5             # "discard all the connected components smaller than 5 voxels"
+LAROSA_MIN_MM3 = 5.0              # "discard all the connected components smaller than 5 voxels" (1 mm voxels)
 
 # Hamzaoui et al. (paper 001, step one).
 HAMZAOUI_RATIO = 1.15             # "a threshold of 1.15 to include 85% of ground truth voxels"
@@ -71,6 +76,10 @@ HAMZAOUI_BRAIN_EROSION_MM = 1.0   # "eroded by 1mm the brain mask"
 
 #: Connectivity of candidate clusters (26: a lesion is one object in any direction).
 CANDIDATE_CONNECTIVITY = 26
+
+#: Length of one morphological step of the published (1 mm) rules: an axis whose voxels
+#: are larger than this is not eroded, since one voxel would be a step too far.
+STEP_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,23 +103,54 @@ def ball(radius_mm: float, spacing_mm) -> np.ndarray:
     return scaled <= 1 + 1e-9
 
 
-def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
-    if iterations <= 0:
+def step_structure(spacing_mm, step_mm: float = STEP_MM) -> np.ndarray | None:
+    """The face-neighbour cross along the axes whose voxels are at most ``step_mm`` long
+    (``None`` when no axis is that fine: no step can be taken)."""
+    fine = [float(s) <= step_mm * (1 + 1e-6) for s in spacing_mm]
+    if not any(fine):
+        return None
+    element = np.zeros((3, 3, 3), dtype=bool)
+    element[1, 1, 1] = True
+    for axis, ok in enumerate(fine):
+        if ok:
+            index = [1, 1, 1]
+            for offset in (0, 2):
+                index[axis] = offset
+                element[tuple(index)] = True
+    return element
+
+
+def erode_mm(mask: np.ndarray, radius_mm: float, spacing_mm, *, step_mm: float = STEP_MM) -> np.ndarray:
+    """Erode by ``radius_mm`` in steps of ``step_mm`` (one face-neighbour step per voxel of at
+    most ``step_mm``; coarser axes are left alone). On a 1 mm grid, ``radius_mm`` = n is
+    exactly n 6-neighbour erosions, the published rules' operation."""
+    steps = int(round(radius_mm / step_mm))
+    element = step_structure(spacing_mm, step_mm)
+    if steps <= 0 or element is None:
         return mask.astype(bool)
-    return ndimage.binary_erosion(mask, structure=structure(6), iterations=iterations)
+    return ndimage.binary_erosion(mask, structure=element, iterations=steps)
+
+
+def min_voxels_for(min_mm3: float, voxel_mm3: float, *, strictly: bool = False) -> int:
+    """Fewest voxels whose volume is at least (``strictly``: above) ``min_mm3``."""
+    ratio = min_mm3 / voxel_mm3
+    count = int(np.floor(ratio + 1e-9)) + 1 if strictly else int(np.ceil(ratio - 1e-9))
+    return max(count, 1)
 
 
 def select_clusters(mask: np.ndarray, *, min_voxels: int = 1, require_core: bool = False,
+                    spacing_mm=(1.0, 1.0, 1.0), core_mm: float = PRADOS_CORE_EROSION_MM,
                     connectivity: int = CANDIDATE_CONNECTIVITY) -> np.ndarray:
     """Clusters of ``mask`` with at least ``min_voxels`` voxels (and, with ``require_core``,
-    a voxel that survives one 6-neighbour erosion), labelled 1..n in one labelling pass."""
+    a voxel that survives an erosion by ``core_mm``, see :func:`erode_mm`), labelled 1..n
+    in one labelling pass."""
     labels, count = label_components(mask, connectivity=connectivity)
     if count == 0:
         return labels
     keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_voxels
     if require_core:
         has_core = np.zeros(count + 1, dtype=bool)
-        has_core[np.unique(labels[_erode(mask, 1)])] = True
+        has_core[np.unique(labels[erode_mm(mask, core_mm, spacing_mm)])] = True
         keep &= has_core
     keep[0] = False
     new_index = np.zeros(count + 1, dtype=np.int32)
@@ -118,9 +158,9 @@ def select_clusters(mask: np.ndarray, *, min_voxels: int = 1, require_core: bool
     return new_index[labels]
 
 
-def survives_erosion(mask: np.ndarray) -> np.ndarray:
-    """Keep the clusters of ``mask`` that still have a voxel after one 6-neighbour erosion."""
-    return select_clusters(mask, require_core=True) > 0
+def survives_erosion(mask: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Keep the clusters of ``mask`` that still have a voxel after a 1 mm erosion."""
+    return select_clusters(mask, require_core=True, spacing_mm=spacing_mm) > 0
 
 
 def keep_larger_than(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -169,25 +209,28 @@ def _ratio(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray,
 
 def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
                       csf: np.ndarray | None = None, k: float = PRADOS_K_SD,
-                      min_voxels: int = PRADOS_MIN_VOXELS,
+                      min_mm3: float = PRADOS_MIN_MM3,
                       baseline_hyper_sd: float = PRADOS_BASELINE_HYPER_SD,
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
     """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring."""
     brain = brain > 0
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))), strictly=True)
     b, _, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     csf = csf_from_flair(baseline, brain) if csf is None else csf > 0
-    inclusion = (_erode(brain, PRADOS_BRAIN_EROSIONS) & ~_erode(csf, PRADOS_VENTRICLE_EROSIONS)
+    inclusion = (erode_mm(brain, PRADOS_BRAIN_EROSION_MM, spacing)
+                 & ~erode_mm(csf, PRADOS_VENTRICLE_EROSION_MM, spacing)
                  & ~(b > baseline_hyper_sd))
     values = d[inclusion]
     mean, sd = float(values.mean()), float(values.std())
     score = np.where(brain, (d - mean) / sd, 0).astype(np.float32)
     mask = inclusion & (score > k)
-    labels = select_clusters(mask, min_voxels=min_voxels, require_core=True)
+    labels = select_clusters(mask, min_voxels=min_voxels, require_core=True, spacing_mm=spacing)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, score, affine),
         details={"rule": "prados", "k_sd": k, "difference_mean": mean, "difference_sd": sd,
-                 "min_voxels": min_voxels, "inclusion_voxels": int(inclusion.sum())})
+                 "min_mm3": min_mm3, "min_voxels": min_voxels, "inclusion_voxels": int(inclusion.sum())})
 
 
 def larosa_threshold(nmi: float) -> float:
@@ -198,19 +241,20 @@ def larosa_threshold(nmi: float) -> float:
 
 
 def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
-                      threshold: float | None = None, min_voxels: int = LAROSA_MIN_VOXELS,
+                      threshold: float | None = None, min_mm3: float = LAROSA_MIN_MM3,
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
     """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001)."""
     brain = brain > 0
     b, f, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     nmi = normalised_mutual_information(b, f, brain)
     level = larosa_threshold(nmi) if threshold is None else threshold
+    min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))))
     labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, d, affine),
         details={"rule": "larosa", "nmi": nmi, "threshold": level, "adaptive": threshold is None,
-                 "min_voxels": min_voxels})
+                 "min_mm3": min_mm3, "min_voxels": min_voxels})
 
 
 def discretise(image: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
@@ -239,7 +283,7 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     inner = ndimage.binary_erosion(brain, structure=ball(HAMZAOUI_BRAIN_EROSION_MM, spacing))
     mask = inner & (level_f / level_b > ratio_threshold)
     mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
-    min_voxels = int(np.floor(min_mm3 / voxel_mm3)) + 1          # strictly above min_mm3
+    min_voxels = min_voxels_for(min_mm3, voxel_mm3, strictly=True)
     labels = select_clusters(mask, min_voxels=min_voxels)
     return SubtractionResult(
         subtraction=d, ratio=ratio,
