@@ -40,11 +40,15 @@ FEATURE_COLUMNS = (
     "neighbour_contrast", "baseline_mean", "followup_mean", "difference_mean",
     "score_mean", "score_max",
     "edge_distance_mm", "csf_distance_mm", "touches_csf", "wm_fraction", "touches_baseline_lesion",
-    "baseline_lesion_fraction",
+    "baseline_lesion_fraction", "slice_mm",
 )
 
-#: Numeric columns a learned filter is trained on (identity and position excluded).
-MODEL_FEATURES = tuple(c for c in FEATURE_COLUMNS if c not in ("label", "centroid_i", "centroid_j", "centroid_k"))
+#: Numeric columns a learned filter is trained on: identity and position are excluded, and
+#: so is the voxel count, which means another volume on every grid (volume_mm3 says it in
+#: mm3). ``slice_mm`` (the grid's largest voxel side) lets one model serve 1 mm scans and
+#: 3-5 mm clinical slices, on which partial volume makes the same lesion look fainter.
+MODEL_FEATURES = tuple(c for c in FEATURE_COLUMNS
+                       if c not in ("label", "centroid_i", "centroid_j", "centroid_k", "voxels"))
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
                                         if baseline_lesions is not None else 0),
             "baseline_lesion_fraction": (float((baseline_lesions[window][region] > 0).mean())
                                          if baseline_lesions is not None else math.nan),
+            "slice_mm": float(spacing.max()),
         }
         try:
             row.update(_shape_features(np.pad(region, 1), spacing))
