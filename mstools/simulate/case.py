@@ -12,6 +12,15 @@ The recipe, in order:
    extra blur, optionally thick slices;
 5. each time point: its own bias field, scanner gain / contrast, and Rician noise.
 
+With acquisitions (``acquisition_baseline`` / ``acquisition_followup``, off by default),
+step 5 changes: each visit is drawn in its own FLAIR contrast (``contrast_baseline`` /
+``contrast_followup``), acquired as a 2D multi-slice scan on its own grid
+(:mod:`mstools.simulate.acquisition`), and gets bias and noise there, per acquired voxel.
+The case is then put on one common grid, the follow-up's acquired grid: the baseline
+resampled (linear) onto it, every lesion carried over by partial volume with its volume
+kept (:func:`carry_labels`), the brain mask by partial volume > 0.5, the tissues by
+nearest neighbour. The raw scans are kept too (``raw_baseline``, ``raw_followup``).
+
 All randomness flows from one seed, so a case is a pure function of its config.
 """
 
@@ -23,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from mstools.simulate import nuisance
+from mstools.simulate.acquisition import Acquisition, ProtocolContrast, acquire, partial_volume, sample_onto
 from mstools.simulate.anatomy import Anatomy, load_anatomy
 from mstools.simulate.lesions import (LOCATION_SHARES, LOCATIONS, Lesion, location_candidates,
                                       random_rotation, render, semi_axes_for_volume)
@@ -78,6 +88,12 @@ class SimulationConfig:
     blur_mm: float = 0.4              # extra Gaussian sigma on the follow-up
     followup_slice_mm: float = 0.0    # e.g. 3.0: follow-up acquired with 3 mm slices
     atrophy_mm: float = 0.4           # largest ventricular enlargement
+    # Clinical acquisitions (None: the visit stays on the fine isotropic grid) and each
+    # visit's FLAIR contrast (None: the default TISSUE_INTENSITY and lesion contrasts).
+    acquisition_baseline: Acquisition | None = None
+    acquisition_followup: Acquisition | None = None
+    contrast_baseline: ProtocolContrast | None = None
+    contrast_followup: ProtocolContrast | None = None
 
     def __post_init__(self) -> None:
         counts = (self.n_stable, self.n_enlarging, self.n_shrinking, self.n_new)
@@ -92,6 +108,21 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be a range 0 < min <= max, not {(lo, hi)}")
         if not 0 <= self.bias_strength < 1:
             raise ValueError("bias_strength must lie in [0, 1)")
+        if self.acquisitions and self.followup_slice_mm > 0:
+            raise ValueError("followup_slice_mm and acquisitions exclude each other; describe the "
+                             "follow-up's slices with its acquisition")
+
+    @property
+    def acquisitions(self) -> bool:
+        return self.acquisition_baseline is not None or self.acquisition_followup is not None
+
+
+@dataclass
+class RawScan:
+    """One visit as the scanner stored it: float32 FLAIR on its own (anisotropic) grid."""
+
+    data: np.ndarray
+    affine: np.ndarray
 
 
 @dataclass
@@ -105,6 +136,8 @@ class SimulatedCase:
     tissues: np.ndarray            # uint8: 0 background, 1 CSF, 2 GM, 3 WM (baseline)
     affine: np.ndarray
     truth: dict = field(default_factory=dict)
+    raw_baseline: RawScan | None = None    # the scans as acquired, each on its own grid
+    raw_followup: RawScan | None = None
 
 
 @dataclass
@@ -217,9 +250,14 @@ def _tissue_texture(shape, rng: np.random.Generator, spacing_mm) -> np.ndarray:
     return 1.0 + texture[: shape[0], : shape[1], : shape[2]]
 
 
-def _draw_image(anatomy: Anatomy, lesions: list[Lesion], texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _draw_image(anatomy: Anatomy, lesions: list[Lesion], texture: np.ndarray,
+                contrast: ProtocolContrast | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free FLAIR (scanner units) and lesion id map for one time point."""
     t = TISSUE_INTENSITY
+    if contrast is not None:
+        t = {**t, "gm": 1.0 + (t["gm"] - 1.0) * contrast.gm_scale,
+             "csf": t["csf"] if contrast.csf_level is None else contrast.csf_level}
+        lesions = [replace(les, contrast=les.contrast * contrast.lesion_scale) for les in lesions]
     image = (anatomy.csf * t["csf"] + anatomy.gm * t["gm"] + anatomy.wm * t["wm"]
              + anatomy.skull * t["skull"] + anatomy.scalp * t["scalp"]) * texture
     parenchyma = anatomy.gm + anatomy.wm
@@ -272,8 +310,8 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
     texture = _tissue_texture(anatomy.shape, rng, anatomy.spacing_mm)
     before = [les for les in lesions if les.kind != "new"]
     after = [les.at_followup() for les in lesions]
-    clean_t1, ids_t1 = _draw_image(anatomy, before, texture)
-    clean_t2, ids_t2 = _draw_image(anatomy, after, texture)
+    clean_t1, ids_t1 = _draw_image(anatomy, before, texture, config.contrast_baseline)
+    clean_t2, ids_t2 = _draw_image(anatomy, after, texture, config.contrast_followup)
 
     rotation, translation = nuisance.random_rigid(config.misalignment_mm, config.misalignment_deg, rng)
     displacement = nuisance.atrophy_displacement(anatomy.ventricles, config.atrophy_mm, anatomy.spacing_mm)
@@ -289,6 +327,11 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
     gain = rng.uniform(1 - config.gain_change, 1 + config.gain_change)
     gamma = rng.uniform(1 - config.contrast_change, 1 + config.contrast_change)
     clean_t2 = nuisance.gain_and_contrast(clean_t2, gain, gamma, WM_UNITS)
+    if config.acquisitions:
+        return _clinical_case(config, anatomy, lesions, (clean_t1, clean_t2), (ids_t1, ids_t2),
+                              rng, extra={"followup_misalignment": _misalignment_record(rotation, translation),
+                                          "followup_gain": round(float(gain), 4),
+                                          "followup_gamma": round(float(gamma), 4)})
     baseline = _acquire(clean_t1, snr=config.snr_baseline, bias=config.bias_strength, rng=rng)
     followup = _acquire(clean_t2, snr=config.snr_followup, bias=config.bias_strength, rng=rng)
 
@@ -305,9 +348,7 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
         "generator": "mstools.simulate",
         "config": asdict(config),
         "voxel_volume_mm3": voxel_mm3,
-        "followup_misalignment": {"rotation_matrix": rotation.round(6).tolist(),
-                                  "translation_mm": translation.round(4).tolist(),
-                                  "about": "grid centre; follow-up sampled at R(x + u - c) + c + t"},
+        "followup_misalignment": _misalignment_record(rotation, translation),
         "followup_gain": round(float(gain), 4), "followup_gamma": round(float(gamma), 4),
         "n_new": len(new_labels),
         "new_lesion_volume_mm3": round(float(ground_truth.sum() * voxel_mm3), 3),
@@ -317,6 +358,127 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
         baseline=baseline, followup=followup, lesions_baseline=ids_t1, lesions_followup=ids_t2,
         ground_truth=ground_truth, brain_mask=anatomy.brain.astype(np.uint8),
         tissues=_tissue_labels(anatomy), affine=anatomy.affine, truth=truth)
+
+
+def _misalignment_record(rotation: np.ndarray, translation: np.ndarray) -> dict:
+    return {"rotation_matrix": rotation.round(6).tolist(), "translation_mm": translation.round(4).tolist(),
+            "about": "grid centre; follow-up sampled at R(x + u - c) + c + t"}
+
+
+def _acquire_visit(clean: np.ndarray, affine: np.ndarray, acquisition: Acquisition | None, *, snr: float,
+                   bias: float, rng: np.random.Generator) -> RawScan:
+    """One visit as stored: acquired on its own grid (or kept on the fine one), then
+    bias and Rician noise per stored voxel."""
+    if acquisition is None:
+        data, grid = clean, np.asarray(affine, dtype=np.float64)
+    else:
+        data, grid = acquire(clean, affine, acquisition)
+    return RawScan(data=_acquire(data, snr=snr, bias=bias, rng=rng), affine=grid)
+
+
+def carry_labels(ids: np.ndarray, affine: np.ndarray, shape: tuple[int, int, int],
+                 target_affine: np.ndarray) -> np.ndarray:
+    """A label map moved onto another grid by partial volume, keeping each label's volume.
+
+    Each label's coverage of every target voxel is computed (on its own bounding box); the
+    label claims its most covered voxels, as many as the coverage sums to (its volume in
+    target voxels, rounded). A plain "covered more than half" rule would drop a lesion
+    thinner than a 4 mm slice and shrink small lesions by a third; this one keeps every
+    lesion's volume to within half a target voxel. Where two labels want a voxel, the
+    better-covering one wins."""
+    out = np.zeros(shape, dtype=np.int32)
+    best = np.zeros(shape, dtype=np.float32)
+    inverse_target = np.linalg.inv(target_affine)
+    for label, box in enumerate(ndimage.find_objects(ids), start=1):
+        if box is None:
+            continue
+        lo = np.array([s.start for s in box]) - 1
+        hi = np.array([s.stop for s in box])
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        world = corners @ affine[:3, :3].T + affine[:3, 3]
+        target = world @ inverse_target[:3, :3].T + inverse_target[:3, 3]
+        t_lo = np.maximum(np.floor(target.min(0)).astype(int) - 1, 0)
+        t_hi = np.minimum(np.ceil(target.max(0)).astype(int) + 2, shape)
+        if np.any(t_hi <= t_lo):
+            continue
+        f_lo = np.maximum(lo, 0)
+        fine_box = tuple(slice(int(a), int(b)) for a, b in zip(f_lo, np.minimum(hi + 1, ids.shape)))
+        fine_affine = affine.copy()
+        fine_affine[:3, 3] = affine[:3, :3] @ f_lo + affine[:3, 3]
+        sub_affine = np.array(target_affine, dtype=np.float64)
+        sub_affine[:3, 3] = target_affine[:3, :3] @ t_lo + target_affine[:3, 3]
+        sub_shape = tuple(int(v) for v in t_hi - t_lo)
+        fraction = partial_volume(ids[fine_box] == label, fine_affine, sub_shape, sub_affine)
+        region = tuple(slice(int(a), int(b)) for a, b in zip(t_lo, t_hi))
+        keep = int(round(float(fraction.sum())))
+        if keep == 0:
+            continue
+        threshold = np.partition(fraction.ravel(), fraction.size - keep)[fraction.size - keep]
+        claim = (fraction >= max(threshold, 1e-6)) & (fraction > best[region])
+        out[region][claim] = label
+        best[region][claim] = fraction[claim]
+    return out
+
+
+def _clinical_case(config: SimulationConfig, anatomy: Anatomy, lesions: list[Lesion], clean, ids,
+                   rng: np.random.Generator, extra: dict) -> SimulatedCase:
+    """Both visits acquired on their own grids, then the case on the follow-up's grid."""
+    raw_t1 = _acquire_visit(clean[0], anatomy.affine, config.acquisition_baseline, snr=config.snr_baseline,
+                            bias=config.bias_strength, rng=rng)
+    raw_t2 = _acquire_visit(clean[1], anatomy.affine, config.acquisition_followup, snr=config.snr_followup,
+                            bias=config.bias_strength, rng=rng)
+    shape, grid = raw_t2.data.shape, raw_t2.affine
+    baseline = sample_onto(raw_t1.data, raw_t1.affine, shape, grid, order=1)
+    ids_t1 = carry_labels(ids[0], anatomy.affine, shape, grid)
+    ids_t2 = carry_labels(ids[1], anatomy.affine, shape, grid)
+    brain = (partial_volume(anatomy.brain, anatomy.affine, shape, grid) > 0.5).astype(np.uint8)
+    tissues = sample_onto(_tissue_labels(anatomy), anatomy.affine, shape, grid, order=0).astype(np.uint8)
+    new_labels = [les.label for les in lesions if les.kind == "new"]
+    ground_truth = np.isin(ids_t2, new_labels).astype(np.uint8)
+    fine_mm3 = float(abs(np.linalg.det(anatomy.affine[:3, :3])))
+    voxel_mm3 = float(abs(np.linalg.det(grid[:3, :3])))
+    fine_t1 = np.bincount(ids[0].ravel(), minlength=len(lesions) + 1)
+    fine_t2 = np.bincount(ids[1].ravel(), minlength=len(lesions) + 1)
+    counts_t1 = np.bincount(ids_t1.ravel(), minlength=len(lesions) + 1)
+    counts_t2 = np.bincount(ids_t2.ravel(), minlength=len(lesions) + 1)
+    inverse = np.linalg.inv(grid)
+    records = []
+    for les in lesions:
+        record = _lesion_record(les, counts_t1[les.label] * voxel_mm3, counts_t2[les.label] * voxel_mm3,
+                                inverse[:3, :3] @ np.asarray(les.centre_mm) + inverse[:3, 3])
+        record["volume_mm3_time01_fine"] = round(float(fine_t1[les.label] * fine_mm3), 3)
+        record["volume_mm3_time02_fine"] = round(float(fine_t2[les.label] * fine_mm3), 3)
+        records.append(record)
+    fine_new = float(np.isin(ids[1], new_labels).sum() * fine_mm3)
+
+    def described(acquisition: Acquisition | None) -> dict:
+        if acquisition is None:
+            return {"kind": "3d", "voxel_mm": config.voxel_mm}
+        return {"kind": "2d", "text": acquisition.text, **asdict(acquisition)}
+
+    truth = {
+        "generator": "mstools.simulate",
+        "config": asdict(config),
+        "voxel_volume_mm3": voxel_mm3,
+        "common_grid": {"about": "the follow-up's acquired grid; baseline resampled linearly, "
+                                 "lesions by partial volume keeping each lesion's volume, brain "
+                                 "mask by partial volume > 0.5, tissues nearest-neighbour",
+                        "shape": list(shape), "affine": np.round(grid, 6).tolist()},
+        "raw_grids": {"time01": {"shape": list(raw_t1.data.shape), "affine": np.round(raw_t1.affine, 6).tolist()},
+                      "time02": {"shape": list(shape), "affine": np.round(grid, 6).tolist()}},
+        "acquisitions": {"time01": described(config.acquisition_baseline),
+                         "time02": described(config.acquisition_followup)},
+        "fine_voxel_volume_mm3": fine_mm3,
+        **extra,
+        "n_new": len(new_labels),
+        "new_lesion_volume_mm3": round(float(ground_truth.sum() * voxel_mm3), 3),
+        "new_lesion_volume_mm3_fine": round(fine_new, 3),
+        "lesions": records,
+    }
+    return SimulatedCase(
+        baseline=baseline, followup=raw_t2.data, lesions_baseline=ids_t1, lesions_followup=ids_t2,
+        ground_truth=ground_truth, brain_mask=brain, tissues=tissues, affine=grid, truth=truth,
+        raw_baseline=raw_t1, raw_followup=raw_t2)
 
 
 def simulate_single_timepoint(config: SimulationConfig) -> SingleTimepointCase:
