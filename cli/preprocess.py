@@ -87,7 +87,7 @@ def preprocess_command(
     n4_shrink: int = typer.Option(4, min=1, max=8, help="N4 fits the field on images shrunk by this factor (speed)."),
     registration: bool = typer.Option(True, "--registration/--no-registration", help="Rigid registration; --no-registration needs a pair already on one grid."),
     space: Space = typer.Option(Space.halfway, help="Common space: halfway (MSSEG-2: half the transform on each scan), or the baseline/follow-up grid."),
-    spacing_mm: Optional[str] = typer.Option(None, help="Voxel size of the common grid, e.g. 1 or 1,1,3 (default: the scans' own if equal, else isotropic at the finest)."),
+    spacing_mm: Optional[str] = typer.Option(None, help="Voxel size of the common grid, e.g. 1 or 1,1,3 (default: the scans' own if equal; two 2D scans of one slice orientation: the follow-up's; else isotropic at the finest)."),
     harmonisation: Harmonisation = typer.Option(Harmonisation(DEFAULT_HARMONISATION), help="Intensity harmonisation inside the brain: histogram (Nyul landmarks onto the baseline), linear (Masson et al.'s joint-histogram fit), zscore, none. The default was chosen by measurement on simulated pairs."),
     qc: bool = typer.Option(True, "--qc/--no-qc", help="Write the QC picture (PNG)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),

@@ -256,3 +256,23 @@ def test_deepbet_finds_the_brain_on_a_simulated_flair(misaligned):
     assert mask.dtype == np.uint8 and mask.shape == misaligned.followup.shape
     dice = voxel_metrics(count_voxels(mask, misaligned.brain_mask, voxel_volume_mm3=27.0))["dice"]
     assert dice > 0.95  # measured 0.988 at 3 mm (seed 0), although deepbet was trained on T1
+
+
+def test_common_grid_of_two_2d_scans_of_one_orientation_is_the_followups_voxel_size():
+    from mstools.preprocess.pipeline import _default_spacing
+    from mstools.preprocess.rigid import Grid
+
+    def grid(spacing, axes=np.eye(3)):
+        affine = np.eye(4)
+        affine[:3, :3] = axes @ np.diag(spacing)
+        return Grid((8, 8, 8), affine)
+
+    # the Ljubljana database's pairs: 4 mm then 3 mm slices, 0.57 then 0.72 mm in-plane
+    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 3.0)
+    assert _default_spacing(grid((0.57, 0.57, 3.3)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 3.0)
+    # the follow-up's axes stored in another order: sizes follow the world axes
+    swapped = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])
+    assert _default_spacing(grid((0.7, 0.7, 4.0)), grid((3.0, 0.6, 0.6), swapped)) == (0.6, 0.6, 3.0)
+    # a sagittal follow-up of an axial baseline, or a 3D baseline: isotropic at the finest edge
+    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((0.72, 0.72, 3.0), swapped)) == (0.72, 0.72, 0.72)
+    assert _default_spacing(grid((1.0, 1.0, 1.0)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 0.72)

@@ -87,12 +87,43 @@ def _same_grid(a_shape, a_affine, b_shape, b_affine, tolerance_mm: float = 1e-3)
                                                      <= tolerance_mm)
 
 
+#: A scan is 2D multi-slice when its thickest voxel side is at least this many times its
+#: finest (clinical 2D FLAIR: 3-5 mm slices, 0.5-1 mm in-plane).
+MULTISLICE_RATIO = 2.0
+#: Two 2D scans share a slice orientation when their slice axes are within this angle.
+SAME_ORIENTATION_DEG = 20.0
+
+
+def _slice_axis(grid: Grid) -> np.ndarray | None:
+    """World direction of a 2D multi-slice scan's thick axis (None for a 3D-like grid)."""
+    spacing = np.asarray(grid.spacing_mm)
+    if spacing.max() < MULTISLICE_RATIO * spacing.min():
+        return None
+    return _direction(grid.affine)[:, int(np.argmax(spacing))]
+
+
 def _default_spacing(baseline: Grid, followup: Grid) -> tuple[float, float, float]:
-    """The baseline's voxel size when both scans have the same one (in any axis order),
-    else isotropic voxels of the finest edge of either scan (no detail is lost)."""
+    """The common grid's voxel size, in the baseline's axis order.
+
+    * Both scans with the same voxel size (in any axis order): that size.
+    * Both 2D multi-slice with one slice orientation: the follow-up's voxel size, as the
+      curators of the Ljubljana longitudinal database chose for their common grid
+      (Lesjak et al. 2016; e.g. 0.72 x 0.72 x 3 mm for a 0.72 x 0.72 x 4 mm baseline and a
+      0.72 x 0.72 x 3 mm follow-up). Upsampling 3-4 mm slices to the in-plane size would
+      multiply the voxels by 4-6 without adding detail (issue "Speed on real grids":
+      0.57 mm isotropic made 47.5 M voxels and a 157 s run).
+    * Otherwise isotropic voxels of the finest edge of either scan (no detail is lost).
+    """
     b, f = np.asarray(baseline.spacing_mm), np.asarray(followup.spacing_mm)
     if np.allclose(np.sort(b), np.sort(f), atol=1e-3):
         return tuple(float(v) for v in b)  # type: ignore[return-value]
+    b_axis, f_axis = _slice_axis(baseline), _slice_axis(followup)
+    if (b_axis is not None and f_axis is not None
+            and abs(float(b_axis @ f_axis)) >= np.cos(np.deg2rad(SAME_ORIENTATION_DEG))):
+        # each baseline axis takes the voxel size of the follow-up axis nearest to it
+        match = np.abs(_direction(baseline.affine).T @ _direction(followup.affine)).argmax(axis=1)
+        if len(set(match.tolist())) == 3:
+            return tuple(float(f[j]) for j in match)  # type: ignore[return-value]
     finest = float(min(b.min(), f.min()))
     return (finest, finest, finest)
 
