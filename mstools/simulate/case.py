@@ -45,6 +45,10 @@ from mstools.simulate.lesions import (LOCATION_SHARES, LOCATIONS, Lesion, locati
 #: (benchmarks/bench_simulate.py prints the realised means).
 TISSUE_INTENSITY = {"csf": 0.25, "gm": 1.22, "wm": 1.00, "skull": 0.10, "scalp": 1.25}
 
+#: File names of the raw scans (each visit on its own acquired grid) in a case folder.
+RAW_BASELINE = "flair_time01_raw.nii.gz"
+RAW_FOLLOWUP = "flair_time02_raw.nii.gz"
+
 #: Scanner units of normal white matter (arbitrary; int16-friendly).
 WM_UNITS = 400.0
 
