@@ -98,12 +98,10 @@ def transform_matrix(transform) -> np.ndarray:
     import SimpleITK as sitk
 
     if isinstance(transform, sitk.CompositeTransform) or transform.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        result = np.eye(4)
-        # ITK applies the last-added transform first.
-        for n in range(composite.GetNumberOfTransforms()):
-            result = result @ transform_matrix(composite.GetNthTransform(n))
-        return result
+        # A composite of linear transforms is linear: read its matrix off the images of
+        # four points. (Its parts cannot always be unwrapped: a file's
+        # MatrixOffsetTransformBase comes back as a composite of itself.)
+        return lps_to_world(_probed_matrix(transform))
     try:
         linear = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
         translation = np.asarray(transform.GetTranslation(), dtype=np.float64)
@@ -114,6 +112,22 @@ def transform_matrix(transform) -> np.ndarray:
     lps[:3, :3] = linear
     lps[:3, 3] = translation + centre - linear @ centre
     return lps_to_world(lps)
+
+
+def _probed_matrix(transform) -> np.ndarray:
+    """The 4x4 LPS matrix of a transform assumed linear, from the images of the origin and
+    the unit points; a fifth point checks the assumption."""
+    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)), dtype=np.float64)
+    lps = np.eye(4)
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 100.0
+        lps[:3, axis] = (np.asarray(transform.TransformPoint(tuple(unit)), dtype=np.float64) - origin) / 100.0
+    lps[:3, 3] = origin
+    check = np.array([37.0, -52.0, 81.0])
+    if not np.allclose(np.asarray(transform.TransformPoint(tuple(check))), lps[:3, :3] @ check + origin, atol=1e-4):
+        raise ValueError(f"{transform.GetName()} is not a linear (matrix) transform")
+    return lps
 
 
 def itk_transform_text(matrix_ras: np.ndarray) -> str:
