@@ -54,8 +54,8 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     assert parsed["subtract"]["k"] == PRADOS_K_SD
     assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "filter"
     # where the run departs from a command's default, the value and the reason are printed
-    assert parsed["refine"]["min_voxels"] == pipeline.RUN_OVERRIDES["refine"]["min_voxels"]
-    assert "mstools run uses 5 instead of the command's 27" in text
+    assert parsed["refine"]["min_volume_mm3"] == pipeline.RUN_OVERRIDES["refine"]["min_volume_mm3"]
+    assert "mstools run uses 5.0 instead of the command's None" in text
     assert parsed["register"]["enabled"] is False and parsed["segment"]["enabled"] is False
 
 
