@@ -91,9 +91,20 @@ def _longitudinal_root(clone: Path) -> Path:
     return root
 
 
-def _stored(path: Path) -> bool:
-    """A file that is really there (git clones without large-file content leave small stubs)."""
-    return path.is_file() and path.stat().st_size > 1024
+#: gzip's first two bytes: every stored ``.nii.gz`` starts with them.
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: A raw FLAIR smaller than this is a placeholder, not a scan (real ones are megabytes).
+MIN_SCAN_BYTES = 1024
+
+
+def _stored(path: Path, *, min_bytes: int = 0) -> bool:
+    """A ``.nii.gz`` that is really there: clones without large-file content leave small
+    text stubs (pointer files) or broken links in place of the gzip data."""
+    if not path.is_file() or path.stat().st_size < min_bytes:
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
 
 
 def locate_patient(clone: str | os.PathLike, patient: str) -> LongitudinalPatient:
@@ -111,24 +122,27 @@ def locate_patient(clone: str | os.PathLike, patient: str) -> LongitudinalPatien
         baseline_transform=raw / "study1_FLAIR_to_common_space.txt",
         followup_transform=raw / "study2_FLAIR_to_common_space.txt",
         brain_mask=common / "brainmask.nii.gz", change_mask=common / "gt.nii.gz")
-    for path in (found.baseline_raw, found.followup_raw, found.baseline_transform, found.followup_transform,
-                 found.brain_mask, found.change_mask):
-        if not _stored(path) and not (path.suffix == ".txt" and path.is_file()):
+    for path, min_bytes in ((found.baseline_raw, MIN_SCAN_BYTES), (found.followup_raw, MIN_SCAN_BYTES),
+                            (found.brain_mask, 0), (found.change_mask, 0)):
+        if not _stored(path, min_bytes=min_bytes):
             raise InputError(f"{path}: missing or not stored in this clone (the repository omits some large "
                              "scans); choose a patient whose two raw FLAIRs are present")
+    for path in (found.baseline_transform, found.followup_transform):
+        read_database_transform(path)  # an unreadable transform stops the import before any work
     return found
+
+
+def _raw_flairs_stored(clone: Path, patient: str) -> bool:
+    raw = Path(clone) / "longitudinal" / "raw" / f"patient{patient}"
+    return all(_stored(raw / f"study{n}_FLAIR.nii.gz", min_bytes=MIN_SCAN_BYTES) for n in (1, 2))
 
 
 def available_patients(clone: str | os.PathLike) -> list[str]:
-    """Patients whose two raw FLAIRs, transforms, brain mask and change mask are all stored."""
+    """Patients whose two raw FLAIRs are stored (their other files are checked by
+    :func:`locate_patient`, so that a broken patient is an error, not silently skipped)."""
     root = _longitudinal_root(Path(clone))
-    found = []
-    for folder in sorted((root / "raw").glob("patient*")):
-        try:
-            found.append(locate_patient(clone, folder.name.removeprefix("patient")).patient)
-        except InputError:
-            continue
-    return found
+    patients = (folder.name.removeprefix("patient") for folder in sorted((root / "raw").glob("patient*")))
+    return [p for p in patients if _raw_flairs_stored(clone, p)]
 
 
 def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray,
@@ -157,17 +171,47 @@ def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray
     return np.isin(labels, increases).astype(np.uint8), records
 
 
+def read_database_transform(path: Path):
+    """One of the database's ``*_to_common_space.txt`` files as a SimpleITK transform.
+
+    Read here rather than with :func:`mstools.io.read_transform`: SimpleITK 2.5 returns
+    their ``MatrixOffsetTransformBase_double_3_3`` as a CompositeTransform whose only
+    member is itself, on which ``sitk_bridge.transform_matrix`` recurses without end.
+    ``sitk.Resample`` applies it correctly as it is.
+    """
+    import SimpleITK as sitk
+
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: not a readable ITK transform ({str(exc).strip().splitlines()[-1].strip()}); "
+                         "the clone's transform file is damaged, check it out again") from None
+    if transform.GetDimension() != 3:
+        raise InputError(f"{path}: a 3D transform was expected, not {transform.GetDimension()}D")
+    # A file cut short (no FixedParameters line) reads, without a word, as the identity
+    # or with the centre at 0: both lines must be there, with every value.
+    expected = {"Parameters": len(transform.GetParameters()), "FixedParameters": len(transform.GetFixedParameters())}
+    found = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        tag, _, values = line.partition(":")
+        if tag.strip() in expected:
+            found[tag.strip()] = len(values.split())
+    for tag, count in expected.items():
+        if found.get(tag) != count:
+            raise InputError(f"{path}: {tag} has {found.get(tag, 0)} values, {count} expected; "
+                             "the clone's transform file is damaged, check it out again")
+    return transform
+
+
 def resample_onto(raw, reference, transform_path: Path) -> np.ndarray:
     """A raw scan (an :class:`mstools.io.Image`) resampled (linear) onto ``reference``'s grid
-    through the database's transform file. Returns float32 on the reference grid."""
+    through the database's transform file (a common-grid point -> the raw scan's point).
+    Returns float32 on the reference grid."""
     import SimpleITK as sitk
 
     from mstools.sitk_bridge import from_sitk, to_sitk
 
-    try:
-        transform = sitk.ReadTransform(str(transform_path))
-    except RuntimeError as exc:
-        raise InputError(f"{transform_path}: not a readable ITK transform ({str(exc).splitlines()[0]})") from None
+    transform = read_database_transform(transform_path)
     moving = to_sitk(raw.data.astype(np.float32), raw.affine)
     grid = to_sitk(np.zeros(reference.shape, dtype=np.uint8), reference.affine)
     resampled = sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
