@@ -103,6 +103,25 @@ def _seed_of(folder: Path):
         return None
 
 
+def _initialise(trainer, weights: Path, model_config) -> dict:
+    """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
+    from mstools.deep.cards import load_weights
+    from mstools.io import sha256
+
+    config, state_dict, _ = load_weights(weights)
+    if config.as_dict() != model_config.as_dict():
+        raise InputError(f"{weights}: weights of another configuration ({config.as_dict()}) than the one trained "
+                         f"({model_config.as_dict()}); give weights of the same network and options")
+    state_dict = {k: v.float() if hasattr(v, "is_floating_point") and v.is_floating_point() else v
+                  for k, v in state_dict.items()}
+    try:
+        trainer.model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{weights}: weights do not match the network ({' '.join(str(exc).split())[:200]})") from None
+    common.log(f"fine-tuning from {weights}")
+    return {"weights": str(weights), "sha256": sha256(weights)}
+
+
 def train_command(
     output: Path = typer.Argument(..., help="Run folder: checkpoint.pt (resume), model.pt + model.card.json (best on validation), training_log.tsv."),
     model: ModelChoice = typer.Option(ModelChoice.coactseg, "--model", "-m", help="Network to train."),
@@ -126,6 +145,7 @@ def train_command(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
     device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint.pt."),
+    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (a model.pt of the same network and configuration, e.g. the packaged ones) instead of random ones."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
 ) -> None:
@@ -205,6 +225,9 @@ def train_command(
         common.log(f"{model.value} learns from two-time-point cases only: {len(single)} single-time-point cases ignored")
     validation = [load_case(f, model_config, validation=True) for f in val_folders]
     trainer = Trainer(model_config, train_config, longitudinal, single, device=torch_device)
+    initialised_from = None
+    if init_weights is not None and not resume:
+        initialised_from = _initialise(trainer, init_weights, model_config)
 
     from mstools.io import read_tsv
 
@@ -225,7 +248,8 @@ def train_command(
 
     record = {"model": model.value, "model_config": model_config.as_dict(), "training_config": train_config.as_dict(),
               "train_cases": [str(f) for f in train_folders], "val_cases": [str(f) for f in val_folders],
-              "device": str(torch_device), "threads": torch.get_num_threads()}
+              "device": str(torch_device), "threads": torch.get_num_threads(),
+              **({"initialised_from": initialised_from} if initialised_from else {})}
 
     def save_model(path: Path, metrics: dict) -> None:
         from mstools.deep.cards import file_sha256, save_weights, write_card
@@ -239,7 +263,8 @@ def train_command(
                 "longitudinal": [c.name for c in longitudinal], "single_timepoint": [c.name for c in single],
                 "generator_seeds": [s for s in (_seed_of(f) for f in train_folders) if s is not None]},
             "validation_data": [f.name for f in val_folders], "validation_metrics": metrics,
-            "device": str(torch_device), "threads": torch.get_num_threads(), "torch": torch.__version__})
+            "device": str(torch_device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            **({"initialised_from": initialised_from} if initialised_from else {})})
 
     def write_log() -> None:
         from mstools.io import OutputBatch

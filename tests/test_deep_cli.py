@@ -241,3 +241,34 @@ def test_time02_all_lesion_map_sources():
     assert time02_all_lesions(maps, source="head") is maps["all_t2"]
     with pytest.raises(ValueError, match="source must be one of"):
         time02_all_lesions(maps, source="both")
+
+
+def test_train_fine_tunes_from_given_weights_and_refuses_another_network(tmp_path):
+    import torch
+
+    from mstools.deep.cards import load_weights
+
+    for n in range(2):
+        make_case(tmp_path / "data" / f"two-{n}", seed=n)
+    make_case(tmp_path / "data" / "one-0", seed=5, single=True)
+    make_case(tmp_path / "val" / "v-0", seed=9)
+    first = tmp_path / "first"
+    assert _train(tmp_path, first, "--iterations", "2").exit_code == 0
+    # one step at a negligible learning rate keeps the starting weights: they are the given ones
+    tuned = tmp_path / "tuned"
+    result = _train(tmp_path, tuned, "--iterations", "1", "--lr", "1e-12", "--seed", "7",
+                    "--init-weights", str(first / "model.pt"))
+    assert result.exit_code == 0, result.stderr
+    _, start, _ = load_weights(first / "model.pt")
+    _, after, _ = load_weights(tuned / "model.pt")
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert weights and all(torch.allclose(start[k].float(), after[k].float(), atol=1e-6) for k in weights)
+    fresh = tmp_path / "fresh"
+    assert _train(tmp_path, fresh, "--iterations", "1", "--lr", "1e-12", "--seed", "7").exit_code == 0
+    _, random_start, _ = load_weights(fresh / "model.pt")
+    assert not all(torch.allclose(start[k].float(), random_start[k].float(), atol=1e-6) for k in weights)
+    assert read_card(tuned / "model.pt")["initialised_from"]["sha256"] == file_sha256(first / "model.pt")
+    # weights of another configuration are refused before any training
+    other = _train(tmp_path, tmp_path / "other", "--iterations", "1", "--base-filters", "4",
+                   "--init-weights", str(first / "model.pt"))
+    assert other.exit_code == 1 and "another configuration" in other.stderr
