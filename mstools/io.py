@@ -387,7 +387,8 @@ class OutputBatch:
         for _, tmp in self._pending:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
-        for folder in reversed(self._created_dirs):
+        # deepest first: a created parent can only go once its created children are gone
+        for folder in sorted(self._created_dirs, key=lambda d: len(d.parts), reverse=True):
             try:
                 folder.rmdir()
             except OSError:

@@ -182,3 +182,15 @@ def test_inputs_are_not_modified_by_reading(write_nifti):
 def test_oblique_fixture_is_really_oblique():
     a = oblique_affine()
     assert np.count_nonzero(np.abs(a[:3, :3]) > 1e-6) > 3
+
+
+def test_a_failed_batch_removes_every_folder_it_created(tmp_path):
+    from mstools.io import OutputBatch, new_reference
+
+    reference = new_reference((2, 2, 2), np.eye(4))
+    target = tmp_path / "a" / "b" / "c" / "mask.nii.gz"
+    with pytest.raises(RuntimeError):
+        with OutputBatch(create_dirs=True) as batch:
+            batch.image(target, np.zeros((2, 2, 2)), reference, np.uint8)
+            raise RuntimeError("the command failed")
+    assert list(tmp_path.iterdir()) == []
