@@ -100,7 +100,7 @@ def preprocess_command(
 
     Example: mstools preprocess t1_flair.nii.gz t2_flair.nii.gz case01 --brain-extraction otsu
     """
-    from mstools.io import OutputBatch, check_same_grid, check_writable, new_reference, read_image, read_mask, transform_text
+    from mstools.io import OutputBatch, check_same_grid, check_writable, new_reference, read_mask, read_scan, transform_text
     from mstools.preprocess import PreprocessOptions, preprocess_pair
     from mstools.preprocess.qc import qc_png
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
@@ -120,8 +120,8 @@ def preprocess_command(
         for name in others:
             check_writable(output / name, inputs=inputs, force=force)
 
-    base = read_image(baseline)
-    follow = read_image(followup)
+    base = read_scan(baseline)
+    follow = read_scan(followup)
     masks = {}
     for key, path, scan in (("baseline_mask", baseline_mask, base), ("followup_mask", followup_mask, follow)):
         if path is not None:

@@ -65,7 +65,7 @@ def register_command(
 
     Example: mstools register case/flair_time02_on_middle_space.nii.gz case/flair_time01_on_middle_space.nii.gz out/case --followup-mask case/brain_mask.nii.gz
     """
-    from mstools.io import OutputBatch, check_same_grid, check_writable, read_image, read_mask
+    from mstools.io import OutputBatch, check_same_grid, check_writable, read_mask, read_scan
     from mstools.lesions import LESION_COLUMNS, detections_from_mask, output_paths
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
     from mstools.registration import detection
@@ -86,8 +86,8 @@ def register_command(
         check_writable(path, inputs=inputs, force=force)
         check_writable(sidecar_path(path), inputs=inputs, force=force)
 
-    fixed = read_image(followup)
-    moving = read_image(baseline)
+    fixed = read_scan(followup)
+    moving = read_scan(baseline)
     fixed_brain = moving_brain = None
     if followup_mask is not None:
         fixed_brain = read_mask(followup_mask, allow_empty=False)

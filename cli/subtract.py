@@ -41,13 +41,15 @@ def resolve_case_inputs(case: Optional[Path], baseline: Optional[Path], followup
 
 def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
     """Baseline, follow-up and brain mask, checked to share one grid; the mask non-empty."""
-    from mstools.io import check_same_grid, read_image, read_mask
+    from mstools.io import check_same_grid, check_scan, read_image, read_mask
 
     baseline = read_image(baseline_path)
     followup = read_image(followup_path)
     brain = read_mask(brain_path, allow_empty=False)
     check_same_grid(baseline, followup)
     check_same_grid(baseline, brain)
+    check_scan(baseline, brain_mask=brain.data)
+    check_scan(followup, brain_mask=brain.data)
     return baseline, followup, brain
 
 

@@ -11,9 +11,11 @@ temporary name and renamed into place only when all of them are ready
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -29,6 +31,14 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: still treated as the same grid. 1e-3 mm is far below any voxel size and above the
 #: float32 rounding of affines stored in NIfTI headers (~1e-5 mm at 200 mm offsets).
 GRID_TOLERANCE_MM = 1e-3
+
+#: Largest |cosine| between two voxel axes still taken as orthogonal: 1e-3 is 0.06 degrees,
+#: far above the float32 rounding of a scanner's rotation and far below any real shear.
+SHEAR_TOLERANCE = 1e-3
+
+#: Largest intensity magnitude accepted. Squares of larger values summed over a volume
+#: overflow float32 (3.4e38): statistics of such an image are NaN or Inf.
+MAX_INTENSITY = 1e9
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,29 @@ def _load(path: str | os.PathLike) -> tuple[nib.Nifti1Image, Path]:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{p}: unreadable or corrupt NIfTI ({_one_line(exc)}); re-export the image") from exc
+    check_affine(np.asarray(img.affine, dtype=np.float64), p)
     return img, p
+
+
+def check_affine(affine: np.ndarray, name: object) -> None:
+    """Refuse a voxel-to-world matrix that is not finite, singular or sheared.
+
+    Volumes (|det|), voxel sizes and every resampling assume a rectilinear grid: a
+    singular matrix has no inverse, a sheared one makes voxel sizes meaningless.
+    """
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(affine).all():
+        raise InputError(f"{name}: affine (sform/qform) is not finite; fix the header (re-export the image)")
+    spacing = np.linalg.norm(linear, axis=0)
+    if spacing.min() <= 1e-6 * max(spacing.max(), 1e-12) or spacing.max() == 0:
+        raise InputError(f"{name}: affine is singular (voxel sizes {', '.join(f'{v:.4g}' for v in spacing)} mm); "
+                         "fix the header's pixdim/sform (re-export the image from DICOM, e.g. dcm2niix)")
+    axes = linear / spacing
+    cosines = np.abs(axes.T @ axes - np.eye(3))
+    if cosines.max() > SHEAR_TOLERANCE:
+        angle = float(np.degrees(np.arcsin(min(cosines.max(), 1.0))))
+        raise InputError(f"{name}: affine is sheared (voxel axes {angle:.2g} degrees from orthogonal); "
+                         "reslice it onto a rectilinear grid first (e.g. FSL flirt -applyisoxfm or ANTs)")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -136,9 +168,32 @@ def _image(img: nib.Nifti1Image, p: Path, data: np.ndarray) -> Image:
 
 
 def read_image(path: str | os.PathLike) -> Image:
-    """Read an intensity image as float32 (scaling applied), refusing 4D and NaN/Inf."""
+    """Read an intensity image as float32 (scaling applied), refusing 4D, NaN/Inf and
+    intensities that overflow float32 arithmetic."""
     img, p = _load(path)
-    return _image(img, p, _array(img, p, as_float=True))
+    data = _array(img, p, as_float=True)
+    if data.size and float(np.max(np.abs(data))) > MAX_INTENSITY:
+        raise InputError(f"{p}: intensities up to {float(np.max(np.abs(data))):.3g} (above {MAX_INTENSITY:.0e}) "
+                         "overflow the arithmetic; rescale the image (e.g. fslmaths IN -div 1e6 OUT)")
+    return _image(img, p, data)
+
+
+def read_scan(path: str | os.PathLike, *, brain_mask: np.ndarray | None = None) -> Image:
+    """Read a FLAIR scan (as :func:`read_image`), refusing a constant one (see :func:`check_scan`)."""
+    scan = read_image(path)
+    check_scan(scan, brain_mask=brain_mask)
+    return scan
+
+
+def check_scan(scan: Image, *, brain_mask: np.ndarray | None = None) -> None:
+    """Refuse a scan no detector can use: constant everywhere, or inside ``brain_mask``."""
+    name = scan.name
+    data = scan.data
+    values = data if brain_mask is None else data[np.asarray(brain_mask) > 0]
+    if values.size and float(values.min()) == float(values.max()):
+        where = "inside the brain mask" if mask is not None else "everywhere"
+        raise InputError(f"{name}: the image is constant ({float(values.min()):g} {where}); "
+                         "give the real scan (this one is empty or was wrongly converted)")
 
 
 def read_labels(path: str | os.PathLike) -> Image:
@@ -196,12 +251,15 @@ def _affine_text(affine: np.ndarray) -> str:
     return "[" + " ".join(rows) + "]"
 
 
-def check_same_grid(a: Image, b: Image, *, tolerance_mm: float = GRID_TOLERANCE_MM) -> None:
-    """Refuse two images that do not share shape and affine (within ``tolerance_mm``)."""
+def check_same_grid(a: Image, b: Image, *, tolerance_mm: float = GRID_TOLERANCE_MM,
+                    names: tuple[object, object] | None = None) -> None:
+    """Refuse two images that do not share shape and affine (within ``tolerance_mm``);
+    ``names`` name images held in memory (derived from files)."""
     if same_grid(a, b, tolerance_mm=tolerance_mm):
         return
+    name_a, name_b = names if names is not None else (a.name, b.name)
     raise InputError(
-        f"{a.name} and {b.name} are not on the same grid "
+        f"{name_a} and {name_b} are not on the same grid "
         f"(shape {a.shape} vs {b.shape}; affine {_affine_text(a.affine)} vs {_affine_text(b.affine)}); "
         "bring both into one space with `mstools preprocess` (or use files from the same case folder)"
     )
@@ -288,11 +346,68 @@ def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLik
             raise InputError(f"{p}: is one of the inputs; choose another output path (inputs are never modified)")
         if s.resolve() == p.resolve():
             raise InputError(f"{p}: is one of the inputs; choose another output path (inputs are never modified)")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder; give a file path for this output (or remove the folder)")
     if p.exists() and not force:
         raise InputError(f"{p}: already exists; pass --force to overwrite it")
     if p.parent and not p.parent.exists():
         raise InputError(f"{p.parent}: output folder does not exist; create it first")
+    if not p.parent.is_dir():
+        raise InputError(f"{p.parent}: is a file, not a folder; choose another output path")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise InputError(f"{p.parent}: output folder is not writable (permission denied or read-only); "
+                         "choose another output folder or fix its permissions")
     return p
+
+
+def output_error(exc: OSError, path: str | os.PathLike) -> InputError:
+    """The user's environment failing a write (disk full, read-only, permissions) as one line."""
+    where = Path(path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InputError(f"{where}: no space left on the device (disk full or quota reached); "
+                          "free some space or choose another output folder")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(f"{where}: cannot write here ({exc.strerror}); choose another output folder "
+                          "or fix its permissions")
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return InputError(f"{where}: cannot write ({exc.strerror}); choose another output path")
+    return InputError(f"{where}: cannot write ({exc.strerror or _one_line(exc)}); check the output folder")
+
+
+_PART = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.part")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_parts(folder: str | os.PathLike, *, recursive: bool = False, name: str | None = None) -> list[Path]:
+    """Remove the temporaries (``.NAME.PID.part*``) that a killed command left in ``folder``
+    (those of a process still running are kept); returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f".{name}.*.part*" if name is not None else ".*.part*"
+    removed = []
+    for part in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+        match = _PART.match(part.name)
+        if match and part.is_file() and (name is None or match["name"] == name) \
+                and (int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"]))):
+            try:
+                part.unlink()
+                removed.append(part)
+            except OSError:
+                pass
+    return removed
 
 
 class OutputBatch:
@@ -322,7 +437,11 @@ class OutputBatch:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
         return False
@@ -335,51 +454,59 @@ class OutputBatch:
             while not parent.exists():
                 missing.append(parent)
                 parent = parent.parent
-            p.parent.mkdir(parents=True)
+            try:
+                p.parent.mkdir(parents=True)
+            except OSError as exc:
+                raise output_error(exc, p.parent) from exc
             self._created_dirs.extend(missing)
         if any(p == target for target, _ in self._pending):
             raise ValueError(f"{p} written twice in one command")
         check_writable(p, inputs=self.inputs, force=self.force)
+        remove_stale_parts(p.parent, name=p.name)
         suffix = ".nii.gz" if str(p).endswith(".nii.gz") else p.suffix
         tmp = p.with_name(f".{p.name}.{os.getpid()}.part{suffix}")
         self._pending.append((p, tmp))
         return p, tmp
 
+    def _write(self, path: str | os.PathLike, write) -> Path:
+        p, tmp = self._claim(path)
+        try:
+            write(tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise output_error(exc, p) from exc
+        return p
+
     def image(self, path: str | os.PathLike, data: np.ndarray, reference: Image,
               dtype: np.dtype | type | str) -> Path:
-        p, tmp = self._claim(path)
-        nib.save(derived_nifti(data, reference, dtype), tmp)
-        return p
+        img = derived_nifti(data, reference, dtype)
+        return self._write(path, lambda tmp: nib.save(img, tmp))
 
     def table(self, path: str | os.PathLike, rows: Sequence[Mapping[str, object]],
               columns: Sequence[str]) -> Path:
-        p, tmp = self._claim(path)
-        write_tsv(tmp, rows, columns)
-        return p
+        return self._write(path, lambda tmp: write_tsv(tmp, rows, columns))
 
     def json(self, path: str | os.PathLike, payload: Mapping[str, object]) -> Path:
-        p, tmp = self._claim(path)
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
-        return p
+        text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
+        return self._write(path, lambda tmp: tmp.write_text(text))
 
     def vector_image(self, path: str | os.PathLike, field: np.ndarray, reference: Image) -> Path:
         """A displacement field ``(I, J, K, 3)`` in mm as a 5D NIfTI ``(I, J, K, 1, 3)``,
         float32, intent code 1007 (NIFTI_INTENT_VECTOR, as ITK and ANTs write them)."""
-        p, tmp = self._claim(path)
-        nib.save(vector_nifti(field, reference), tmp)
-        return p
+        img = vector_nifti(field, reference)
+        return self._write(path, lambda tmp: nib.save(img, tmp))
 
     def text(self, path: str | os.PathLike, content: str | bytes) -> Path:
-        p, tmp = self._claim(path)
         if isinstance(content, bytes):
-            tmp.write_bytes(content)
-        else:
-            tmp.write_text(content)
-        return p
+            return self._write(path, lambda tmp: tmp.write_bytes(content))
+        return self._write(path, lambda tmp: tmp.write_text(content))
 
     def commit(self) -> None:
         for target, tmp in self._pending:
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise output_error(exc, target) from exc
             self.written.append(target)
         self._pending.clear()
 
