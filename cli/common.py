@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import traceback
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ class Verbosity:
 
 STATE = Verbosity()
 
+#: What an interrupted command says (exit code 130, as shells report SIGINT).
+INTERRUPTED = ("interrupted (Ctrl-C); no output was left half-written (each is renamed into place "
+               "when complete); rerun the command to finish")
+
 
 def log(message: str, *, level: int = 0) -> None:
     """A log line on stderr (hidden by -q; level 1 lines only with -v)."""
@@ -37,12 +42,23 @@ def progress_enabled() -> bool:
     return STATE.level >= 0 and sys.stderr.isatty()
 
 
+def check_finite_options(values: Mapping[str, object], *, where: str = "") -> None:
+    """Refuse a number option that is NaN or infinite (click reads ``nan`` and ``inf`` as floats)."""
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                option = f"{where}{name}" if where else f"--{name.replace('_', '-')}"
+                raise InputError(f"{option} {item}: not a finite number; give a number")
+
+
 def command(func: Callable) -> Callable:
     """Wrap a command body with the error contract."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
+            check_finite_options(kwargs)
             return func(*args, **kwargs)
         except InputError as exc:
             if STATE.level >= 1:
@@ -50,6 +66,10 @@ def command(func: Callable) -> Callable:
             print(f"mstools {func.__name__.replace('_', '-').removesuffix('-command')}: error: {exc}",
                   file=sys.stderr)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            print(f"mstools {func.__name__.replace('_', '-').removesuffix('-command')}: {INTERRUPTED}",
+                  file=sys.stderr)
+            raise typer.Exit(130) from None
 
     return wrapper
 

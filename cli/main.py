@@ -75,12 +75,30 @@ app.command("import-open-ms")(import_open_ms_command)
 
 def main() -> None:
     """Console entry point: unexpected errors become one line (traceback with -v)."""
+    verbose = common.STATE.level >= 1 or "-v" in sys.argv or "--verbose" in sys.argv
     try:
         app(standalone_mode=True)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        print(f"mstools: {common.INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:  # the user's environment (disk full, permissions, ...), not a bug
+        if verbose:
+            traceback.print_exc()
+        import errno
+
+        from mstools.io import output_error
+
+        where = exc.filename if exc.filename is not None else "a file"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+            message = str(output_error(exc, where))
+        else:
+            message = f"{where}: {exc.strerror or exc}; check the path, its permissions and the disk"
+        print(f"mstools: error: {message}", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:  # a bug, not bad input: say so briefly
-        if common.STATE.level >= 1 or "-v" in sys.argv or "--verbose" in sys.argv:
+        if verbose:
             traceback.print_exc()
         print(f"mstools: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback "
               "and please report it)", file=sys.stderr)

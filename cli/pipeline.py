@@ -465,6 +465,8 @@ def _invoke(stage: Stage, args: list[str], *, verbose: bool) -> None:
         raise StageFailed(stage.name, _message(exc)) from None
     finally:
         common.STATE.level = level
+    if code == 130:  # the stage was interrupted (Ctrl-C, SIGINT): an interruption, not bad input
+        raise KeyboardInterrupt
     if code not in (None, 0):
         lines = [line for line in captured.getvalue().splitlines() if line.strip()]
         message = lines[-1] if lines else f"exited with code {code}"
