@@ -109,7 +109,7 @@ def evaluate_command(
 
     pairs = _pairs(mode, prediction, ground_truth, pred_dir, gt_dir, manifest, threshold)
     outputs = _output_paths(out, out_dir)
-    _check_outputs(outputs, pairs, force=force, folder_created=out_dir is not None)
+    _check_outputs(outputs, pairs, force=force, folder_created=out_dir is not None, manifest=manifest)
 
     rows, lesion_rows = _run(pairs, options, threshold, cohort=mode != "pair")
     evaluated = [r for r in rows if r["status"] == "ok"]
@@ -121,7 +121,8 @@ def evaluate_command(
 
     parameters = {**options.as_dict(), "threshold": threshold}
     summary = build_summary(rows, parameters)
-    written = _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, out_dir is not None)
+    written = _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, out_dir is not None,
+                     manifest=manifest)
     _report(rows, lesion_rows, summary, written, as_json)
 
 
@@ -318,11 +319,18 @@ def build_summary(rows: list[dict], parameters: dict) -> dict:
 # --------------------------------------------------------------------------- outputs
 
 
-def _check_outputs(outputs: dict[str, Path], pairs, *, force: bool, folder_created: bool) -> None:
+def _inputs(pairs, manifest: Optional[Path] = None) -> list[Path]:
+    """Every file evaluate reads (never overwritten, --force or not)."""
+    files = [p for pair in pairs for p in (pair.prediction, pair.ground_truth) if p is not None]
+    return files + ([manifest] if manifest is not None else [])
+
+
+def _check_outputs(outputs: dict[str, Path], pairs, *, force: bool, folder_created: bool,
+                   manifest: Optional[Path] = None) -> None:
     """Refuse unwritable outputs before any case is read (a cohort can take minutes)."""
     from mstools.io import check_writable
 
-    inputs = [p for pair in pairs for p in (pair.prediction, pair.ground_truth) if p is not None]
+    inputs = _inputs(pairs, manifest)
     for path in outputs.values():
         if folder_created and not path.parent.exists():
             continue                          # --out-dir is created when the results are written
@@ -339,14 +347,15 @@ def _output_paths(out: Optional[str], out_dir: Optional[Path]) -> dict[str, Path
     return {}
 
 
-def _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, create_dirs) -> list[Path]:
+def _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, create_dirs, *,
+           manifest: Optional[Path] = None) -> list[Path]:
     if not outputs:
         return []
     from mstools.io import OutputBatch
     from mstools.metrics import LESION_COLUMNS, METRIC_DEFINITIONS
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
 
-    inputs = [p for pair in pairs for p in (pair.prediction, pair.ground_truth) if p is not None]
+    inputs = _inputs(pairs, manifest)
     record = sidecar(command="evaluate", parameters=parameters, inputs=describe_inputs(inputs))
     with OutputBatch(inputs=inputs, force=force, create_dirs=create_dirs) as batch:
         batch.table(outputs["cases"], rows, [*CASE_ID_COLUMNS, *METRIC_DEFINITIONS])

@@ -40,11 +40,13 @@ def report_command(
     if kind == "case":
         from mstools import run_layout
         from mstools.io import OutputBatch, check_writable
+        from mstools.report.build import report_inputs
 
         target = out if out is not None else folder / run_layout.REPORT
-        check_writable(target, force=force)
+        inputs = report_inputs(folder)
+        check_writable(target, inputs=inputs, force=force)
         report = render_case_report(folder, max_lesions=max_lesions)
-        with OutputBatch(force=force) as batch:
+        with OutputBatch(inputs=inputs, force=force) as batch:
             batch.text(target, report.html)
         written = list(batch.written)
         summary = {"kind": "case", "case": report.case, "new_lesions": report.new_lesions,

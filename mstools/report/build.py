@@ -60,6 +60,21 @@ def folder_kind(folder: str | os.PathLike) -> str:
                      f"{layout.COHORT_TABLE} (a mstools batch folder); give the output folder of one of them")
 
 
+def report_inputs(folder: str | os.PathLike) -> list[Path]:
+    """Every file a report of ``folder`` may read: the folder's files (but its HTML pages)
+    and a run record's input images; a report is never written over one of them."""
+    folder = Path(folder)
+    files = [p for p in folder.rglob("*") if not p.name.endswith(".html") and p.is_file()]
+    try:
+        record = read_run_record(folder)
+    except InputError:
+        return files
+    for value in (record.get("inputs") or {}).values():
+        if isinstance(value, str) and value:
+            files.append(_resolve(folder, value))
+    return files
+
+
 def read_run_record(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / layout.RUN_RECORD
     if not path.is_file():
@@ -202,9 +217,10 @@ def write_case_report(run_dir: str | os.PathLike, out: str | os.PathLike | None 
     if folder_kind(run_dir) != "case":
         raise InputError(f"{run_dir}: holds no {layout.RUN_RECORD}; give the output folder of mstools run")
     target = Path(out) if out is not None else run_dir / layout.REPORT
-    check_writable(target, force=force)  # fail before the work
+    inputs = report_inputs(run_dir)
+    check_writable(target, inputs=inputs, force=force)  # fail before the work
     report = render_case_report(run_dir, max_lesions=max_lesions)
-    with OutputBatch(force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force) as batch:
         batch.text(target, report.html)
     return target
 
@@ -246,7 +262,8 @@ def write_cohort_reports(deriv_dir: str | os.PathLike, out: str | os.PathLike | 
     if folder_kind(deriv_dir) != "cohort":
         raise InputError(f"{deriv_dir}: holds no {layout.COHORT_TABLE}; give the output folder of mstools batch")
     target = Path(out) if out is not None else deriv_dir / layout.COHORT_REPORT
-    check_writable(target, force=force)
+    inputs = report_inputs(deriv_dir)
+    check_writable(target, inputs=inputs, force=force)
     rows = _cohort_rows(deriv_dir)
     errors_path = deriv_dir / layout.ERRORS_TABLE
     errors = read_tsv(errors_path) if errors_path.is_file() else []
@@ -290,7 +307,7 @@ def write_cohort_reports(deriv_dir: str | os.PathLike, out: str | os.PathLike | 
                   if rows else None)
     html = cohort_page(rows, title=deriv_dir.resolve().name, columns=list(rows[0]) if rows else layout.COHORT_COLUMNS,
                        links=links, errors=errors, histograms=histograms, notes=notes, version=__version__)
-    with OutputBatch(force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force) as batch:
         batch.text(target, html)
         for page, text in pages.items():
             batch.text(page, text)
