@@ -6,6 +6,7 @@ detector's candidates; ``mstools filter train ...`` fits the learned filter.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -171,9 +172,20 @@ def _load_model(path: Path) -> tuple[str, dict]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable model or card ({exc}); retrain with `mstools filter train`") from None
+    threshold = card.get("threshold") if isinstance(card, dict) else None
+    if not isinstance(card, dict) or not isinstance(card.get("features"), list) \
+            or isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise InputError(f"{card_path}: not a model card (a JSON object with features and a threshold in "
+                         "[0, 1] was expected); keep the card that `mstools filter train` wrote beside the model")
     from mstools.filtering import MODEL_FEATURES
+    from mstools.io import sha256
     from mstools.lesion_classifier import model_feature_names
+    from mstools.refine.trees import check_model_text
 
+    try:  # before LightGBM reads it: a malformed tree crashes LightGBM's reader
+        check_model_text(text, card, sha256=sha256(path))
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}; retrain with `mstools filter train`") from None
     try:
         names = model_feature_names(text)
     except Exception as exc:
@@ -229,6 +241,8 @@ def filter_train(
     except ValueError as exc:
         raise InputError(f"cannot train: {exc}; add cases whose candidates include true and false lesions") from None
     card = {"mstools_version": __version__, "kind": "lesion-level LightGBM filter", "features": trained.features,
+            "model_sha256": hashlib.sha256(trained.model_text.encode()).hexdigest(),
+            "trees": trained.model_text.count("\nTree="),
             "threshold": trained.threshold, "training_cases": [str(c) for c in cases],
             "candidates_name": candidates_name, "use_tissues": use_tissues,
             "use_baseline_lesions": use_baseline_lesions, "seed": seed, **trained.card}

@@ -77,11 +77,17 @@ def load_model(path: Path):
         text = path.read_text()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable model or card ({exc}); retrain with `mstools refine train`") from None
-    if not isinstance(card, dict):
-        raise InputError(f"{card_path}: not a model card; retrain with `mstools refine train`")
+    if not isinstance(card, dict) or not isinstance(card.get("features"), list) \
+            or not isinstance(card.get("sampling", {}), dict):
+        raise InputError(f"{card_path}: not a model card (a JSON object with features and sampling was "
+                         "expected); keep the card that `mstools refine train` wrote beside the model")
+    from mstools.io import sha256
+    from mstools.refine.trees import check_model_text
+
     try:
+        check_model_text(text, card, sha256=sha256(path))
         return RefineModel(text, card)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: {exc}; retrain with `mstools refine train`") from None
 
 
@@ -389,6 +395,7 @@ def refine_train(
         "cross_validation": None if cv is None else {"folds": cv["folds"], "leave_one_out": cv["leave_one_out"],
                                                      "mean": cv["mean"]},
         "versions": _versions(), "model_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "trees": text.count("\nTree="),
         "seconds": {"features": round(features_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
     record = sidecar(command="refine train", parameters={"feature_set": feature_set.value, **sampling.as_dict(),

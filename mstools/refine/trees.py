@@ -109,3 +109,65 @@ def _fields(block: str) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+def expected_trees(card: dict) -> int | None:
+    """The tree count a model card records (``trees``; LightGBM may stop before ``rounds``)."""
+    value = card.get("trees")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_model_text(text: str, card: dict, *, sha256: str | None = None) -> TreeEnsemble:
+    """Validate a LightGBM text model against its card before LightGBM sees it.
+
+    LightGBM's own reader trusts the text (a malformed tree can crash the process) and
+    reads a truncated file as a smaller model. Checked: the card's ``model_sha256``
+    (when the card has one, against ``sha256`` of the file), the header's ``tree_sizes``
+    against the trees present (count and byte size of each), the card's tree count, the
+    end marker, and every tree's arrays (lengths, child and feature indices). Returns the
+    parsed model; raises ValueError saying what is wrong.
+    """
+    if not isinstance(card, dict):
+        raise ValueError("the model card is not a JSON object")
+    recorded = card.get("model_sha256")
+    if recorded is not None and sha256 is not None and recorded != sha256:
+        raise ValueError(f"its sha256 {sha256[:12]}... is not the card's {str(recorded)[:12]}... (the file was "
+                         "changed or truncated)")
+    blocks = text.split("\nTree=")
+    header = _fields(blocks[0])
+    if "tree_sizes" not in header:
+        raise ValueError("no tree_sizes in the model's header (not a LightGBM text model)")
+    try:
+        sizes = [int(v) for v in header["tree_sizes"].split()]
+    except ValueError:
+        raise ValueError("unreadable tree_sizes in the model's header") from None
+    if "\nend of trees" not in text:
+        raise ValueError("no 'end of trees' marker (the file is truncated)")
+    present = len(blocks) - 1
+    if present != len(sizes):
+        raise ValueError(f"{present} trees present, its header lists {len(sizes)} (the file is truncated or edited)")
+    wanted = expected_trees(card)
+    if wanted is not None and wanted != present:
+        raise ValueError(f"{present} trees, its card says {wanted}")
+    body = text[len(blocks[0]) + 1:text.index("\nend of trees") + 1]
+    offset = 0
+    for number, size in enumerate(sizes):
+        if not body.startswith("Tree=", offset) or (number + 1 < len(sizes) and not body.startswith("Tree=", offset + size)):
+            raise ValueError(f"tree {number} is not {size} bytes long as its header says (the file was edited)")
+        offset += size
+    try:
+        ensemble = TreeEnsemble.from_text(text)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"not a valid LightGBM model ({exc})") from None
+    n_features = len(ensemble.feature_names)
+    for number, tree in enumerate(ensemble.trees):
+        leaves = len(tree.leaf_value)
+        inner = len(tree.feature)
+        if leaves < 1 or (inner and inner != leaves - 1) or not (
+                len(tree.threshold) == len(tree.left) == len(tree.right) == len(tree.missing) == inner):
+            raise ValueError(f"tree {number}: arrays of inconsistent lengths (the file was edited)")
+        children = np.concatenate([tree.left, tree.right])
+        if inner and ((children >= inner).any() or (~children[children < 0] >= leaves).any()
+                      or (tree.feature < 0).any() or (tree.feature >= n_features).any()):
+            raise ValueError(f"tree {number}: a child or feature index out of range (the file was edited)")
+    return ensemble
