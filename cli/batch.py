@@ -22,12 +22,13 @@ from mstools.errors import InputError
 MEMORY_PER_WORKER = "4GiB"
 
 
-def run_case_task(case, run_dir: str, config: dict, base: str) -> dict:
+def run_case_task(case, run_dir: str, config: dict, base: str, config_file: Optional[str] = None) -> dict:
     """One case on a worker: the pipeline, then its cohort row (raises on failure)."""
     from cli import pipeline
 
     start = time.perf_counter()
-    result = pipeline.run_pipeline(case, Path(run_dir), config, Path(base))
+    result = pipeline.run_pipeline(case, Path(run_dir), config, Path(base),
+                                   config_file=Path(config_file) if config_file else None)
     row = cohort_row(case.case, result.record, status="done", seconds=time.perf_counter() - start,
                      run_folder=Path(run_dir).name)
     try:
@@ -109,6 +110,14 @@ def batch_command(
         parse_bytes(memory_per_worker)
     except (ValueError, TypeError):
         raise InputError(f"--memory-per-worker {memory_per_worker!r}: not a size; write e.g. 4GiB or 3000MB") from None
+    from mstools.io import check_writable
+    from mstools.provenance import sidecar_path
+
+    read = [source, *([config] if config is not None else [])]
+    for name in (rl.COHORT_TABLE, rl.ERRORS_TABLE, rl.COHORT_REPORT):  # fail before the work
+        for target in (out / name, sidecar_path(out / name)):
+            if out.is_dir():
+                check_writable(target, inputs=read, force=True)
     rows: dict[str, dict] = {}
     errors: list[dict] = []
     todo = []
@@ -145,7 +154,8 @@ def batch_command(
             raise InputError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc}); check the address") from None
         out.mkdir(parents=True, exist_ok=True)
         try:
-            futures = {client.submit(run_case_task, case, str(out / case.case), settings, str(base), pure=False,
+            futures = {client.submit(run_case_task, case, str(out / case.case), settings, str(base),
+                                     str(config) if config is not None else None, pure=False,
                                      retries=0, key=f"mstools-run-{case.case}"): case for case in todo}
             for number, future in enumerate(as_completed(futures), start=1):
                 case = futures[future]
@@ -173,7 +183,7 @@ def batch_command(
                                                   "scheduler": scheduler, "memory_per_worker": memory_per_worker},
                      inputs={}, extra={"wall_seconds": round(wall, 1), "peak_rss_mb_per_worker": peaks})
     out.mkdir(parents=True, exist_ok=True)
-    with OutputBatch(force=True) as batch:
+    with OutputBatch(inputs=read, force=True) as batch:
         common.add_table(batch, out / rl.COHORT_TABLE, table, rl.COHORT_COLUMNS, record)
         common.add_table(batch, out / rl.ERRORS_TABLE, errors, rl.ERROR_COLUMNS, record)
     written = list(batch.written)

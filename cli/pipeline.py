@@ -266,16 +266,53 @@ def check_config(config: dict) -> None:
                          "read subtract (or register, segment)")
     if not _enabled(config, config["final"]):
         raise InputError(f"config: final is {config['final']} but that stage is not enabled")
+    from cli.common import check_finite_options
+
     for stage in STAGES.values():
         if stage.name == "preprocess" or _enabled(config, stage.name):
+            options = _options(stage)
+            for name, value in config[stage.name].items():
+                if name in stage.own or value is None:
+                    continue
+                if isinstance(value, dict) or (isinstance(value, list) and not options[name].multiple):
+                    raise InputError(f"config: {stage.name}.{name} must be one value, not {value!r}")
+                if name in PATH_OPTIONS.get(stage.name, ()) and not all(
+                        isinstance(v, str) for v in (value if isinstance(value, list) else [value])):
+                    raise InputError(f"config: {stage.name}.{name} must be a file path, not {value!r}")
             args = stage_options_args(stage, config[stage.name], Path("."))
             command = _click_command(stage)
             placeholders = _placeholder_args(stage)
             try:
-                command.make_context(f"mstools {' '.join(stage.command)}", [*placeholders, *args],
-                                     resilient_parsing=False)
+                context = command.make_context(f"mstools {' '.join(stage.command)}", [*placeholders, *args],
+                                               resilient_parsing=False)
             except typer.TyperException as exc:
                 raise InputError(f"config: {stage.name}: {_message(exc)}") from None
+            check_finite_options({k: v for k, v in context.params.items() if k in options},
+                                 where=f"config: {stage.name}.")
+
+
+def check_config_files(config: dict, base: Path) -> None:
+    """The files a configuration names exist, and models match their cards (before any stage)."""
+    for stage, names in PATH_OPTIONS.items():
+        if not _enabled(config, stage):
+            continue
+        for name in names:
+            value = config[stage].get(name)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is None:
+                    continue
+                path = _resolve(base, item)
+                if not path.is_file():
+                    raise InputError(f"config: {stage}.{name}: {path}: file not found (relative paths are taken "
+                                     "from the config file's folder)")
+                if (stage, name) == ("filter", "model"):
+                    from cli.filter import _load_model
+
+                    _load_model(path)
+                elif (stage, name) == ("refine", "model"):
+                    from cli.refine import load_model
+
+                    load_model(path)
 
 
 def _message(exc: Exception) -> str:
@@ -534,31 +571,51 @@ def _upstream(stage: str, config: dict) -> list[str]:
             "refine": ["preprocess", config["refine"]["candidates"]]}[stage]
 
 
-def _outputs_present(run_dir: Path, stage: str) -> bool:
+def _stage_outputs(run_dir: Path, stage: str) -> list[Path]:
     from mstools.lesions import output_paths
 
     if stage == "preprocess":
         folder = run_dir / rl.CASE_DIR
-        return all((folder / n).is_file() for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK))
-    return all(Path(p).is_file() for p in output_paths(str(rl.stage_prefix(run_dir, stage))).values())
+        return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
+    return [Path(p) for p in output_paths(str(rl.stage_prefix(run_dir, stage))).values()]
+
+
+def _outputs_intact(run_dir: Path, stage: str) -> bool:
+    """The stage's outputs are the very files its record hashed (not truncated, not replaced)."""
+    from mstools.io import sha256
+
+    recorded = _read_stage_record(run_dir, stage).get("outputs")
+    if not isinstance(recorded, dict):
+        return False
+    for path in _stage_outputs(run_dir, stage):
+        name = _relative(path, run_dir)
+        if not path.is_file() or recorded.get(name) != sha256(path):
+            return False
+    return True
+
+
+def _read_stage_record(run_dir: Path, stage: str) -> dict:
+    record = run_dir / stage / rl.STAGE_RECORD if stage != "preprocess" else run_dir / rl.CASE_DIR / rl.STAGE_RECORD
+    try:
+        value = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _read_stage_key(run_dir: Path, stage: str) -> str:
-    record = run_dir / stage / rl.STAGE_RECORD if stage != "preprocess" else run_dir / rl.CASE_DIR / rl.STAGE_RECORD
-    try:
-        return json.loads(record.read_text()).get("key", "")
-    except (OSError, ValueError):
-        return ""
+    return str(_read_stage_record(run_dir, stage).get("key", ""))
 
 
 def _write_stage_record(run_dir: Path, stage: str, key: str, args: list[str], seconds: float) -> None:
-    from mstools.io import OutputBatch
+    from mstools.io import OutputBatch, sha256
 
     folder = run_dir / (stage if stage != "preprocess" else rl.CASE_DIR)
+    outputs = {_relative(p, run_dir): sha256(p) for p in _stage_outputs(run_dir, stage)}
     with OutputBatch(force=True) as batch:
         batch.json(folder / rl.STAGE_RECORD, {"stage": stage, "key": key, "version": __version__,
                                               "command": ["mstools", *STAGES[stage].command, *args],
-                                              "seconds": round(seconds, 2)})
+                                              "seconds": round(seconds, 2), "outputs": outputs})
 
 
 @dataclass
@@ -568,23 +625,54 @@ class RunResult:
 
 
 def run_pipeline(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool = False,
-                 on_stage: Optional[Callable[[str, str], None]] = None) -> RunResult:
+                 on_stage: Optional[Callable[[str, str], None]] = None,
+                 config_file: Optional[Path] = None) -> RunResult:
     """Run (or reuse) every enabled stage of one case into ``run_dir``; write the final result.
 
     Raises :class:`InputError` (or :class:`StageFailed`) on bad input. A run that fails
     before any stage finished leaves no run folder behind.
     """
+    from mstools.io import output_error, remove_stale_parts
+
     check_case_input(case)
     check_config(config)
+    check_config_files(config, base)
     _check_ground_truth(case, config)
     run_dir = Path(run_dir)
+    _check_inputs_are_not_outputs(case, run_dir, config, base, config_file)
     created = not run_dir.exists()
     try:
-        return _run(case, run_dir, config, base, verbose=verbose, on_stage=on_stage)
-    except BaseException:
-        if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, run_dir) from None
+    with rl.RunLock(run_dir, case.case):
+        try:
+            remove_stale_parts(run_dir, recursive=True)   # left by a killed run
+            return _run(case, run_dir, config, base, verbose=verbose, on_stage=on_stage)
+        except BaseException:
+            if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _check_inputs_are_not_outputs(case: CaseInput, run_dir: Path, config: dict, base: Path,
+                                  config_file: Optional[Path]) -> None:
+    """No file the run reads (scans, ground truth, config, models) is one the run writes."""
+    inputs = [*_input_files(case), *([_given_truth(case)] if _given_truth(case) else []),
+              *([Path(config_file)] if config_file is not None else [])]
+    for stage, names in PATH_OPTIONS.items():
+        for name in names:
+            value = config[stage].get(name)
+            inputs += [_resolve(base, v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    root = run_dir.resolve()
+    written = {root / name for name in (rl.RUN_RECORD, rl.CONFIG, rl.EVALUATION, rl.REPORT, rl.LOCK)}
+    folders = [root / stage for stage in STAGES if stage != "preprocess"] + ([root / rl.CASE_DIR] if case.raw else [])
+    for path in inputs:
+        p = Path(path).resolve()
+        if p in written or (p.parent == root and p.name.startswith(rl.FINAL_PREFIX)) or \
+                any(folder == p or folder in p.parents for folder in folders):
+            raise InputError(f"{path}: is an input of the run and would be overwritten by it; "
+                             f"choose another run folder than {run_dir} (inputs are never modified)")
 
 
 def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
@@ -606,7 +694,7 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
         key = _hash_text({"stage": stage, "version": __version__, "options": config[stage], "models": models,
                           "inputs": input_hashes, "upstream": [keys.get(u, "") for u in _upstream(stage, config)]})
         keys[stage] = key
-        if _read_stage_key(run_dir, stage) == key and _outputs_present(run_dir, stage):
+        if _read_stage_key(run_dir, stage) == key and _outputs_intact(run_dir, stage):
             outcomes[stage] = StageOutcome("reused", key=key)
             if on_stage:
                 on_stage(stage, "reused")
@@ -675,17 +763,20 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
         batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))
     if case.raw:
         record["final_native"] = _carry_final_to_native(case, run_dir, verbose=verbose)
-    # run.json last: it marks the run complete (batch skips a case by it)
-    with OutputBatch(force=True) as batch:
-        batch.json(run_dir / rl.RUN_RECORD, record)
     if config["report"]:
         from mstools.report import write_case_report
 
+        # the page reads the record: it is written first as "reporting", which batch does not skip
+        with OutputBatch(force=True) as batch:
+            batch.json(run_dir / rl.RUN_RECORD, {**record, "status": "reporting"})
         try:
             write_case_report(run_dir, force=True)
         except BaseException:
             (run_dir / rl.RUN_RECORD).unlink(missing_ok=True)
             raise
+    # run.json "complete" last: it marks the run complete (batch skips a case by it)
+    with OutputBatch(force=True) as batch:
+        batch.json(run_dir / rl.RUN_RECORD, record)
     return RunResult(record, evaluation)
 
 

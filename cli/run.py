@@ -68,9 +68,13 @@ def run_command(
     else:
         raise InputError("no input; give a case folder, or both --baseline and --followup")
     settings, base = pipeline.load_config(config)
+    # stage progress with -v only: a failing run says one line
     result = pipeline.run_pipeline(spec, out, settings, base, verbose=common.STATE.level >= 1,
-                                   on_stage=lambda stage, what: common.log(f"{stage}: {what}"))
+                                   on_stage=lambda stage, what: common.log(f"{stage}: {what}", level=1),
+                                   config_file=config)
     record = result.record
+    common.log("stages: " + ", ".join(f"{name} {stage['status']}" for name, stage in record["stages"].items()
+                                      if stage["status"] != "off"))
     if as_json:
         common.emit(as_json=True, payload={**record, "evaluation": result.evaluation})
         return

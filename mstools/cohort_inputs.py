@@ -61,6 +61,16 @@ def _truth(folder: Path) -> Optional[Path]:
     return path if path.is_file() else None
 
 
+def case_name_problem(name: str) -> str:
+    """Why ``name`` cannot name a run folder inside the derivatives folder ("" when it can):
+    a case name is one plain path component, so that OUT/<case> stays inside OUT."""
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute() \
+            or name.startswith(".") or name != name.strip():
+        return ("not a plain folder name (no '/', '\\', leading '.' or spaces); "
+                "name the case with letters, digits, '-' and '_'")
+    return ""
+
+
 def cases_from_manifest(path: Path) -> list[CaseInput]:
     from mstools.io import read_tsv
 
@@ -74,6 +84,10 @@ def cases_from_manifest(path: Path) -> list[CaseInput]:
                          f"(tab-separated); it has {', '.join(sorted(columns))}")
     cases = []
     for name, row in named_rows(path, rows):
+        problem = case_name_problem(name)
+        if problem:
+            cases.append(CaseInput(name, problem=f"{path}: case {name!r}: {problem}"))
+            continue
         folder = manifest_path(path, row.get("folder"))
         truth = manifest_path(path, row.get("ground_truth"))
         if folder is not None:
