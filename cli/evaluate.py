@@ -220,7 +220,7 @@ def _evaluate_pair(pair, options, threshold):
 
     truth = _read_truth(pair.ground_truth)
     pred = _read_prediction(pair.prediction, threshold)
-    check_same_grid(pred, truth)
+    check_same_grid(pred, truth, names=(pair.prediction, pair.ground_truth))
     return evaluate_case(pred.data, truth.data, affine=truth.affine, options=options, case=pair.case)
 
 

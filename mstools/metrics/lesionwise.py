@@ -121,12 +121,14 @@ RULE_10_70_MAX_OUTSIDE = defaults.RULE_10_70_MAX_OUTSIDE
 def min_voxels(min_lesion_mm3: float, voxel_volume_mm3: float) -> int:
     """Largest voxel count that is *not* counted as a lesion (Anima: floor(min / voxel)).
 
-    A component is a lesion when it has strictly more voxels than this. The 1e-9
-    guards against 3 / (0.5 * 0.5 * 12) style divisions landing at 5.999999.
+    A component is a lesion when it has strictly more voxels than this. The relative
+    1e-6 guards against round-off: 3 / (0.5 * 0.5 * 12) landing at 5.999999, and |det|
+    of a float32 oblique affine being 3.00000002 for a 3 mm3 voxel (a one-voxel
+    component of exactly 3 mm3 is not larger than 3 mm3).
     """
     if voxel_volume_mm3 <= 0:
         raise ValueError(f"voxel volume must be positive, not {voxel_volume_mm3}")
-    return int(math.floor(min_lesion_mm3 / voxel_volume_mm3 + 1e-9))
+    return int(math.floor(min_lesion_mm3 / voxel_volume_mm3 * (1 + 1e-6) + 1e-9))
 
 
 # --------------------------------------------------------------------------- components
