@@ -68,3 +68,60 @@ def stage_prefix(run_dir: str | Path, stage: str) -> Path:
 
 def final_prefix(run_dir: str | Path) -> Path:
     return Path(run_dir) / FINAL_PREFIX
+
+
+LOCK = ".mstools-run.lock"
+
+
+class RunLock:
+    """One `mstools run` at a time in a run folder: ``RUN/.mstools-run.lock`` holds the
+    owner's pid, host and case, created atomically (O_EXCL). A second run refuses at once
+    and names the first; the lock of a process that no longer runs (same host) is taken over.
+    """
+
+    def __init__(self, run_dir: str | Path, case: str):
+        self.path = Path(run_dir) / LOCK
+        self.case = case
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        import json
+        import os
+        import socket
+        import time
+
+        from mstools.errors import InputError
+        from mstools.io import pid_alive
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "case": self.case,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                    pid, host = int(owner.get("pid", 0)), str(owner.get("host", ""))
+                except (OSError, ValueError, TypeError, AttributeError):
+                    owner, pid, host = {}, 0, ""
+                if not owner and self.path.exists() and time.time() - self.path.stat().st_mtime < 5:
+                    time.sleep(0.2)          # being written by its owner right now
+                    continue
+                if owner and (host != me["host"] or pid_alive(pid)):
+                    raise InputError(
+                        f"{self.path.parent}: in use by another mstools run (case {owner.get('case')!r}, pid {pid} "
+                        f"on {host}, since {owner.get('started')}); wait for it, or use another -o folder "
+                        f"(delete {self.path} only if that run is gone)") from None
+                self.path.unlink(missing_ok=True)   # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(me) + "\n")
+            self.held = True
+            return self
+        raise InputError(f"{self.path}: could not take the run folder's lock; delete it if no run uses the folder")
+
+    def __exit__(self, *exc) -> bool:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
