@@ -58,7 +58,7 @@ def segment_command(
     Example: mstools segment data_samples/sim-001 --model coactseg -o /tmp/sim-001_coactseg
     """
     from mstools.deep.cards import default_weights
-    from mstools.io import OutputBatch, check_same_grid, check_writable, read_scan
+    from mstools.io import OutputBatch, check_same_grid, check_scan, check_writable, read_image
     from mstools.lesions import detections_from_mask, output_paths
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
 
@@ -81,9 +81,11 @@ def segment_command(
     for target in targets:  # fail before the work
         check_writable(target, inputs=[baseline_path, followup_path], force=force)
         check_writable(sidecar_path(target), inputs=[baseline_path, followup_path], force=force)
-    base = read_scan(baseline_path)
-    follow = read_scan(followup_path)
+    base = read_image(baseline_path)
+    follow = read_image(followup_path)
     check_same_grid(base, follow)
+    check_scan(base)
+    check_scan(follow)
 
     from mstools.deep.predictor import PredictOptions, Predictor, lesion_mask
 

@@ -192,7 +192,7 @@ def check_scan(scan: Image, *, brain_mask: np.ndarray | None = None) -> None:
     values = data if brain_mask is None else data[np.asarray(brain_mask) > 0]
     if values.size and float(values.min()) == float(values.max()):
         where = "inside the brain mask" if brain_mask is not None else "everywhere"
-        raise InputError(f"{name}: the image is constant ({float(values.min()):g} {where}); "
+        raise InputError(f"{name}: the image is empty (constant {float(values.min()):g} {where}); "
                          "give the real scan (this one is empty or was wrongly converted)")
 
 
