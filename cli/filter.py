@@ -25,6 +25,7 @@ from mstools.filtering import FilterRules
 RULES = FilterRules()
 
 
+
 class DefaultApplyGroup(TyperGroup):
     """A group whose first argument, when it is not a subcommand, goes to ``apply``."""
 
@@ -112,6 +113,7 @@ def filter_apply(
     tissues: Optional[Path] = typer.Option(None, help="Tissue map (1 CSF, 2 GM, 3 WM), e.g. from SAMSEG/FAST; enables the WM rule and a better CSF."),
     baseline_lesions: Optional[Path] = typer.Option(None, help="Baseline lesion mask; enables the baseline-lesion rule."),
     model: Optional[Path] = typer.Option(None, help="Learned filter (from `mstools filter train`) instead of the rules."),
+    learned: bool = typer.Option(False, "--learned", help="Use the packaged learned filter instead of the rules (what `mstools run` does)."),
     probability: Optional[float] = typer.Option(None, min=0, max=1, help="With --model: keep candidates at or above this probability (default: the model card's)."),
     min_least_axis_mm: float = typer.Option(RULES.min_least_axis_mm, help="Drop if pyradiomics LeastAxisLength is below (mm); 0 = off."),
     min_sphericity: float = typer.Option(RULES.min_sphericity, help="Drop if Sphericity is below; 0 = off."),
@@ -134,6 +136,8 @@ def filter_apply(
                         min_neighbour_contrast=min_contrast or None, min_wm_fraction=min_wm_fraction or None,
                         drop_touching_csf=not keep_touching_csf,
                         drop_touching_baseline_lesion=not keep_touching_lesions)
+    if model is None and learned:
+        model = packaged_model()
     model_text, card = _load_model(model) if model is not None else (None, None)
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
@@ -159,6 +163,13 @@ def filter_apply(
     common.log(f"kept {kept} of {len(rows)}")
     common.emit(batch.written, as_json=as_json,
                 payload={"candidates": len(rows), "kept": kept, "written": [str(p) for p in batch.written]})
+
+
+def packaged_model() -> Path:
+    """The learned filter shipped with mstools (installed beside the library)."""
+    import mstools
+
+    return Path(mstools.__file__).resolve().parent / "models" / "filter" / "default.txt"
 
 
 def _load_model(path: Path) -> tuple[str, dict]:

@@ -51,7 +51,9 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     assert "# prados: standard deviations above the mean difference." in text
     parsed = yaml.safe_load(text)
     assert parsed == pipeline.default_config()
-    assert parsed["subtract"]["k"] == PRADOS_K_SD
+    assert parsed["subtract"]["k"] == pipeline.RUN_OVERRIDES["subtract"]["k"] != PRADOS_K_SD
+    assert "mstools run uses 2.5 instead of the command's 3.0" in text
+    assert parsed["filter"]["learned"] is True
     assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "filter"
     # where the run departs from a command's default, the value and the reason are printed
     assert parsed["refine"]["min_volume_mm3"] == pipeline.RUN_OVERRIDES["refine"]["min_volume_mm3"]
