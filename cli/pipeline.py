@@ -87,7 +87,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                "candidates": ("refine", "The stage whose candidates are filtered: subtract, refine, register or "
                                         "segment. Measured (benchmarks/pipeline_chain.py): filtering refine's "
                                         "output gives the best lesion F1 and Dice.")},
-          about="La Rosa et al.'s rules, or a learned filter with model: (paper 001)."),
+          about="The packaged learned filter (learned: true, the run's default), La Rosa et al.'s rules (learned: false; paper 001), or your model:."),
 )}
 
 #: `mstools apply-transform`, run by the pipeline to carry masks in and out of the middle space.
