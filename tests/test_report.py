@@ -460,3 +460,10 @@ def test_page_renders_in_headless_chromium(tmp_path):
                    check=True, capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_a_page_written_by_run_before_its_record_is_marked_complete_says_complete():
+    from mstools.report.html import case_page
+
+    page = case_page({"case": "c", "status": "reporting"}, config_text="", version="1")
+    assert "reporting" not in page and "complete" in page

@@ -129,6 +129,8 @@ def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: S
     """
     case = str(record.get("case") or "case")
     status = str(record.get("status") or "unknown")
+    if status == "reporting":  # `mstools run` writes the page as its last step, before marking run.json complete
+        status = "complete"
     run_version = record.get("mstools_version") or record.get("version")
     subtitle = f"mstools {version}" + (f" (run made with mstools {run_version})"
                                        if run_version and str(run_version) != version else "")
