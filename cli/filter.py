@@ -157,7 +157,7 @@ def filter_apply(
     kept = sum(row["decision"] == "kept" for row in rows)
     record = sidecar(command="filter", parameters={**parameters, "candidates": candidates},
                      inputs=describe_inputs(inputs), models={str(model): sha256(model)} if model else None)
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         common.add_detections(batch, out, detections, reference, record)
         common.add_table(batch, out + "_features.tsv", rows, columns + ["decision", "output_label"], record)
     common.log(f"kept {kept} of {len(rows)}")

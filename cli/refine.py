@@ -193,7 +193,7 @@ def refine_apply(
     record = sidecar(command="refine", parameters={"candidates": candidates, "region": region.value,
                                                    "feature_set": refiner.feature_set, **options.as_dict()},
                      inputs=describe_inputs(inputs), models={str(path): sha256(path)}, extra={"postprocess": report})
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         common.add_detections(batch, out, detections, reference, record)
     common.log(f"{len(detections.table)} lesions ({report['too_small']} too small, {report['too_thin']} too thin dropped)")
     common.emit(batch.written, as_json=as_json,

@@ -144,7 +144,7 @@ def register_command(
     record = sidecar(command="register", parameters=parameters_record, inputs=describe_inputs(inputs))
     from mstools.registration.parameters import parameter_text
 
-    with OutputBatch(inputs=inputs, force=force) as out:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as out:
         common.add_image(out, paths["warped"], warped, fixed, np.float32, record)
         out.vector_image(paths["displacement"], result.displacement, fixed)
         out.json(sidecar_path(paths["displacement"]), record)
@@ -247,7 +247,7 @@ def warp_command(
     dtype = moving.data.dtype if nearest else np.float32
     record = sidecar(command="warp", parameters={"interpolation": interpolation.value},
                      inputs=describe_inputs([image, displacement]))
-    with OutputBatch(inputs=[image, displacement], force=force) as out:
+    with OutputBatch(inputs=[image, displacement], force=force, create_dirs=True) as out:
         common.add_image(out, output, warped, reference, dtype, record)
     common.emit(out.written, as_json=as_json, payload={"written": [str(p) for p in out.written],
                                                        "interpolation": interpolation.value})

@@ -132,7 +132,7 @@ def segment_command(
     masks = {name: lesion_mask(p, voxel_volume_mm3=base.voxel_volume_mm3, threshold=threshold,
                                min_lesion_mm3=min_lesion_mm3) for name, p in maps.items()}
     detections = detections_from_mask(masks["new"], maps["new"], base.affine)
-    with OutputBatch(inputs=[baseline_path, followup_path], force=force) as out:
+    with OutputBatch(inputs=[baseline_path, followup_path], force=force, create_dirs=True) as out:
         common.add_detections(out, output, detections, base, record)
         for name, files in extra.items():
             common.add_image(out, files["score"], maps[name], base, "float32", record)

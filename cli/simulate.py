@@ -190,10 +190,6 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder; choose another output path")
-    if cohort_root is not None and not cohort_root.parent.exists():
-        raise InputError(f"{cohort_root.parent}: output folder does not exist; create it first")
-    if cohort_root is None and not folder.parent.exists():
-        raise InputError(f"{folder.parent}: output folder does not exist; create it first")
     from mstools.io import check_writable
     from mstools.provenance import sidecar_path
 

@@ -104,7 +104,7 @@ def subtract_command(
     record = sidecar(command="subtract", parameters=parameters, inputs=describe_inputs(inputs),
                      extra={"details": result.details})
     detections = result.detections
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         common.add_image(batch, prefix + "_subtraction.nii.gz", result.subtraction, b_img, np.float32, record)
         common.add_image(batch, prefix + "_ratio.nii.gz", result.ratio, b_img, np.float32, record)
         common.add_detections(batch, prefix, detections, b_img, record)

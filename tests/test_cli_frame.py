@@ -85,10 +85,11 @@ def test_simulate_refuses_to_overwrite_without_force_and_writes_nothing_new(tmp_
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-    result = runner.invoke(app, ["-v", "simulate", str(tmp_path / "missing" / "deeper" / "c"), *FAST,
-                                 "--cases", "2"])
+    not_a_folder = tmp_path / "c"
+    not_a_folder.write_text("a file where the case folder should go")
+    result = runner.invoke(app, ["-v", "simulate", str(not_a_folder), *FAST])
     assert result.exit_code == 1
-    assert "Traceback" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" in result.stderr and "is not a folder" in result.stderr
 
 
 def test_simulate_cohort_and_json(tmp_path):

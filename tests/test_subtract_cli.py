@@ -109,3 +109,23 @@ def test_explicit_files_override_the_case(case, tmp_path):
                                  "--followup", str(case / layout.FOLLOWUP),
                                  "--brain-mask", str(case / layout.BRAIN_MASK), "-o", str(tmp_path / "x")])
     assert result.exit_code == 0, result.stderr
+
+
+def test_missing_output_folders_are_created_for_subtract_filter_and_refine(case, tmp_path):
+    """The README's examples write into folders that do not exist yet (as run and batch do)."""
+    prefix = tmp_path / "out" / "case01" / "subtract"
+    result = runner.invoke(app, ["subtract", str(case), "-o", str(prefix)])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "case01" / "subtract_mask.nii.gz").is_file()
+    for command, folder in (("filter", "filtered"), ("refine", "refined")):
+        target = tmp_path / folder / "deep" / command
+        result = runner.invoke(app, [command, str(case), "-c", str(prefix), "-o", str(target)])
+        assert result.exit_code == 0, result.stderr
+        assert (target.parent / f"{command}_mask.nii.gz").is_file()
+
+
+def test_simulate_creates_the_parent_folders_of_its_case(tmp_path):
+    result = runner.invoke(app, ["simulate", str(tmp_path / "sim" / "case01"), "--seed", "1", "--voxel-mm", "4",
+                                 "--n-stable", "2", "--n-new", "1", "--n-enlarging", "0", "--n-shrinking", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "sim" / "case01" / layout.GROUND_TRUTH).is_file()
