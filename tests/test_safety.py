@@ -314,17 +314,15 @@ def test_an_output_path_that_is_a_folder_and_a_card_of_the_wrong_shape(cases, tm
 
 
 def test_an_environment_oserror_is_not_an_internal_error(tmp_path):
-    result = subprocess.run([MSTOOLS, "run", "--print-config"], capture_output=True, text=True)
-    assert result.returncode == 0
-    os.chmod(tmp_path, 0o555)
-    try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        result = subprocess.run([MSTOOLS, "simulate", str(tmp_path / "x"), "--voxel-mm", "3"],
-                                capture_output=True, text=True)
-        assert result.returncode == 1 and "internal error" not in result.stderr
-    finally:
-        os.chmod(tmp_path, 0o755)
+    """A real OSError of the file system, in a real process (root included): the output's
+    parent is a file, so the folder cannot be made (ENOTDIR)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([MSTOOLS, "simulate", str(blocker / "x"), "--voxel-mm", "4"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "internal error" not in result.stderr
+    assert "Traceback" not in result.stderr and "cannot write" in result.stderr.strip().splitlines()[-1]
+    assert blocker.read_text() == "not a folder"
 
 
 # 9 ------------------------------------------------------------------ config checked before any stage
