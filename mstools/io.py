@@ -591,9 +591,28 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"{p}: not a readable linear ITK transform ({_one_line(exc)}); "
                          "give a .tfm written by mstools preprocess (or another rigid/affine ITK transform)") from exc
+    _check_transform_text(p, transform)
     if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
         raise InputError(f"{p}: transform is singular or not finite; give a rigid or affine transform")
     return matrix
+
+
+def _check_transform_text(p: Path, transform) -> None:
+    """A text transform file cut short reads, without a word from ITK, as the identity or
+    with its centre at 0: its Parameters and FixedParameters lines must hold every value."""
+    with open(p, "rb") as handle:
+        if not handle.read(32).startswith(b"#Insight Transform File"):
+            return  # binary (.mat) files are ITK's own to check
+    expected = {"Parameters": len(transform.GetParameters()), "FixedParameters": len(transform.GetFixedParameters())}
+    found = {}
+    for line in p.read_text(errors="replace").splitlines():
+        tag, _, values = line.partition(":")
+        if tag.strip() in expected:
+            found[tag.strip()] = len(values.split())
+    for tag, count in expected.items():
+        if found.get(tag) != count:
+            raise InputError(f"{p}: {tag} has {found.get(tag, 0)} values, {count} expected; "
+                             "the transform file is cut short or damaged")
 
 
 # --------------------------------------------------------------------------- hashing

@@ -171,52 +171,27 @@ def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray
     return np.isin(labels, increases).astype(np.uint8), records
 
 
-def read_database_transform(path: Path):
-    """One of the database's ``*_to_common_space.txt`` files as a SimpleITK transform.
-
-    Read here rather than with :func:`mstools.io.read_transform`: SimpleITK 2.5 returns
-    their ``MatrixOffsetTransformBase_double_3_3`` as a CompositeTransform whose only
-    member is itself, on which ``sitk_bridge.transform_matrix`` recurses without end.
-    ``sitk.Resample`` applies it correctly as it is.
-    """
-    import SimpleITK as sitk
+def read_database_transform(path: Path) -> np.ndarray:
+    """One of the database's ``*_to_common_space.txt`` files as a 4x4 RAS point transform
+    (a common-grid point -> the raw scan's point), refused in one line when damaged."""
+    from mstools.io import read_transform
 
     try:
-        transform = sitk.ReadTransform(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable ITK transform ({str(exc).strip().splitlines()[-1].strip()}); "
+        return read_transform(path)
+    except InputError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise InputError(f"{path}: not a readable ITK transform ({detail}); "
                          "the clone's transform file is damaged, check it out again") from None
-    if transform.GetDimension() != 3:
-        raise InputError(f"{path}: a 3D transform was expected, not {transform.GetDimension()}D")
-    # A file cut short (no FixedParameters line) reads, without a word, as the identity
-    # or with the centre at 0: both lines must be there, with every value.
-    expected = {"Parameters": len(transform.GetParameters()), "FixedParameters": len(transform.GetFixedParameters())}
-    found = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        tag, _, values = line.partition(":")
-        if tag.strip() in expected:
-            found[tag.strip()] = len(values.split())
-    for tag, count in expected.items():
-        if found.get(tag) != count:
-            raise InputError(f"{path}: {tag} has {found.get(tag, 0)} values, {count} expected; "
-                             "the clone's transform file is damaged, check it out again")
-    return transform
 
 
 def resample_onto(raw, reference, transform_path: Path) -> np.ndarray:
     """A raw scan (an :class:`mstools.io.Image`) resampled (linear) onto ``reference``'s grid
-    through the database's transform file (a common-grid point -> the raw scan's point).
-    Returns float32 on the reference grid."""
-    import SimpleITK as sitk
-
-    from mstools.sitk_bridge import from_sitk, to_sitk
+    through the database's transform file. Returns float32 on the reference grid."""
+    from mstools.preprocess.rigid import Grid, resample
 
     transform = read_database_transform(transform_path)
-    moving = to_sitk(raw.data.astype(np.float32), raw.affine)
-    grid = to_sitk(np.zeros(reference.shape, dtype=np.uint8), reference.affine)
-    resampled = sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    data, _ = from_sitk(resampled)
-    return data.astype(np.float32)
+    grid = Grid(shape=reference.shape, affine=reference.affine)
+    return resample(raw.data, raw.affine, grid, transform, interpolation="linear").astype(np.float32)
 
 
 def read_patient(found: LongitudinalPatient):
