@@ -66,6 +66,15 @@ def score(mask_path: Path, case: Path) -> dict:
     return {key: metrics[key] for key in COLUMNS}
 
 
+def table_row(name: str, rows: list[dict]) -> str:
+    """A markdown row: lesions summed over cases, the rates and Dice as means over cases."""
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in COLUMNS}
+    total = {k: int(sum(r[k] for r in rows)) for k in ("gt_lesions", "pred_lesions")}
+    return (f"| {name} | {total['gt_lesions']} | {total['pred_lesions']} | {mean['lesion_sensitivity']:.3f} | "
+            f"{mean['lesion_ppv']:.3f} | {mean['lesion_f1']:.3f} | {mean['ltpr']:.3f} | {mean['lfpr']:.3f} | "
+            f"{mean['dice']:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="+", type=Path, help="Case folders from mstools import-open-ms.")
@@ -99,17 +108,13 @@ def main() -> None:
             continue
         print(f"\n{group}: {', '.join(c.name for c in cases)} (mean over patients; sens/PPV/F1: MSSEG-2 rule; "
               "LTPR/LFPR: any overlap)")
-        print(f"| detector | gt | pred | sens | PPV | F1 | LTPR | LFPR | Dice |")
+        print("| detector | gt | pred | sens | PPV | F1 | LTPR | LFPR | Dice |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name in names:
             found = rows.get((group, name))
             if not found:
                 continue
-            mean = {k: float(np.nanmean([r[k] for r in found])) for k in COLUMNS}
-            total = {k: int(sum(r[k] for r in found)) for k in ("gt_lesions", "pred_lesions")}
-            print(f"| {name} | {total['gt_lesions']} | {total['pred_lesions']} | {mean['lesion_sensitivity']:.3f} | "
-                  f"{mean['lesion_ppv']:.3f} | {mean['lesion_f1']:.3f} | {mean['ltpr']:.3f} | {mean['lfpr']:.3f} | "
-                  f"{mean['dice']:.3f} |")
+            print(table_row(name, found))
 
 
 if __name__ == "__main__":

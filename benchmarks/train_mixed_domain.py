@@ -27,16 +27,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from mstools import case_layout as layout
-from mstools.io import read_mask
-from mstools.metrics.case import evaluate_case
+from real_scans import COLUMNS, score, table_row  # this folder: scored as benchmarks/real_scans.py does
 
 #: `mstools run`'s refine sizes (cli/pipeline.py RUN_OVERRIDES), in mm3 so that they mean
 #: the same on every grid: 5 voxels of 1 mm.
 REFINE_MIN_MM3 = 5.0
-COLUMNS = ("gt_lesions", "pred_lesions", "lesion_sensitivity", "lesion_ppv", "lesion_f1", "ltpr", "lfpr", "dice")
 
 
 def mstools(*args: str) -> None:
@@ -55,20 +50,6 @@ def mirror(case: Path, work: Path) -> Path:
         if not link.exists():
             link.symlink_to(item.resolve())
     return target
-
-
-def score(mask: Path, case: Path) -> dict:
-    truth = read_mask(case / layout.GROUND_TRUTH)
-    metrics = evaluate_case(read_mask(mask).data > 0, truth.data > 0, affine=truth.affine).metrics
-    return {key: metrics[key] for key in COLUMNS}
-
-
-def summary(name: str, rows: list[dict]) -> str:
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in COLUMNS}
-    total = {k: int(sum(r[k] for r in rows)) for k in ("gt_lesions", "pred_lesions")}
-    return (f"| {name} | {total['gt_lesions']} | {total['pred_lesions']} | {mean['lesion_sensitivity']:.3f} | "
-            f"{mean['lesion_ppv']:.3f} | {mean['lesion_f1']:.3f} | {mean['ltpr']:.3f} | {mean['lfpr']:.3f} | "
-            f"{mean['dice']:.3f} |")
 
 
 def main() -> None:
@@ -143,7 +124,7 @@ def main() -> None:
         print("| stage | gt | pred | sens | PPV | F1 | LTPR | LFPR | Dice |\n|---|---|---|---|---|---|---|---|---|")
         for name, found in rows.items():
             picked = [r for r, c in zip(found, val) if c in cases]
-            print(summary(name, picked))
+            print(table_row(name, picked))
 
 
 def _domain(case: Path) -> str:

@@ -105,15 +105,14 @@ def _seed_of(folder: Path):
 
 def _initialise(trainer, weights: Path, model_config) -> dict:
     """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
-    from mstools.deep.cards import load_weights
+    from mstools.deep.cards import as_float32, load_weights
     from mstools.io import sha256
 
     config, state_dict, _ = load_weights(weights)
     if config.as_dict() != model_config.as_dict():
         raise InputError(f"{weights}: weights of another configuration ({config.as_dict()}) than the one trained "
                          f"({model_config.as_dict()}); give weights of the same network and options")
-    state_dict = {k: v.float() if hasattr(v, "is_floating_point") and v.is_floating_point() else v
-                  for k, v in state_dict.items()}
+    state_dict = as_float32(state_dict)
     try:
         trainer.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

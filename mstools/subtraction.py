@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from mstools.intensity import (csf_from_flair, differential_bias_correction, match_histogram,
                                normalised_mutual_information, zscore_in_mask)
-from mstools.lesions import Detections, detections_from_labels, label_components, structure
+from mstools.lesions import Detections, detections_from_labels, label_components
 
 RULES = ("prados", "larosa", "hamzaoui")
 

@@ -79,13 +79,18 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig, dict, dict]:
     return config, payload["state_dict"], dict(payload.get("extra") or {})
 
 
+def as_float32(state_dict: dict) -> dict:
+    """Floating-point tensors cast to float32 (packaged weights are stored as float16)."""
+    return {k: v.float() if hasattr(v, "is_floating_point") and v.is_floating_point() else v
+            for k, v in state_dict.items()}
+
+
 def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weights"):
     """The network with ``state_dict`` loaded strictly (key or shape mismatch -> InputError)."""
     from mstools.deep.config import build_model
 
     model = build_model(config)
-    state_dict = {k: v.float() if hasattr(v, "is_floating_point") and v.is_floating_point() else v
-                  for k, v in state_dict.items()}
+    state_dict = as_float32(state_dict)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
