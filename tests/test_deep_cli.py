@@ -121,11 +121,16 @@ def _train(tmp_path, run, *extra):
                                "--threads", "1", "--checkpoint-every", "1", "--validate-every", "2", *extra])
 
 
-def test_train_writes_weights_card_log_and_resumes(tmp_path):
+def _training_data(tmp_path):
+    """Two two-time-point and one single-time-point training cases, one validation case."""
     for n in range(2):
         make_case(tmp_path / "data" / f"two-{n}", seed=n)
     make_case(tmp_path / "data" / "one-0", seed=5, single=True)
     make_case(tmp_path / "val" / "v-0", seed=9)
+
+
+def test_train_writes_weights_card_log_and_resumes(tmp_path):
+    _training_data(tmp_path)
     run = tmp_path / "run"
     result = _train(tmp_path, run, "--iterations", "2", "--json")
     assert result.exit_code == 0, result.stderr
@@ -248,10 +253,7 @@ def test_train_fine_tunes_from_given_weights_and_refuses_another_network(tmp_pat
 
     from mstools.deep.cards import load_weights
 
-    for n in range(2):
-        make_case(tmp_path / "data" / f"two-{n}", seed=n)
-    make_case(tmp_path / "data" / "one-0", seed=5, single=True)
-    make_case(tmp_path / "val" / "v-0", seed=9)
+    _training_data(tmp_path)
     first = tmp_path / "first"
     assert _train(tmp_path, first, "--iterations", "2").exit_code == 0
     # one step at a negligible learning rate keeps the starting weights: they are the given ones
