@@ -73,9 +73,27 @@ def final_prefix(run_dir: str | Path) -> Path:
 LOCK = ".mstools-run.lock"
 
 
+def _link_or_create(record: Path, lock: Path) -> None:
+    """Put ``record`` in place as ``lock``, failing with FileExistsError if the lock exists.
+    A hard link is atomic with content; file systems without hard links get O_EXCL + write."""
+    import errno
+    import os
+
+    try:
+        os.link(record, lock)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(record.read_text())
+
+
 class RunLock:
     """One `mstools run` at a time in a run folder: ``RUN/.mstools-run.lock`` holds the
-    owner's pid, host and case, created atomically (O_EXCL). A second run refuses at once
+    owner's pid, host and case, created atomically with its content. A second run refuses at once
     and names the first; the lock of a process that no longer runs (same host) is taken over.
     """
 
@@ -95,29 +113,32 @@ class RunLock:
 
         me = {"pid": os.getpid(), "host": socket.gethostname(), "case": self.case,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+        # The owner's record is written to a private file first and then hard-linked into
+        # place, so the lock never exists without its content (a run stopped between the
+        # two steps leaves only its private file, which it removes).
+        record = self.path.with_name(f"{LOCK}.{me['pid']}.tmp")
+        record.write_text(json.dumps(me) + "\n")
+        try:
+            for _ in range(3):
                 try:
-                    owner = json.loads(self.path.read_text())
-                    pid, host = int(owner.get("pid", 0)), str(owner.get("host", ""))
-                except (OSError, ValueError, TypeError, AttributeError):
-                    owner, pid, host = {}, 0, ""
-                if not owner and self.path.exists() and time.time() - self.path.stat().st_mtime < 5:
-                    time.sleep(0.2)          # being written by its owner right now
+                    _link_or_create(record, self.path)
+                except FileExistsError:
+                    try:
+                        owner = json.loads(self.path.read_text())
+                        pid, host = int(owner.get("pid", 0)), str(owner.get("host", ""))
+                    except (OSError, ValueError, TypeError, AttributeError):
+                        owner, pid, host = {}, 0, ""
+                    if owner and (host != me["host"] or pid_alive(pid)):
+                        raise InputError(
+                            f"{self.path.parent}: in use by another mstools run (case {owner.get('case')!r}, pid {pid} "
+                            f"on {host}, since {owner.get('started')}); wait for it, or use another -o folder "
+                            f"(delete {self.path} only if that run is gone)") from None
+                    self.path.unlink(missing_ok=True)   # stale or unreadable: its process is gone
                     continue
-                if owner and (host != me["host"] or pid_alive(pid)):
-                    raise InputError(
-                        f"{self.path.parent}: in use by another mstools run (case {owner.get('case')!r}, pid {pid} "
-                        f"on {host}, since {owner.get('started')}); wait for it, or use another -o folder "
-                        f"(delete {self.path} only if that run is gone)") from None
-                self.path.unlink(missing_ok=True)   # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps(me) + "\n")
-            self.held = True
-            return self
+                self.held = True
+                return self
+        finally:
+            record.unlink(missing_ok=True)
         raise InputError(f"{self.path}: could not take the run folder's lock; delete it if no run uses the folder")
 
     def __exit__(self, *exc) -> bool:
