@@ -102,9 +102,10 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     brain = brain > 0
     csf = csf > 0
-    edge_distance = ndimage.distance_transform_edt(brain, sampling=spacing)
-    csf_distance = ndimage.distance_transform_edt(~csf, sampling=spacing) if csf.any() else None
-    outer_csf = csf & (edge_distance <= OUTER_CSF_DEPTH_MM)
+    from mstools.distance import DistanceToMask
+
+    edge_distance = DistanceToMask(~brain, spacing)   # as distance_transform_edt(brain)
+    csf_distance = DistanceToMask(csf, spacing) if csf.any() else None
     from mstools.subtraction import ball  # the physical structuring element
 
     shell_element = ball(SHELL_MM, spacing)
@@ -141,9 +142,9 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
             "difference_mean": float((f_z - b_z).mean()),
             "score_mean": float(score[window][region].mean()) if score is not None else math.nan,
             "score_max": float(score[window][region].max()) if score is not None else math.nan,
-            "edge_distance_mm": float(edge_distance[window][region].min()),
-            "csf_distance_mm": float(csf_distance[window][region].min()) if csf_distance is not None else math.inf,
-            "touches_csf": int(bool((outer_csf[window] & (touch | region)).any())),
+            "edge_distance_mm": float(edge_distance(coords).min()),
+            "csf_distance_mm": float(csf_distance(coords).min()) if csf_distance is not None else math.inf,
+            "touches_csf": _touches_outer_csf(csf[window] & (touch | region), lo, edge_distance),
             "wm_fraction": float((white_matter[window][region] > 0).mean()) if white_matter is not None else math.nan,
             "touches_baseline_lesion": (int(bool((baseline_lesions[window] > 0)[touch | region].any()))
                                         if baseline_lesions is not None else 0),
@@ -157,6 +158,13 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
             row.update({f"shape_{name}": math.nan for name in SHAPE_FEATURES})
         rows.append(row)
     return rows
+
+
+def _touches_outer_csf(near_csf: np.ndarray, offset, edge_distance) -> int:
+    """1 if any CSF voxel in or touching the candidate lies within OUTER_CSF_DEPTH_MM of the brain edge."""
+    if not near_csf.any():
+        return 0
+    return int(bool((edge_distance(np.argwhere(near_csf) + offset) <= OUTER_CSF_DEPTH_MM).any()))
 
 
 def rule_reasons(row: dict, rules: FilterRules, *, have_tissues: bool, have_baseline_lesions: bool) -> list[str]:
@@ -242,11 +250,13 @@ def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
         if row["decision"] == "kept":
             keep[row["label"]] = True
             value[row["label"]] = row.get("probability", 1.0)
-    detections = detections_from_mask(keep[labels], value[labels], affine, connectivity=26)
+    kept_voxels = keep[labels]
+    detections = detections_from_mask(kept_voxels, value[labels], affine, connectivity=26)
     mapping = {}
     if kept:
-        new = ndimage.maximum(detections.labels, labels, index=kept)
-        mapping = dict(zip(kept, (int(v) for v in np.atleast_1d(new))))
+        new = np.zeros(size, dtype=np.int64)   # each kept candidate's output label (its largest)
+        np.maximum.at(new, labels[kept_voxels], np.asarray(detections.labels)[kept_voxels])
+        mapping = {label: int(new[label]) for label in kept}
     for row in rows:
         row["output_label"] = mapping.get(row["label"], 0)
     return detections

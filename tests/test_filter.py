@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -202,3 +203,19 @@ def test_training_needs_both_classes(case_with_candidates, tmp_path):
     result = runner.invoke(app, ["filter", "train", str(case_with_candidates), "-o", str(tmp_path / "m.txt")])
     assert result.exit_code == 1 and "true and false" in result.stderr
     assert not (tmp_path / "m.txt").exists()
+
+
+def test_learned_filter_probabilities_are_lightgbms():
+    """The packaged learned filter is applied by a NumPy tree walker; LightGBM itself must agree."""
+    import lightgbm as lgb
+
+    import mstools
+    from mstools.lesion_classifier import model_feature_names, predict
+
+    text = (Path(mstools.__file__).parent / "models" / "filter" / "default.txt").read_text()
+    booster = lgb.Booster(model_str=text)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(500, booster.num_feature())) * rng.choice([0.1, 1, 10, 100], booster.num_feature())
+    features[rng.random(features.shape) < 0.05] = np.nan
+    assert np.allclose(predict(text, features), booster.predict(features), rtol=0, atol=1e-12)
+    assert model_feature_names(text) == booster.feature_name()

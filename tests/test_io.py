@@ -194,3 +194,20 @@ def test_a_failed_batch_removes_every_folder_it_created(tmp_path):
             batch.image(target, np.zeros((2, 2, 2)), reference, np.uint8)
             raise RuntimeError("the command failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_volume_read_twice_is_decoded_once_and_a_rewritten_file_is_read_again(tmp_path):
+    """The in-process cache of decoded .nii.gz volumes never serves stale or shared data."""
+    import mstools.io as io
+
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4)), path)
+    first = read_image(path).data
+    first[:] = -1                                   # a caller's change stays its own
+    assert read_image(path).data[1, 2, 3] == 23
+    assert any(key[0] == str(path.resolve()) for key in io._decoded)
+    nib.save(nib.Nifti1Image(np.full((2, 3, 4), 7, dtype=np.float32), np.eye(4)), path)
+    assert (read_image(path).data == 7).all()
+    path.write_bytes(gzip.compress(b"not a nifti at all"))
+    with pytest.raises(InputError):
+        read_image(path)

@@ -110,14 +110,39 @@ def otsu_brain_mask(data: np.ndarray, spacing_mm, *, erosion_mm: float = OTSU_ER
         return np.zeros(data.shape, dtype=np.uint8)
     inner = ndimage.binary_closing(mask[box], structure=ndimage.generate_binary_structure(3, 1), iterations=1,
                                    border_value=0)
-    inner = ndimage.binary_fill_holes(inner)
+    inner = fill_holes(inner)
     if fill_slices:
         for axis in range(3):
-            inner = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(inner, axis, 0)]),
-                                0, axis)
+            inner = fill_holes(inner, slice_axis=axis)
     out = np.zeros(data.shape, dtype=np.uint8)
     out[box] = inner
     return out
+
+
+def fill_holes(mask: np.ndarray, *, slice_axis: int | None = None) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` in one labelling pass: the background voxels not
+    face-connected to the array's border become foreground. With ``slice_axis``, every
+    slice across that axis is filled on its own (the 2D fill of each slice, as a loop of
+    ``binary_fill_holes`` over the slices gives, at a fraction of the cost)."""
+    mask = np.asarray(mask, dtype=bool)
+    structure = ndimage.generate_binary_structure(3, 1)
+    if slice_axis is not None:
+        structure = structure.copy()
+        index = [slice(None)] * 3
+        for side in (0, 2):            # no connection between neighbouring slices
+            index[slice_axis] = side
+            structure[tuple(index)] = False
+    labels, count = ndimage.label(~mask, structure=structure)
+    if count == 0:
+        return mask.copy()
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in range(3):
+        if axis == slice_axis:
+            continue                   # the first and last slices are not a border of a slice
+        outside[np.take(labels, 0, axis=axis)] = True
+        outside[np.take(labels, -1, axis=axis)] = True
+    outside[0] = False                 # label 0 is the mask itself
+    return ~outside[labels]
 
 
 def deepbet_brain_mask(data: np.ndarray, affine: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:

@@ -142,6 +142,14 @@ def _into(data, affine, grid: Grid, transform: np.ndarray, *, kind: str, thresho
     return resample_mask(data, affine, grid, transform, threshold=threshold)
 
 
+def _both(job: Callable, arguments: list[tuple]) -> list:
+    """``job`` on each argument tuple, in two threads (ITK and NumPy release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: job(*args), arguments))
+
+
 def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup: np.ndarray,
                     followup_affine: np.ndarray, *, options: PreprocessOptions = PreprocessOptions(),
                     baseline_mask: np.ndarray | None = None, followup_mask: np.ndarray | None = None,
@@ -203,12 +211,15 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     # 3. bias field
     say("N4 bias-field correction")
     start, cpu = time.perf_counter(), time.process_time()
-    corrected = []
-    for data, affine, mask in ((baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])):
+
+    def bias_corrected(data, affine, mask):
         data = np.maximum(np.asarray(data, dtype=np.float32), 0.0)
         if options.bias_correction:
             data, _ = correct_bias(data, affine, mask=mask, shrink_factor=options.n4_shrink)
-        corrected.append(data)
+        return data
+
+    # ITK's N4 and B-spline resampling use about one core each: the two scans go side by side
+    corrected = _both(bias_corrected, [(baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])])
     seconds["bias_correction"] = time.perf_counter() - start
     cpu_seconds["bias_correction"] = time.process_time() - cpu
 
@@ -257,12 +268,11 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     report["grid"] = {"shape": list(grid.shape), "spacing_mm": [round(s, 4) for s in grid.spacing_mm],
                       "affine": grid.affine.round(6).tolist(), "space": options.space}
 
-    images = [_into(corrected[0], baseline_affine, grid, to_baseline, kind="image"),
-              _into(corrected[1], followup_affine, grid, to_followup, kind="image")]
-    moved_masks = [_into(masks[0], baseline_affine, grid, to_baseline, kind="mask",
-                         threshold=options.mask_threshold),
-                   _into(masks[1], followup_affine, grid, to_followup, kind="mask",
-                         threshold=options.mask_threshold)]
+    images = _both(lambda data, affine, transform: _into(data, affine, grid, transform, kind="image"),
+                   [(corrected[0], baseline_affine, to_baseline), (corrected[1], followup_affine, to_followup)])
+    moved_masks = _both(lambda mask, affine, transform: _into(mask, affine, grid, transform, kind="mask",
+                                                              threshold=options.mask_threshold),
+                        [(masks[0], baseline_affine, to_baseline), (masks[1], followup_affine, to_followup)])
     brain = bet.combine_masks(moved_masks[0], moved_masks[1], how=options.combine_masks)
     # where each scan has data (its field of view; nearest neighbour on a uint8 image is cheap)
     coverage = [resample(np.ones(g.shape, np.uint8), g.affine, grid, t, interpolation="nearest")
