@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import html
+import io
 import json
 import re
 import shutil
@@ -107,6 +109,15 @@ def images(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in PNG_URI.findall(page)]
 
 
+def decode(png: bytes):
+    """The PNG as a Pillow RGB image (it must decode)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image.convert("RGB")
+
+
 class _TagBalance(HTMLParser):
     """Every non-void element closed, in order: a well-formed page renders the same everywhere."""
 
@@ -154,8 +165,9 @@ def test_case_page_shows_lesions_metrics_figures_qc_and_config(tmp_path):
     for label, volume in ((1, small), (2, large)):
         shown = re.search(rf'<td class="t">{label}</td><td>([\d.]+)</td>', page)
         assert float(shown[1]) == pytest.approx(volume, abs=0.051)
-    # stage list with ran / reused and seconds; metrics of every stage, the final one highlighted
-    assert '<td class="t">subtract</td><td class="t">reused</td><td>0.0</td>' in page
+    # stage list with ran / done earlier (reused) and seconds; metrics of every stage, the final one highlighted
+    assert '<td class="t">subtract</td><td class="t">done earlier</td><td>0.0</td>' in page
+    assert ">reused<" not in page and "made by an earlier run with the same inputs" in page
     assert '<td class="t">preprocess</td><td class="t">ran</td><td>4.5</td>' in page
     assert re.search(r'<tr><td class="t">subtract</td><td>2</td><td>3</td><td>2</td><td>1</td><td>1.000</td>'
                      r"<td>0.667</td><td>0.800</td><td>0.712</td></tr>", page)
@@ -164,11 +176,17 @@ def test_case_page_shows_lesions_metrics_figures_qc_and_config(tmp_path):
     pictures = images(page)
     assert len(pictures) == 3  # two lesion rows + the QC picture
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 1000 for p in pictures)
-    assert (run / "case" / "qc_preprocess.png").read_bytes() in pictures
-    assert not any(b"http" in p for p in pictures[:2])  # no web address in our PNGs' metadata either
+    assert all(decode(p).size[0] > 500 for p in pictures)
+    # the preprocessing QC picture is redrawn from the pair in the display orientation, not the stored file
+    assert (run / "case" / "qc_preprocess.png").read_bytes() not in pictures
+    assert "case/qc_preprocess.png, redrawn from the preprocessed pair (anterior at the top" in page
+    assert not any(b"http" in p or b"tEXt" in p or b"iTXt" in p for p in pictures)  # no metadata text at all
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert captions[0].startswith("New lesion 2 (1 of 2 by size)")  # largest first
     assert captions[1].startswith("New lesion 1 (2 of 2 by size)")
+    # the filter's score is one probability per lesion: one column, not a mean and a max that always agree
+    assert "<th>filter probability</th>" in page and "score mean" not in page
+    assert "filter probability 0.9;" in captions[0]
     assert "third column: subtraction (subtract stage, z-scored)" in page and "cyan: ground truth" in captions[0]
     assert "<details><summary>config.yaml</summary><pre>stages:" in page
     assert not re.search(r"https?://", page)  # offline: no web address at all
@@ -300,6 +318,213 @@ def test_case_figures_order_slices_and_missed_truth():
         case_figures(baseline, baseline[:-1], labels, affine)
 
 
+RED = (255, 32, 32)
+CYAN = (0, 229, 255)
+YELLOW = (255, 210, 0)
+
+
+def colour_pixels(image, colour) -> np.ndarray:
+    """(row, column) of every pixel of exactly ``colour``."""
+    return np.argwhere(np.all(np.asarray(image) == np.array(colour, np.uint8), axis=-1))
+
+
+def panel_box(image, column_stop: int) -> tuple[slice, slice]:
+    """Rows and columns of the top panel in columns 0..column_stop: the topmost large connected
+    non-white region there (titles and labels are small black glyphs on white)."""
+    from scipy import ndimage
+
+    filled = (np.asarray(image)[:, :column_stop] != 255).any(axis=-1)
+    blobs, count = ndimage.label(filled)
+    assert count > 0
+    sizes = np.bincount(blobs.ravel())[1:]
+    boxes = [box for box, size in zip(ndimage.find_objects(blobs), sizes) if size >= sizes.max() / 2]
+    return min(boxes, key=lambda box: box[0].start)
+
+
+def test_row_keeps_the_physical_aspect_of_an_anisotropic_grid():
+    from mstools.report.figures import case_figures, display_spacing, to_display
+
+    affine = oblique_affine(spacing=(0.8, 2.4, 1.6), angles_deg=(6.0, -4.0, 3.0))
+    shape = (30, 12, 16)
+    volume = np.full(shape, 100.0, np.float32)  # one grey: the panels are black rectangles on white
+    labels = np.zeros(shape, np.int32)
+    figures = case_figures(volume, volume, labels, affine, zoom_mm=0)
+    assert [f.kind for f in figures] == ["overview"]
+    image = decode(figures[0].png)
+    assert image.size[0] == 810  # FIGURE_WIDTH_IN x DPI
+    shown = to_display(volume, affine).shape
+    spacing = display_spacing(affine)
+    rows, columns = panel_box(image, 270)
+    width, height = columns.stop - columns.start, rows.stop - rows.start
+    expected = (shown[0] * spacing[0]) / (shown[1] * spacing[1])
+    assert width / height == pytest.approx(expected, rel=0.03)
+    assert abs(expected - shown[0] / shown[1]) > 0.3  # voxel counts alone would give another shape
+
+
+def test_lesion_panels_show_the_scan_and_outline_the_detection_where_it_is():
+    from mstools.report.figures import case_figures
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # RAS: display = storage, so where the lesion is can be counted
+    shape = (40, 40, 10)
+    rng = np.random.default_rng(5)
+    baseline = (100 + rng.normal(0, 5, shape)).astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    labels[28:32, 28:32, 4:6] = 1  # right (high i) and anterior (high j)
+    truth = labels > 0
+    followup = baseline + 80 * truth
+    figures = case_figures(baseline, followup, labels, affine, ground_truth=truth, zoom_mm=0)
+    assert [f.kind for f in figures] == ["lesion"]
+    image = decode(figures[0].png)
+    rows, columns = panel_box(image, image.size[0] // 3)
+    panel = np.asarray(image)[rows, columns]
+    grey = panel[(panel[..., 0] == panel[..., 1]) & (panel[..., 1] == panel[..., 2])][:, 0]
+    assert grey.std() > 20  # the scan, not a blank panel
+    red, cyan = colour_pixels(panel, RED), colour_pixels(panel, CYAN)
+    assert len(red) > 20 and len(cyan) > 20
+    height, width = rows.stop - rows.start, columns.stop - columns.start
+    centre_row, centre_column = red.mean(axis=0)
+    # lesion centre at i = 30 of 40 (right), j = 30 of 40 (anterior: near the top)
+    assert centre_column / width == pytest.approx(30 / 40, abs=0.05)
+    assert centre_row / height == pytest.approx(1 - 30 / 40, abs=0.05)
+    # without ground truth, no cyan; without detection, no red
+    assert len(colour_pixels(decode(case_figures(baseline, followup, labels, affine, zoom_mm=0)[0].png), CYAN)) == 0
+    none = case_figures(baseline, followup, np.zeros(shape, np.int32), affine, zoom_mm=0, show_missed=False)
+    assert len(colour_pixels(decode(none[0].png), RED)) == 0
+
+
+def test_pictures_are_deterministic_and_carry_no_text_chunk():
+    from mstools.report.figures import case_figures
+
+    baseline = np.random.default_rng(2).normal(100, 5, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.int32)
+    labels[LESIONS[2]] = 2
+    first = case_figures(baseline, baseline + 50 * (labels > 0), labels, oblique_affine(), brain_mask=brain())
+    again = case_figures(baseline, baseline + 50 * (labels > 0), labels, oblique_affine(), brain_mask=brain())
+    assert [f.png for f in first] == [f.png for f in again]
+    assert not any(chunk in first[0].png for chunk in (b"tEXt", b"zTXt", b"iTXt"))
+
+
+def test_missed_lesions_are_those_the_evaluation_misses():
+    from mstools.metrics.case import evaluate_case
+    from mstools.metrics.defaults import MIN_LESION_MM3
+    from mstools.report.figures import case_figures
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])  # 1 mm3 voxels
+    shape = (30, 30, 20)
+    baseline = np.random.default_rng(4).normal(100, 5, shape).astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    labels[5:8, 5:8, 5:8] = 1
+    truth = labels > 0
+    truth[20:22, 20, 10] = True          # a 2 mm3 fragment: not a lesion for the metrics (<= 3 mm3)
+    truth[15:18, 22:25, 14:17] = True    # 27 mm3, not detected: missed
+    truth[10:13, 25:27, 4:5] = True      # two 6 mm3 parts touching by an edge only: one lesion of 12 mm3
+    truth[13:16, 27:29, 4:5] = True      # for 26-connectivity, two lesions for the evaluation's 6: both missed
+    figures = case_figures(baseline, baseline, labels, affine, ground_truth=truth, max_lesions=10)
+    missed = [f for f in figures if f.kind == "missed"]
+    metrics = evaluate_case(labels > 0, truth, affine=affine).metrics
+    assert metrics["lesion_sensitivity"] < 1
+    assert len(missed) == metrics["msseg2_missed"] == 3
+    assert [round(float(re.search(r"\(([\d.]+) mm3", f.caption)[1])) for f in missed] == [27, 6, 6]
+    assert all(f"larger than {MIN_LESION_MM3:g} mm3" in f.caption for f in missed)
+    # the fragment alone: the table says sensitivity 1.0, and the page shows no missed lesion
+    fragment = labels > 0
+    fragment[20:22, 20, 10] = True
+    assert evaluate_case(labels > 0, fragment, affine=affine).metrics["lesion_sensitivity"] == 1.0
+    assert [f.kind for f in case_figures(baseline, baseline, labels, affine, ground_truth=fragment)] == ["lesion"]
+
+
+def test_qc_picture_puts_anterior_at_the_top_of_an_lpi_scan():
+    from mstools.preprocess.qc import qc_png
+    from mstools.report.figures import display_spacing
+
+    # LPI storage: i runs to the patient's left, j to posterior, k to inferior
+    affine = np.diag([-1.0, -1.2, -2.0, 1.0])
+    shape = (24, 30, 12)
+    volume = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[4:20, 4:26, 2:10] = 1
+    volume[mask > 0] = 100.0
+    volume[10:14, 5:8, 2:10] = 1000.0  # marker at the anterior end of the brain: low j in LPI
+    before = volume.copy()
+    for drawn_with, marker_at_top in ((dict(affine=affine), True), (dict(spacing_mm=(1.0, 1.2, 2.0)), False)):
+        image = decode(qc_png(volume, volume, mask, n_slices=2, **drawn_with))
+        assert image.size == (2 * 220, 660)  # 2.2 in per slice x 6.6 in at 100 dpi, as it always was
+        rows, columns = panel_box(image, image.size[0] // 2)
+        panel = np.asarray(image)[rows, columns]
+        white = np.argwhere((panel == 255).all(axis=-1))
+        assert len(white) > 0
+        top_half = white[:, 0].mean() < (rows.stop - rows.start) / 2
+        assert top_half == marker_at_top
+        assert len(colour_pixels(image, YELLOW)) > 0  # the brain mask's outline
+    assert np.array_equal(volume, before)
+    # aspect on the display grid: width / height = (24 x 1 mm) / (30 x 1.2 mm)
+    image = decode(qc_png(volume, volume, mask, n_slices=1, affine=affine))
+    rows, columns = panel_box(image, image.size[0])
+    spacing = display_spacing(affine)
+    assert (columns.stop - columns.start) / (rows.stop - rows.start) == pytest.approx(
+        24 * spacing[0] / (30 * spacing[1]), rel=0.03)
+    with pytest.raises(ValueError, match="followup has shape"):
+        qc_png(volume, volume[:-1], mask)
+
+
+def test_lesions_per_case_histogram_has_integer_ticks():
+    from mstools.report.figures import _histogram_figure, count_ticks
+
+    for counts in ([0, 0, 0], [0, 1, 1], [2, 5, 0, 3], list(range(40))):
+        figure = _histogram_figure(counts, [float(c) for c in counts])
+        figure.canvas.draw()
+        ticks = figure.axes[0].get_xticks()
+        lo, hi = figure.axes[0].get_xlim()
+        shown = [t for t in ticks if lo <= t <= hi]
+        assert shown and all(float(t).is_integer() and t >= 0 for t in shown), shown
+        assert shown[0] == 0 and max(shown) <= max(counts) and len(shown) <= 10
+    assert list(count_ticks(0)) == [0] and list(count_ticks(25)) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+
+
+def test_score_columns_say_something():
+    from mstools.report.html import case_page, score_display
+
+    rules = [{"label": 1, "score_mean": 1.0, "score_max": 1.0}, {"label": 2, "score_mean": 1.0, "score_max": 1.0}]
+    learned = [{"label": 1, "score_mean": 0.999611, "score_max": 0.999611},
+               {"label": 2, "score_mean": 0.205006, "score_max": 0.205006}]
+    voxelwise = [{"label": 1, "score_mean": 0.61, "score_max": 0.93}]
+    assert score_display(rules, "filter").columns == () and score_display(rules, "filter").name is None
+    assert [c[0] for c in score_display(learned, "filter").columns] == ["filter probability"]
+    assert [c[0] for c in score_display(voxelwise, "refine").columns] == ["score mean", "score max"]
+    assert score_display([{"label": 1, "score_mean": "n/a"}], "refine").columns == ()
+    record = {"case": "c", "status": "complete", "final_stage": "filter", "new_lesions": 2}
+    page = case_page(record, lesions=rules, version="1")
+    assert "score" not in re.sub(r"<p class=\"note\">.*?</p>", "", page.split("<h2>New lesions")[1])
+    assert "every kept lesion scores 1" in page
+    page = case_page(record, lesions=learned, version="1")
+    assert "<td>0.9996</td>" in page and "<td>0.205</td>" in page and "score max" not in page
+
+
+def test_a_count_that_differs_between_the_evaluation_and_the_lesion_table_is_explained():
+    from mstools.report.html import case_page
+
+    record = {"case": "c", "status": "complete", "final_stage": "filter", "new_lesions": 2}
+    rows = [{"stage": "filter", "gt_lesions": 3, "pred_lesions": 3, "msseg2_detected": 3}]
+    page = html.unescape(case_page(record, evaluation=rows, version="1"))
+    assert "6-connected components (voxels sharing a face) larger than 3 mm3" in page
+    assert "final stage's 2 new lesions (26-connected" in page and "count as 3 there" in page
+    assert "count as" not in case_page({**record, "new_lesions": 3}, evaluation=rows, version="1")
+
+
+def test_a_run_from_raw_scans_is_named_by_its_folder(tmp_path):
+    from mstools.report.build import case_name
+    from mstools.report.html import case_page
+
+    raw = {"raw_baseline": "/data/p01/flair_time01_raw.nii.gz", "raw_followup": "/data/p01/flair_time02_raw.nii.gz"}
+    record = {"case": "flair_time02_raw", "inputs": raw}
+    assert case_name(record, tmp_path / "real-p01") == "real-p01"
+    assert case_name({"case": "sim-001", "inputs": {}}, tmp_path / "elsewhere") == "sim-001"
+    assert case_name({"case": "patient-7", "inputs": raw}, tmp_path / "x") == "patient-7"  # named by the user
+    page = case_page({**record, "status": "complete"}, name="real-p01", version="1")
+    assert "<h1>New MS lesions: real-p01" in page and "<title>real-p01: new MS lesions</title>" in page
+    assert "flair_time01_raw.nii.gz -&gt; flair_time02_raw.nii.gz" in page
+
+
 def test_windows_come_from_the_brain():
     from mstools.report.figures import difference_window, intensity_window
 
@@ -348,7 +573,9 @@ def test_cohort_page_links_case_pages_histograms_metrics_and_errors(tmp_path):
     assert '<a href="case-a/report.html">case-a</a>' in page and '<a href="case%20b/report.html">case b</a>' in page
     assert "case-c" in page and 'href="case-c' not in page
     assert len(images(page)) == 1 and images(page)[0].startswith(b"\x89PNG")  # the histograms
-    assert "3 cases (1 done, 1 skipped, 1 failed), 1 error" in page
+    assert "3 cases (1 done, 1 done earlier, 1 failed), 1 error" in page
+    assert '<td class="t">done earlier</td>' in page and '<td class="t">skipped</td>' not in page
+    assert "which mstools batch reused" in page
     assert re.search(r"<td class=\"t\">lesion F1</td><td>0.500</td><td>0.707</td><td>2</td>", page)
     assert re.search(r"<td class=\"t\">lesion PPV</td><td>1.000</td><td>0.000</td><td>1</td>", page)
     assert "Errors (1)" in page and "baseline.nii.gz: file not found" in page
@@ -460,6 +687,15 @@ def test_page_renders_in_headless_chromium(tmp_path):
                    check=True, capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # the browser decoded and drew the lesion rows: their red and cyan outlines are on screen
+    rgb = np.asarray(decode(data)).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    cyan = (rgb[..., 0] < 60) & (rgb[..., 1] > 190) & (rgb[..., 2] > 220)
+    assert red.sum() > 100 and cyan.sum() > 100
+    # and the panels are scans, not blank: many grey levels where the first row is drawn
+    rows = np.flatnonzero(red.any(axis=1))
+    band = rgb[rows[0]:rows[0] + 100]
+    assert len(np.unique(band[(band[..., 0] == band[..., 1]) & (band[..., 1] == band[..., 2])][:, 0])) > 20
 
 
 def test_a_page_written_by_run_before_its_record_is_marked_complete_says_complete():

@@ -1,7 +1,8 @@
 """Reports of runs: a self-contained HTML page per case and per cohort (``mstools report``).
 
-* :mod:`~mstools.report.figures` -- arrays in, PNG bytes out (matplotlib, Agg): the
-  baseline / follow-up / difference row of each new lesion, cohort histograms;
+* :mod:`~mstools.report.figures` -- arrays in, PNG bytes out: the baseline / follow-up /
+  difference row of each new lesion and of each missed ground-truth lesion (NumPy and
+  Pillow, :mod:`~mstools.report.raster`), cohort histograms (matplotlib, Agg);
 * :mod:`~mstools.report.html` -- dicts and PNG bytes in, one HTML string out (images as
   data URIs, inline stylesheet, no script, no web address: it works offline);
 * :mod:`~mstools.report.build` -- the only file-touching part: reads a run folder or a
@@ -21,6 +22,7 @@ _EXPORTS = {
     "case_figures": "mstools.report.figures",
     "cohort_histograms": "mstools.report.figures",
     "to_display": "mstools.report.figures",
+    "missed_lesions": "mstools.report.figures",
     "DEFAULT_MAX_LESIONS": "mstools.report.figures",
     "case_page": "mstools.report.html",
     "cohort_page": "mstools.report.html",
@@ -29,6 +31,7 @@ _EXPORTS = {
     "write_cohort_report": "mstools.report.build",
     "write_cohort_reports": "mstools.report.build",
     "folder_kind": "mstools.report.build",
+    "case_name": "mstools.report.build",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,6 +28,11 @@ from mstools.report.figures import DEFAULT_MAX_LESIONS
 #: Preprocessing QC pictures embedded in a case page: ``RUN/case/qc*.png`` (``mstools
 #: preprocess`` writes ``qc_preprocess.png``), and the same in the input case folder.
 QC_GLOB = "qc*.png"
+#: ``mstools preprocess``'s QC picture. The page redraws it from the pair it shows (the
+#: same case folder's baseline, follow-up and brain mask) in the lesion panels' display
+#: orientation, whatever orientation the file was drawn in (older versions drew the
+#: stored array order: anterior at the bottom for an LPI scan).
+PREPROCESS_QC = "qc_preprocess.png"
 #: What a subtraction map is called next to the subtract stage's prefix (``mstools subtract``:
 #: z-scored follow-up minus z-scored baseline, 0 outside the brain).
 SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
@@ -130,7 +135,10 @@ def _optional_mask(run_dir: Path, record: dict, key: str, reference) -> np.ndarr
     return image.data
 
 
-def _qc_pictures(run_dir: Path, record: dict) -> list[tuple[str, bytes]]:
+def _qc_pictures(run_dir: Path, record: dict, redraw: Callable[[], bytes] | None = None,
+                 pair_folder: Path | None = None) -> list[tuple[str, bytes]]:
+    """(name, PNG bytes) of the QC pictures of the run's case folders; ``mstools preprocess``'s
+    picture of ``pair_folder`` (the folder of the pair the page shows) is ``redraw()`` instead."""
     folders = [run_dir / layout.CASE_DIR]
     case_folder = _resolve(run_dir, (record.get("inputs") or {}).get("case_folder"))
     if case_folder is not None:
@@ -145,10 +153,27 @@ def _qc_pictures(run_dir: Path, record: dict) -> list[tuple[str, bytes]]:
             if key in seen or not path.is_file():
                 continue
             seen.add(key)
+            name = os.path.relpath(path, run_dir)
+            if (redraw is not None and pair_folder is not None and path.name == PREPROCESS_QC
+                    and key.parent == pair_folder.resolve()):
+                pictures.append((f"{name}, redrawn from the preprocessed pair (anterior at the top, "
+                                 "R on the right; k: display axial slice)", redraw()))
+                continue
             data = path.read_bytes()
             if data.startswith(b"\x89PNG\r\n\x1a\n"):
-                pictures.append((os.path.relpath(path, run_dir), data))
+                pictures.append((name, data))
     return pictures
+
+
+def case_name(record: dict, run_dir: str | os.PathLike) -> str:
+    """The name a page gives a run: the record's case, or the run folder's name when the
+    record's case is only the raw follow-up's file name (``mstools run --baseline
+    --followup`` names the case so) or missing."""
+    case = str(record.get("case") or "")
+    raw = (record.get("inputs") or {}).get("raw_followup")
+    if not case or (raw and case == Path(str(raw)).name.split(".")[0]):
+        return Path(run_dir).resolve().name
+    return case
 
 
 def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT_MAX_LESIONS) -> CaseReport:
@@ -156,7 +181,7 @@ def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT
     from mstools.io import check_same_grid, read_image, read_labels, read_mask, read_tsv
     from mstools.lesions import label_components, lesion_table
     from mstools.report.figures import case_figures
-    from mstools.report.html import case_page
+    from mstools.report.html import case_page, score_display
 
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
@@ -193,17 +218,32 @@ def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT
     optional = {key: _optional_mask(run_dir, record, key, baseline)
                 for key in ("brain_mask", "ground_truth")}
 
+    final_stage = record.get("final_stage")
+    score = score_display(lesions, str(final_stage) if final_stage else None)
     figures = case_figures(baseline.data, followup.data, labels, baseline.affine, difference=difference,
                            difference_name=difference_name, ground_truth=optional["ground_truth"],
-                           brain_mask=optional["brain_mask"], lesions=lesions, max_lesions=max_lesions)
+                           brain_mask=optional["brain_mask"], lesions=lesions, max_lesions=max_lesions,
+                           score_name=score.name)
     evaluation = read_tsv(run_dir / layout.EVALUATION) if (run_dir / layout.EVALUATION).is_file() else None
     config_path = run_dir / layout.CONFIG
     config_text = config_path.read_text(errors="replace") if config_path.is_file() else None
-    html = case_page(record, lesions=lesions, evaluation=evaluation, figures=figures,
-                     qc_pictures=_qc_pictures(run_dir, record), config_text=config_text,
+
+    def redraw_qc() -> bytes:
+        from mstools.preprocess.qc import qc_png
+
+        inputs = record.get("inputs") or {}
+        raw = [Path(str(inputs[k])).name for k in ("raw_baseline", "raw_followup") if inputs.get(k)]
+        return qc_png(baseline.data, followup.data, optional["brain_mask"], affine=baseline.affine,
+                      title=" -> ".join(raw) if len(raw) == 2 else "")
+
+    qc_pictures = _qc_pictures(run_dir, record, redraw_qc if optional["brain_mask"] is not None else None,
+                               baseline_path.parent)
+    name = case_name(record, run_dir)
+    html = case_page(record, name=name, lesions=lesions, evaluation=evaluation, figures=figures,
+                     qc_pictures=qc_pictures, config_text=config_text,
                      difference_name=difference_name, version=__version__)
     count = record.get("new_lesions")
-    return CaseReport(html=html, case=str(record.get("case") or run_dir.name),
+    return CaseReport(html=html, case=name,
                       new_lesions=int(count) if isinstance(count, (int, float)) else len(lesions),
                       figures=len(figures))
 
@@ -321,5 +361,5 @@ def write_cohort_report(deriv_dir: str | os.PathLike, out: str | os.PathLike | N
     return write_cohort_reports(deriv_dir, out, case_pages=case_pages, max_lesions=max_lesions, force=force)[0]
 
 
-__all__: Sequence[str] = ("CaseReport", "folder_kind", "read_run_record", "render_case_report",
+__all__: Sequence[str] = ("CaseReport", "case_name", "folder_kind", "read_run_record", "render_case_report",
                           "write_case_report", "write_cohort_report", "write_cohort_reports")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+from dataclasses import dataclass
 from html import escape
 from typing import Mapping, Sequence
 
@@ -33,10 +34,19 @@ details summary{cursor:pointer;color:#234}.note{color:#666;font-size:.9em}
 footer{margin-top:2em;color:#888;font-size:.8em}
 """.strip()
 
-#: Columns of the final lesion table on a case page: (header, keys joined into one cell, format).
+#: Columns of the final lesion table on a case page: (header, keys joined into one cell, format);
+#: the score columns that follow depend on the score (:func:`score_display`).
 LESION_TABLE = (("label", ("label",), "{:.0f}"), ("volume (mm3)", ("volume_mm3",), "{:.1f}"),
-                ("centroid x, y, z (mm)", ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), "{:.1f}"),
-                ("score mean", ("score_mean",), "{:.3g}"), ("score max", ("score_max",), "{:.3g}"))
+                ("centroid x, y, z (mm)", ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), "{:.1f}"))
+SCORE_COLUMNS = (("score mean", ("score_mean",), "{:.3g}"), ("score max", ("score_max",), "{:.3g}"))
+#: How a status of the run record (stage) or of cohort.tsv (case) reads on a page: a stage
+#: reused from an earlier run, or a case that ``mstools batch`` found complete, was done
+#: earlier (not "skipped", which reads as "not processed").
+STATUS_WORDS = {"reused": "done earlier", "skipped": "done earlier"}
+DONE_EARLIER_STAGE = ("done earlier: the stage's outputs were already in the run folder, made by an earlier run "
+                      "with the same inputs, options and mstools version, and were reused.")
+DONE_EARLIER_CASE = ("done earlier: the case's run folder already held a complete run with the same inputs and "
+                     "settings, which mstools batch reused (status \"skipped\" in cohort.tsv).")
 #: Metrics shown (evaluation.tsv columns, mstools.run_layout.EVALUATION_COLUMNS).
 METRIC_HEADERS = {"stage": "stage", "gt_lesions": "true lesions", "pred_lesions": "detected",
                   "msseg2_detected": "true positives", "msseg2_fp": "false positives",
@@ -111,23 +121,82 @@ def _figure(png: bytes, caption: str, alt: str) -> str:
 
 
 def _badge(status: str) -> str:
-    return f'<span class="badge {escape(status)}">{escape(status)}</span>'
+    return f'<span class="badge {escape(status)}">{escape(status_words(status))}</span>'
+
+
+def _counting_note(metric_rows: Sequence[Mapping], final, count: int) -> str:
+    """Why the evaluation's count of detected lesions can differ from the page's new lesions."""
+    from mstools.metrics.defaults import CONNECTIVITY, MIN_LESION_MM3
+
+    row = next((r for r in metric_rows if r.get("stage") == final), None)
+    counted = number(row.get("pred_lesions")) if row is not None else None
+    if counted is None or int(counted) == count:
+        return ""
+    return (f" The evaluation counts lesions as MSSEG-2's scoring does: {CONNECTIVITY}-connected components "
+            f"(voxels sharing a face) larger than {MIN_LESION_MM3:g} mm3, so the final stage's {count} new "
+            f"lesion{'' if count == 1 else 's'} (26-connected: voxels touching at an edge or corner are one "
+            f"lesion) count as {int(counted)} there.")
+
+
+def _file_name(path) -> str:
+    return str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def status_words(status: str) -> str:
+    """A record's status as the page says it (:data:`STATUS_WORDS`)."""
+    return STATUS_WORDS.get(status, status)
+
+
+@dataclass(frozen=True)
+class ScoreDisplay:
+    """How the final lesions' score is shown: table columns, the captions' name, a note."""
+
+    columns: tuple            # LESION_TABLE-like (header, keys, format) rows
+    name: str | None          # the score's name in figure captions; None: not shown
+    note: str                 # said under the table ("" for nothing)
+
+
+def score_display(lesions: Sequence[Mapping], final_stage: str | None) -> ScoreDisplay:
+    """Score columns that say something about the final lesions.
+
+    The filter stage writes as each kept lesion's score its learned filter's probability,
+    or 1 under La Rosa's rules (:func:`mstools.filtering.kept_detections`): constant over
+    the lesion, so its mean and max are one number. Such a score gets one column (the
+    filter's probability); a score that is 1 for every lesion of the filter says nothing
+    and is left out, with a note. Other stages' scores vary inside a lesion: mean and max.
+    """
+    pairs = [(number(r.get("score_mean")), number(r.get("score_max"))) for r in lesions]
+    known = [(m, x) for m, x in pairs if m is not None and x is not None]
+    if not known:
+        return ScoreDisplay((), None, "")
+    if all(m == x for m, x in known):
+        if final_stage == "filter" and all(x == 1.0 for _, x in known):
+            return ScoreDisplay((), None, "The filter stage's rules keep or reject a lesion; every kept lesion "
+                                          "scores 1, so no score column is shown.")
+        name = "filter probability" if final_stage == "filter" else "score"
+        note = ("filter probability: the learned filter's probability that the candidate is a new lesion "
+                "(one value per lesion)." if final_stage == "filter" else "")
+        return ScoreDisplay(((name, ("score_max",), "{:.4g}"),), name, note)
+    return ScoreDisplay(SCORE_COLUMNS, "score", "")
 
 
 # --------------------------------------------------------------------------- case page
 
 
-def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: Sequence[Mapping] | None = None,
+def case_page(record: Mapping, *, name: str | None = None, lesions: Sequence[Mapping] = (),
+              evaluation: Sequence[Mapping] | None = None,
               figures: Sequence[Figure] = (), qc_pictures: Sequence[tuple[str, bytes]] = (),
               config_text: str | None = None, difference_name: str = "follow-up - baseline",
               version: str = "") -> str:
     """The page of one run (``record`` is ``run.json``, see :mod:`mstools.run_layout`).
 
-    ``lesions`` are the rows of the final lesion table, ``evaluation`` those of
-    ``evaluation.tsv`` (None: no evaluation; the record's ``metrics`` are shown when
-    present), ``qc_pictures`` (name, PNG bytes) the preprocessing QC pictures.
+    ``name`` titles the page (default: the record's case; see
+    :func:`mstools.report.build.case_name`). ``lesions`` are the rows of the final
+    lesion table, ``evaluation`` those of ``evaluation.tsv`` (None: no evaluation; the
+    record's ``metrics`` are shown when present), ``qc_pictures`` (name, PNG bytes) the
+    preprocessing QC pictures.
     """
-    case = str(record.get("case") or "case")
+    case = str(name or record.get("case") or "case")
     status = str(record.get("status") or "unknown")
     if status == "reporting":  # `mstools run` writes the page as its last step, before marking run.json complete
         status = "complete"
@@ -146,6 +215,9 @@ def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: S
     summary = [("new lesions", f"{count}"), ("new-lesion volume", f"{volume:.1f} mm3"),
                ("final stage", escape(str(final)) if final else "n/a"),
                ("ground truth", "yes" if inputs.get("ground_truth") else "no")]
+    if inputs.get("raw_baseline") and inputs.get("raw_followup"):
+        summary.append(("raw scans", escape(f"{_file_name(inputs['raw_baseline'])} -> "
+                                             f"{_file_name(inputs['raw_followup'])}")))
     if record.get("run_key"):
         summary.append(("run key", escape(str(record["run_key"]))))
     body.append("<h2>Summary</h2>\n<dl class=\"summary\">" + "".join(
@@ -153,13 +225,15 @@ def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: S
     stages = record.get("stages") or {}
     if stages:
         rows, classes = [], []
-        for name, info in stages.items():
+        for stage, info in stages.items():
             info = info or {}
             seconds = number(info.get("seconds"))
-            rows.append([escape(str(name)), escape(str(info.get("status", "n/a"))),
+            rows.append([escape(str(stage)), escape(status_words(str(info.get("status", "n/a")))),
                          f"{seconds:.1f}" if seconds is not None else "n/a"])
-            classes.append("final" if name == final else "")
+            classes.append("final" if stage == final else "")
         body.append(_table(("stage", "status", "seconds"), rows, text_columns=(0, 1), row_classes=classes))
+        if any((info or {}).get("status") == "reused" for info in stages.values()):
+            body.append(f'<p class="note">{escape(DONE_EARLIER_STAGE)}</p>')
 
     metric_rows = list(evaluation) if evaluation else []
     if not metric_rows and isinstance(record.get("metrics"), Mapping):
@@ -172,13 +246,18 @@ def case_page(record: Mapping, *, lesions: Sequence[Mapping] = (), evaluation: S
                             for r in metric_rows],
                            row_classes=["final" if r.get("stage") == final else "" for r in metric_rows]))
         body.append('<p class="note">MSSEG-2 lesion-wise detection (Anima rule) and voxel Dice; '
-                    "the final stage's row is highlighted.</p>")
+                    "the final stage's row is highlighted." + escape(_counting_note(metric_rows, final, count))
+                    + "</p>")
 
     body.append(f"<h2>New lesions ({count})</h2>")
     if lesions:
-        body.append(_table([h for h, _, _ in LESION_TABLE],
-                           [[", ".join(cell(r.get(k), fmt) for k in keys) for _, keys, fmt in LESION_TABLE]
+        score = score_display(lesions, str(final) if final else None)
+        columns = (*LESION_TABLE, *score.columns)
+        body.append(_table([h for h, _, _ in columns],
+                           [[", ".join(cell(r.get(k), fmt) for k in keys) for _, keys, fmt in columns]
                             for r in lesions]))
+        if score.note:
+            body.append(f'<p class="note">{escape(score.note)}</p>')
     else:
         body.append("<p>No new lesion was found.</p>")
 
@@ -237,7 +316,8 @@ def cohort_page(rows: Sequence[Mapping], *, title: str = "cohort", columns: Sequ
     columns = [c for c in (columns or (list(rows[0]) if rows else ["case"])) if c != "run_folder"]
     statuses: dict[str, int] = {}
     for r in rows:
-        statuses[str(r.get("status", "") or "unknown")] = statuses.get(str(r.get("status", "") or "unknown"), 0) + 1
+        status = status_words(str(r.get("status", "") or "unknown"))
+        statuses[status] = statuses.get(status, 0) + 1
     by_status = ", ".join(f"{n} {escape(status)}" for status, n in statuses.items())
     body = [f"<h1>New MS lesions: cohort {escape(title)}</h1>",
             f'<p class="sub">mstools {escape(version)}; {len(rows)} cases ({by_status}), '
@@ -276,11 +356,15 @@ def cohort_page(rows: Sequence[Mapping], *, title: str = "cohort", columns: Sequ
                 elif case in notes:
                     text += f' <span class="note">({escape(notes[case])})</span>'
                 cells.append(text)
+            elif c == "status":
+                cells.append(cell(status_words(str(r.get(c))) if r.get(c) not in (None, "") else None, "{}"))
             else:
                 cells.append(cell(r.get(c), _cohort_format(c)))
         table_rows.append(cells)
     body.append(_table([COHORT_HEADERS.get(c, c) for c in columns], table_rows,
                        text_columns=[i for i, c in enumerate(columns) if c in ("case", "status")]))
+    if any(r.get("status") == "skipped" for r in rows):
+        body.append(f'<p class="note">{escape(DONE_EARLIER_CASE)}</p>')
     if errors:
         body.append(f"<h2>Errors ({len(errors)})</h2>")
         error_columns = list(errors[0])
