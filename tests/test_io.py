@@ -211,3 +211,30 @@ def test_a_volume_read_twice_is_decoded_once_and_a_rewritten_file_is_read_again(
     path.write_bytes(gzip.compress(b"not a nifti at all"))
     with pytest.raises(InputError):
         read_image(path)
+
+
+def test_a_background_image_write_that_fails_is_an_error_at_commit_and_leaves_nothing(tmp_path, write_nifti,
+                                                                                       monkeypatch):
+    """Images are compressed in a background thread: a disk-full there must still be a
+    one-line error naming the file, with no output left behind, and the caller's array
+    may change after image() returns without changing the file."""
+    import errno
+
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((4, 4, 4), np.float32)))
+    data = np.ones((4, 4, 4), np.float32)
+    with OutputBatch() as out:
+        out.image(tmp_path / "kept.nii.gz", data, ref, np.float32)
+        data[:] = 5                                   # after image(): must not reach the file
+    assert (read_image(tmp_path / "kept.nii.gz").data == 1).all()
+
+    def full_disk(img, filename):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", full_disk)
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(InputError) as error:
+        with OutputBatch() as out:
+            out.table(tmp_path / "t.tsv", [{"x": 1}], ["x"])
+            out.image(tmp_path / "a.nii.gz", np.ones((4, 4, 4)), ref, np.uint8)
+    assert "a.nii.gz" in str(error.value) and "\n" not in str(error.value)
+    assert set(os.listdir(tmp_path)) == before
