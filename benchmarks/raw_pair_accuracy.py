@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--tag", default="run", help="Name of the run folders (one per version).")
     args = parser.parse_args()
     command = shlex.split(args.mstools)
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     print("| case | lesion F1 | LTPR | LFPR | Dice | wall |")
     print("|---|---|---|---|---|---|")
@@ -62,7 +64,7 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run([*command, "-q", "run", "--baseline", str(case / "flair_time01_on_middle_space.nii.gz"),
                         "--followup", str(case / "flair_time02_on_middle_space.nii.gz"), "-o", str(out)],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, cwd=args.work)  # the cwd leads sys.path under `-m`
         wall = time.perf_counter() - start
         m = _score(case, out)
         rows.append({**m, "wall": wall})

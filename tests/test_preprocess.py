@@ -13,7 +13,8 @@ from mstools.preprocess import brain_extraction as bet
 from mstools.preprocess.bias_field import correct_bias
 from mstools.preprocess.harmonise import harmonise, linear_fit, relative_difference_std
 from mstools.preprocess.qc import qc_png
-from mstools.preprocess.rigid import (Grid, common_grid, half_transform, resample, resample_mask,
+from mstools.preprocess import pipeline as pipeline_module
+from mstools.preprocess.rigid import (Grid, common_grid, crop_to_boxes, half_transform, resample, resample_mask,
                                       rotation_angle_deg)
 from mstools.simulate import SimulationConfig, simulate_case
 from tests.conftest import oblique_affine
@@ -64,6 +65,21 @@ def test_half_transform_composes_to_the_whole():
     assert np.allclose(half @ half, transform, atol=1e-12)
     assert rotation_angle_deg(half) == pytest.approx(rotation_angle_deg(transform) / 2, abs=1e-9)
     assert np.allclose(half_transform(np.eye(4)), np.eye(4))
+
+
+def test_a_grid_cropped_to_boxes_keeps_its_voxel_centres_and_covers_the_boxes_with_the_margin():
+    grid = Grid(shape=(40, 30, 20), affine=oblique_affine())
+    inside = np.array([[10, 8, 5], [20, 15, 9]])
+    corners = inside @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    cropped = crop_to_boxes(grid, [corners], margin_mm=3.0)
+    margin = np.ceil(3.0 / np.asarray(grid.spacing_mm)).astype(int)
+    offset = np.linalg.inv(grid.affine) @ cropped.affine[:, 3]
+    assert np.allclose(offset[:3], np.round(offset[:3]), atol=1e-9)          # same voxel centres
+    assert np.allclose(cropped.affine[:3, :3], grid.affine[:3, :3])
+    assert np.array_equal(np.round(offset[:3]).astype(int), inside[0] - margin)
+    assert cropped.shape == tuple(inside[1] - inside[0] + 2 * margin + 1)
+    whole = np.array([[0, 0, 0], [39, 29, 19]]) @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    assert crop_to_boxes(grid, [whole], margin_mm=3.0) is grid              # nothing to crop
 
 
 def test_common_grid_of_one_grid_under_identity_is_that_grid():
@@ -186,6 +202,11 @@ def test_chain_recovers_a_known_misalignment_and_shrinks_the_difference(misalign
     assert after < 0.5 * before
     assert set(result.seconds) == {"brain_extraction", "bias_correction", "registration", "resampling",
                                    "harmonisation"}
+    # the middle space keeps the brains and a margin, not the whole fields of view
+    assert np.prod(result.grid.shape) < np.prod(case.baseline.shape)
+    brain = np.argwhere(result.brain_mask)
+    margin = np.ceil(pipeline_module.BRAIN_MARGIN_MM / np.asarray(result.grid.spacing_mm)).astype(int)
+    assert (brain.min(0) >= margin - 1).all() and (brain.max(0) <= np.asarray(result.grid.shape) - margin).all()
 
 
 def test_aligned_pair_on_one_grid_is_recognised_and_not_resampled():

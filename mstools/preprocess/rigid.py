@@ -248,6 +248,23 @@ def common_grid(grids: list[Grid], transforms: list[np.ndarray], *, direction_ra
     return Grid(shape=tuple(int(v) for v in shape), affine=affine)
 
 
+def crop_to_boxes(grid: Grid, corners_world: list[np.ndarray], margin_mm: float) -> Grid:
+    """The part of ``grid`` covering the given points (N x 3 world mm, e.g. the corners of
+    brain bounding boxes) plus ``margin_mm`` on every side: same axes, spacing and voxel
+    centres, an integer offset. Returns ``grid`` itself when that is no smaller."""
+    points = np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1, 3) for c in corners_world])
+    inverse = np.linalg.inv(grid.affine)
+    index = points @ inverse[:3, :3].T + inverse[:3, 3]
+    margin = np.ceil(margin_mm / np.asarray(grid.spacing_mm)).astype(int)
+    lo = np.maximum(np.floor(index.min(0) + 1e-6).astype(int) - margin, 0)      # round-off is no voxel
+    hi = np.minimum(np.ceil(index.max(0) - 1e-6).astype(int) + margin, np.asarray(grid.shape) - 1)
+    if np.any(hi < lo) or (np.all(lo == 0) and np.all(hi == np.asarray(grid.shape) - 1)):
+        return grid
+    affine = np.array(grid.affine, dtype=np.float64, copy=True)
+    affine[:3, 3] = grid.affine[:3, :3] @ lo + grid.affine[:3, 3]
+    return Grid(shape=tuple(int(v) for v in hi - lo + 1), affine=affine)
+
+
 def regrid(grid: Grid, spacing_mm) -> Grid:
     """Same axes and field of view, another voxel size (used for a target spacing)."""
     spacing = np.asarray(spacing_mm, dtype=np.float64)
@@ -298,6 +315,6 @@ def grid_of(shape, affine) -> Grid:
     return Grid(shape=tuple(int(v) for v in shape), affine=np.asarray(affine, dtype=np.float64))
 
 
-__all__ = ["Grid", "IDENTITY_TOLERANCE_VOXELS", "common_grid", "fov_corners", "grid_of", "half_transform",
+__all__ = ["Grid", "IDENTITY_TOLERANCE_VOXELS", "common_grid", "crop_to_boxes", "fov_corners", "grid_of", "half_transform",
            "mask_box_corners", "max_displacement_mm", "regrid", "register_rigid", "resample",
            "resample_mask", "rotation_angle_deg", "geometry_to_affine"]
