@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import command, log, progress_enabled
+from mstools_cli.common import command, log, progress_enabled
 from mstools.errors import InputError
 from mstools.metrics import defaults
 
@@ -391,7 +391,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def _report(rows, lesion_rows, summary, written, as_json: bool) -> None:
-    from cli.common import emit
+    from mstools_cli.common import emit
 
     if as_json:
         emit(as_json=True, payload=json_safe({"cases": rows, "lesions": lesion_rows, "summary": summary,

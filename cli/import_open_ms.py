@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli import common
+from mstools_cli import common
 from mstools import case_layout as layout
 from mstools.errors import InputError
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cli import common
+from mstools_cli import common
 from mstools.report.figures import DEFAULT_MAX_LESIONS
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from cli import common
+from mstools_cli import common
 from mstools import case_layout as layout
 from mstools.errors import InputError
 from mstools.simulate.case import SimulationConfig
