@@ -17,11 +17,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import typer
 
-from mstools.detections import add_detections, add_image, add_table  # noqa: F401  (used by commands)
+from mstools.detections import add_table  # noqa: F401  (batch's tables)
 from mstools.errors import InputError
 from mstools.jobs.options import specs
-from mstools.messages import (INTERRUPTED, STATE, Verbosity, check_finite_options, log,  # noqa: F401
-                              progress_enabled)
+from mstools.messages import INTERRUPTED, STATE, check_finite_options, log, progress_enabled  # noqa: F401
 
 
 def command(func: Callable) -> Callable:

@@ -15,8 +15,7 @@ from typing import Optional
 import typer
 
 from mstools_cli import common
-from mstools.jobs.preprocess import (QC_PICTURE, REPORT, TRANSFORM_BASELINE,  # noqa: F401  (file names)
-                                     TRANSFORM_FOLLOWUP, INTERPOLATIONS)
+from mstools.jobs.preprocess import INTERPOLATIONS
 from mstools.jobs.preprocess import PreprocessJobOptions as O
 
 BrainExtraction = common.choices("BrainExtraction", O, "brain_extraction")

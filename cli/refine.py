@@ -17,7 +17,6 @@ from mstools_cli.filter import DefaultApplyGroup
 from mstools.errors import InputError
 from mstools.jobs.refine import BACKGROUND_FRACTION, CLASS_WEIGHTS, DILATION_MM, FEATURE_SETS, RefineTrainOptions
 from mstools.jobs.refine import RefineOptions as O
-from mstools.model_cards import REFINE_DEFAULT as DEFAULT_MODEL  # noqa: F401  (the packaged model)
 
 Region = common.choices("Region", O, "region")
 FeatureSet = common.Enum("FeatureSet", {v: v for v in FEATURE_SETS}, type=str)  # type: ignore[misc]

@@ -10,7 +10,6 @@ from typing import List, Optional
 import typer
 
 from mstools_cli import common
-from mstools.jobs.register import EXTRA_SUFFIXES  # noqa: F401  (the files written besides the detector's)
 from mstools.jobs.register import INTERPOLATIONS
 from mstools.jobs.register import RegisterOptions as O
 

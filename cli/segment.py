@@ -9,7 +9,6 @@ import typer
 
 from mstools_cli import common
 from mstools import case_layout as layout
-from mstools.jobs.segment import ALL_LESION_OUTPUTS  # noqa: F401  (CoactSeg's extra outputs)
 from mstools.jobs.segment import SegmentOptions as O
 
 ModelChoice = common.choices("ModelChoice", O, "model")

@@ -90,8 +90,9 @@ def read_candidates(prefix: str, reference):
     """
     import numpy as np
 
+    from scipy import ndimage
+
     from mstools.io import check_same_grid, read_image, read_labels, read_mask
-    from mstools.lesions import label_components
 
     used = []
     if Path(prefix + LABELS_SUFFIX).is_file():
@@ -104,7 +105,8 @@ def read_candidates(prefix: str, reference):
     elif Path(prefix + MASK_SUFFIX).is_file():
         mask_img = read_mask(prefix + MASK_SUFFIX)
         check_same_grid(reference, mask_img)
-        labels, _ = label_components(mask_img.data, connectivity=26)
+        # 26-connected, as mstools.lesions.label_components (which imports this module's names)
+        labels = ndimage.label(mask_img.data > 0, structure=np.ones((3, 3, 3), bool))[0].astype(np.int32, copy=False)
         used.append(prefix + MASK_SUFFIX)
     else:
         raise InputError(f"{prefix}{LABELS_SUFFIX} (or {MASK_SUFFIX}) not found; give the output prefix of a "

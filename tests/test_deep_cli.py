@@ -15,7 +15,8 @@ from mstools_cli.main import app  # noqa: E402
 from mstools import case_layout as layout  # noqa: E402
 from mstools.deep import MODELS  # noqa: E402
 from mstools.deep.cards import card_path, default_weights, file_sha256, read_card, save_weights  # noqa: E402
-from mstools.deep.config import ModelConfig, build_model  # noqa: E402
+from mstools.deep.config import ModelConfig  # noqa: E402
+from mstools.deep.networks import build_model  # noqa: E402
 from tests.conftest import oblique_affine, save_nifti  # noqa: E402
 
 runner = CliRunner()

@@ -23,7 +23,8 @@ import numpy as np
 
 from mstools.deep import inference
 from mstools.deep.augment import AugmentConfig, augment_sample
-from mstools.deep.config import ModelConfig, TrainingConfig, build_model
+from mstools.deep.config import ModelConfig, TrainingConfig
+from mstools.deep.networks import build_model
 from mstools.deep.sampling import extract, patch_start
 
 #: Voxels kept around the head's bounding box when cases are cropped for training.

@@ -26,7 +26,7 @@ from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 from mstools.pipeline.config import (check_config, check_config_files, resolve, stage_options,
                                      stage_options_args)
-from mstools.pipeline.stages import PATH_OPTIONS, STAGES, Stage, StageContext, enabled, stage_order
+from mstools.pipeline.stages import PATH_OPTIONS, STAGES, StageContext, enabled, stage_order
 
 
 class StageFailed(InputError):
