@@ -17,7 +17,7 @@ The names below are loaded on first use, so ``import mstools`` stays cheap::
 
 from __future__ import annotations
 
-import importlib
+from mstools._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -48,16 +48,5 @@ _API = {
     "load_config": "mstools.pipeline.config", "default_config": "mstools.pipeline.config",
 }
 
-__all__ = ["__version__", *sorted(_API)]
-
-
-def __getattr__(name: str):
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value   # once loaded, a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _API)
+__all__ = ["__version__", *__all__]

@@ -83,9 +83,11 @@ def test_config_values_are_read_as_the_command_line_reads_them():
     options = build(RefineOptions, {"threshold": "0.3", "min_voxels": 5, "region": "brain", "model": None})
     assert options.threshold == 0.3 and options.min_voxels == 5 and options.region == "brain"
     assert options.model is None   # None keeps the command's default
-    for values, message in (({"threshold": 2}, "is not in the range 0<=x<=1"),
-                            ({"min_voxels": "2.5"}, "is not a valid integer"),
-                            ({"region": "skull"}, "is not one of 'candidates', 'brain'"),
+    for values, message in (({"threshold": 2}, "Input should be less than or equal to 1"),
+                            ({"threshold": "nan"}, "Input should be less than or equal to 1"),
+                            ({"min_voxels": -1}, "Input should be greater than or equal to 0"),
+                            ({"min_voxels": "2.5"}, "Input should be a valid integer"),
+                            ({"region": "skull"}, "'skull' is not one of 'candidates', 'brain'"),
                             ({"colour": 1}, "no option 'colour'")):
         with pytest.raises(InputError, match=message):
             build(RefineOptions, values)

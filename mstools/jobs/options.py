@@ -80,18 +80,27 @@ def defaults(options_class) -> dict[str, Any]:
     return {name: spec.default for name, spec in specs(options_class).items()}
 
 
-def _range_text(spec: Spec) -> str:
-    if spec.min is not None and spec.max is not None:
-        return f"{spec.min}<=x<={spec.max}"
-    return f"x>={spec.min}" if spec.min is not None else f"x<={spec.max}"
+def _bound(value: float) -> str:
+    """A range bound as the command line's messages print it (0.0 -> 0, 0.95 -> 0.95)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _out_of_range(spec: Spec, number: float) -> Optional[str]:
+    """The command line's message for a number outside the option's range (NaN is outside)."""
+    if spec.max is not None and not number <= spec.max:
+        return f"Input should be less than or equal to {_bound(spec.max)}"
+    if spec.min is not None and not number >= spec.min:
+        return f"Input should be greater than or equal to {_bound(spec.min)}"
+    return None
 
 
 def convert(spec: Spec, value: Any) -> Any:
-    """A configuration value read as the command line reads its text; ValueError says why not.
+    """A configuration value read as the command line reads its text; ValueError says why not,
+    in the command line's words.
 
     A value is taken as the text it would be on the command line (a YAML ``3`` for a
-    float option is 3.0, ``"2.5"`` for an int option is refused), so that a config
-    file and a command line accept the same values.
+    float option is 3.0, ``"2.5"`` for an int option is refused, NaN is outside any
+    range), so that a config file and a command line accept the same values.
     """
     flag = spec.flag
     if spec.kind == "bool":
@@ -108,21 +117,24 @@ def convert(spec: Spec, value: Any) -> Any:
         try:
             number: Any = float(text)
         except ValueError:
-            raise ValueError(f"Invalid value for '{flag}': '{text}' is not a valid float.") from None
+            raise ValueError(f"Invalid value for '{flag}': Input should be a valid number, unable to parse "
+                             "string as a number") from None
     elif spec.kind == "int":
         try:
             number = int(text)
         except ValueError:
-            raise ValueError(f"Invalid value for '{flag}': '{text}' is not a valid integer.") from None
+            raise ValueError(f"Invalid value for '{flag}': Input should be a valid integer, unable to parse "
+                             "string as an integer") from None
     elif spec.kind == "choice":
         if text not in spec.choices:
-            raise ValueError(f"Invalid value for '{flag}': '{text}' is not one of "
+            raise ValueError(f"Invalid value for '{flag}': Value error, '{text}' is not one of "
                              + ", ".join(f"'{c}'" for c in spec.choices) + ".")
         return text
     else:  # str, path
         return text
-    if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
-        raise ValueError(f"Invalid value for '{flag}': {number} is not in the range {_range_text(spec)}.")
+    problem = _out_of_range(spec, number)
+    if problem:
+        raise ValueError(f"Invalid value for '{flag}': {problem}")
     return number
 
 

@@ -132,6 +132,7 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
     import dataclasses
 
     from mstools.deep.config import DEFAULT_LEARNING_RATE, PAPER_CONFIGS, SMALL_CONFIGS, TrainingConfig
+    from mstools.deep.networks import network
 
     base = (SMALL_CONFIGS if preset == "small" else PAPER_CONFIGS)[model]
     changes = {k: v for k, v in (("base_filters", base_filters), ("patch_size", patch_size)) if v is not None}
@@ -141,7 +142,8 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
         model_config = dataclasses.replace(base, **changes)
         train_config = TrainingConfig(
             iterations=iterations or (20000 if preset == "paper" else 1500),
-            batch_longitudinal=batch_longitudinal, batch_single=batch_single if model == "coactseg" else 0,
+            batch_longitudinal=batch_longitudinal,
+            batch_single=batch_single if network(model).single_timepoint else 0,
             learning_rate=learning_rate or DEFAULT_LEARNING_RATE[model], relation_start=relation_start,
             p_random_patch=p_random_patch, augment=augment, seed=seed, validate_every=validate_every,
             checkpoint_every=checkpoint_every)
@@ -301,6 +303,7 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     import torch
 
     from mstools.deep.inference import select_device
+    from mstools.deep.networks import network
     from mstools.deep.training import Trainer
 
     if threads is not None:
@@ -316,10 +319,11 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     single = [c for c in train_cases if not c.longitudinal]
     if not longitudinal:
         raise InputError("training needs at least one two-time-point case (baseline, follow-up, ground truth)")
-    if model == "coactseg" and train_config.batch_single and not single:
-        raise InputError("coactseg mixes single-time-point cases into every batch (paper 002); add some "
+    mixes_single = network(model).single_timepoint
+    if mixes_single and train_config.batch_single and not single:
+        raise InputError(f"{model} mixes single-time-point cases into every batch (paper 002); add some "
                          "(mstools simulate --single-timepoint) or pass --batch-single 0")
-    if model != "coactseg" and single:
+    if not mixes_single and single:
         log(f"{model} learns from two-time-point cases only: {len(single)} single-time-point cases ignored")
     validation = [load_case(f, model_config, validation=True) for f in val_folders]
     trainer = Trainer(model_config, train_config, longitudinal, single, device=torch_device)

@@ -223,15 +223,29 @@ def _stage_messages(verbose: bool):
         messages.STATE.level = level
 
 
-def _call(stage_name: str, job: Callable[[], object], *, verbose: bool) -> None:
-    """Run a job as a stage: its bad-input error becomes StageFailed (the stage named)."""
+def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command: str) -> None:
+    """Run a job as a stage: its bad-input error becomes StageFailed (the stage named). With
+    ``verbose``, the job's traceback and its command's error line are shown, as the command
+    itself (``mstools <command>``) would show them with -v."""
+    import sys
+    import traceback
+
+    from mstools.messages import INTERRUPTED
+
     with _stage_messages(verbose):
         try:
             job()
         except StageFailed:
             raise
         except InputError as exc:
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+                print(f"mstools {command}: error: {exc}", file=sys.stderr)
             raise StageFailed(stage_name, str(exc)) from None
+        except KeyboardInterrupt:
+            if verbose:
+                print(f"mstools {command}: {INTERRUPTED}", file=sys.stderr)
+            raise
 
 
 def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
@@ -261,7 +275,7 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
             on_stage(name, "running")
         stage.folder(run_dir).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        _call(name, lambda: stage.run(context), verbose=verbose)
+        _call(name, lambda: stage.run(context), verbose=verbose, command="-".join(stage.command))
         seconds = time.perf_counter() - start
         _write_stage_record(run_dir, name, key, args, seconds)
         outcomes[name] = StageOutcome("ran", seconds, key)
@@ -280,7 +294,7 @@ def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> Non
     folder = run_dir / rl.CASE_DIR
     _call("preprocess", lambda: apply_transform_job(
         Path(case.ground_truth), folder / TRANSFORM_FOLLOWUP, folder / layout.FOLLOWUP,
-        folder / layout.GROUND_TRUTH, force=True), verbose=verbose)
+        folder / layout.GROUND_TRUTH, force=True), verbose=verbose, command="apply-transform")
 
 
 def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> dict:
@@ -293,7 +307,7 @@ def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> 
         target = run_dir / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
         _call("preprocess", lambda: apply_transform_job(
             source, run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP, Path(case.followup), target, inverse=True,
-            force=True), verbose=verbose)
+            force=True), verbose=verbose, command="apply-transform")
         written[kind] = target.name
     return written
 
