@@ -14,7 +14,8 @@ from mstools import case_layout as layout
 from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 
-__all__ = ["CaseInput", "resolve_case_inputs", "read_pair", "check_case_input", "input_files", "given_truth"]
+__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "check_case_input", "input_files",
+           "given_truth"]
 
 
 def resolve_case_inputs(case: Optional[Path], baseline: Optional[Path], followup: Optional[Path],
@@ -33,6 +34,15 @@ def resolve_case_inputs(case: Optional[Path], baseline: Optional[Path], followup
         else:
             raise InputError(f"no case folder and no {option}; give CASE or all of --baseline, --followup, --brain-mask")
     return paths[0], paths[1], paths[2]
+
+
+def resolve_pair(case: Optional[Path], baseline: Optional[Path], followup: Optional[Path]) -> tuple[Path, Path]:
+    """Baseline and follow-up only (no brain mask needed): explicit files win, else the case folder's."""
+    if case is None and (baseline is None or followup is None):
+        raise InputError("give a case folder, or both --baseline and --followup")
+    if case is not None and not case.is_dir():
+        raise InputError(f"{case}: case folder not found")
+    return baseline or case / layout.BASELINE, followup or case / layout.FOLLOWUP
 
 
 def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):

@@ -38,7 +38,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows."""
     import time
 
-    from mstools import case_layout as layout
+    from mstools.case import resolve_pair
     from mstools.deep.cards import default_weights
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
@@ -49,12 +49,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
 
     o = options
     model = o.model
-    if case is None and (baseline is None or followup is None):
-        raise InputError("give a case folder, or both --baseline and --followup")
-    if case is not None and not case.is_dir():
-        raise InputError(f"{case}: case folder not found")
-    baseline_path = baseline or case / layout.BASELINE
-    followup_path = followup or case / layout.FOLLOWUP
+    baseline_path, followup_path = resolve_pair(case, baseline, followup)
     if output is None:
         if case is None:
             raise InputError("give --output PREFIX when the images are given with --baseline/--followup")

@@ -42,7 +42,8 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
     InputError when elastix fails or the registration fails the quality check
     (images that do not correlate, folding).
     """
-    from mstools.lesions import LESION_COLUMNS, detections_from_mask
+    from mstools.detections import LESION_COLUMNS
+    from mstools.lesions import detections_from_mask
     from mstools.registration.deformation import jacobian_determinant, warp
 
     result = _run_elastix(fixed, moving, maps, fixed_brain if register_in_mask else None, moving_brain, threads)
