@@ -20,7 +20,7 @@ from pathlib import Path
 
 def batch(source: str, out: str, extra: list[str]) -> tuple[dict, float]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cli.main", "batch", source, "-o", out, "--json", *extra],
+    done = subprocess.run([sys.executable, "-m", "mstools_cli.main", "batch", source, "-o", out, "--json", *extra],
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode not in (0, 1):

@@ -115,9 +115,7 @@ def time_cli(cases: int, seed0: int) -> tuple[float, int]:
             with OutputBatch() as out:
                 out.image(pred_dir / f"case{n:03d}_mask.nii.gz", pred, reference, np.uint8)
                 out.image(gt_dir / f"case{n:03d}.nii.gz", truth, reference, np.uint8)
-        runner = ("import typer; from cli.evaluate import evaluate_command; "
-                  "app = typer.Typer(add_completion=False); app.command()(evaluate_command); app()")
-        command = [sys.executable, "-c", runner,
+        command = [sys.executable, "-m", "mstools_cli.main", "evaluate",
                    "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--out-dir", str(Path(tmp, "out")),
                    "--json"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def cross_validation(args) -> None:
-    from cli.refine import read_case
+    from mstools.jobs.refine import read_case
     from mstools.refine import model as rm
     from mstools.refine.features import feature_names
     from mstools.refine.postprocess import PostProcessing
@@ -69,7 +69,7 @@ def cross_validation(args) -> None:
 def apply(args) -> None:
     out = Path(args.work) / "bench_apply"
     out.mkdir(parents=True, exist_ok=True)
-    command = ["/usr/bin/time", "-f", "%e s %M KB", sys.executable, "-m", "cli.main", "refine", args.case,
+    command = ["/usr/bin/time", "-f", "%e s %M KB", sys.executable, "-m", "mstools_cli.main", "refine", args.case,
                "-c", str(Path(args.work) / Path(args.case).name / args.candidates), "-o", str(out / "refined"),
                "--force", "--json"]
     for repeat in range(args.repeats):

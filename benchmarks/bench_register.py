@@ -155,11 +155,11 @@ def timing(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-register-") as tmp:
         folder = Path(tmp) / "case"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cli.main", "-q", "simulate", str(folder), "--seed", str(args.seed),
+        subprocess.run([sys.executable, "-m", "mstools_cli.main", "-q", "simulate", str(folder), "--seed", str(args.seed),
                         "--voxel-mm", "1", "--misalign-mm", str(args.misalign_mm), "--misalign-deg",
                         str(args.misalign_deg)], check=True, stdout=subprocess.DEVNULL)
         print(f"simulate 1 mm: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        command = [sys.executable, "-m", "cli.main", "register",
+        command = [sys.executable, "-m", "mstools_cli.main", "register",
                    str(folder / "flair_time02_on_middle_space.nii.gz"),
                    str(folder / "flair_time01_on_middle_space.nii.gz"), str(Path(tmp) / "out"),
                    "--followup-mask", str(folder / "brain_mask.nii.gz"), "--threads", str(args.threads), "--json"]

@@ -42,7 +42,8 @@ PAPER = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from mstools.deep.config import PAPER_CONFIGS, build_model
+from mstools.deep.config import PAPER_CONFIGS
+from mstools.deep.networks import build_model
 model = build_model(PAPER_CONFIGS["coactseg"]).eval()
 x = torch.randn(1, 3, 80, 80, 80)
 times = []

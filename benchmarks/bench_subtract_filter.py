@@ -53,7 +53,7 @@ def main(case: Path) -> None:
                               str(LOOSE_THRESHOLD)]),
                             ("mstools filter (rules)", ["filter", str(case), "--candidates", f"{tmp}/s", "-o", f"{tmp}/f"])):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "cli.main", "-q", *args], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, "-m", "mstools_cli.main", "-q", *args], check=True, stdout=subprocess.DEVNULL)
             print(f"{label:40s} {time.perf_counter() - t0:6.2f} s whole command (process start and I/O included)")
 
 

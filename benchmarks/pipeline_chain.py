@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import pipeline
+from mstools import pipeline
 
 #: name -> config changes over the defaults.
 VARIANTS = {
@@ -61,7 +61,7 @@ def main() -> None:
         config = configured(changes)
         for case in args.cases:
             start = time.perf_counter()
-            result = pipeline.run_pipeline(pipeline.CaseInput(case.name, folder=case), args.work / case.name,
+            result = pipeline.run_case(pipeline.CaseInput(case.name, folder=case), args.work / case.name,
                                            config, Path.cwd())
             seconds.setdefault(name, []).append(time.perf_counter() - start)
             for row in result.evaluation:

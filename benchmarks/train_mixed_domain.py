@@ -29,7 +29,7 @@ from pathlib import Path
 
 from real_scans import COLUMNS, score, table_row  # this folder: scored as benchmarks/real_scans.py does
 
-#: `mstools run`'s refine sizes (cli/pipeline.py RUN_OVERRIDES), in mm3 so that they mean
+#: `mstools run`'s refine sizes (mstools/pipeline/stages.py RUN_OVERRIDES), in mm3 so that they mean
 #: the same on every grid: 5 voxels of 1 mm.
 REFINE_MIN_MM3 = 5.0
 

@@ -1,4 +1,5 @@
-"""What every command shares: verbosity, the error contract, outputs with sidecars.
+"""What every command shares: verbosity, the error contract, results on stdout, and options
+built from the jobs' declarations.
 
 Error contract: bad input raises :class:`mstools.errors.InputError`; :func:`command`
 turns it into one line on stderr and exit code 1 (traceback only with ``-v``).
@@ -9,51 +10,22 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import traceback
-from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from enum import Enum
+from typing import Any, Callable, Iterable, Mapping
 
 import typer
 
+from mstools.detections import add_table  # noqa: F401  (batch's tables)
 from mstools.errors import InputError
-
-
-@dataclass
-class Verbosity:
-    level: int = 0  # -1 quiet, 0 normal, 1 verbose
-
-
-STATE = Verbosity()
-
-#: What an interrupted command says (exit code 130, as shells report SIGINT).
-INTERRUPTED = ("interrupted (Ctrl-C); no output was left half-written (each is renamed into place "
-               "when complete); rerun the command to finish")
-
-
-def log(message: str, *, level: int = 0) -> None:
-    """A log line on stderr (hidden by -q; level 1 lines only with -v)."""
-    if STATE.level >= level:
-        print(message, file=sys.stderr)
-
-
-def progress_enabled() -> bool:
-    return STATE.level >= 0 and sys.stderr.isatty()
-
-
-def check_finite_options(values: Mapping[str, object], *, where: str = "") -> None:
-    """Refuse a number option that is NaN or infinite (click reads ``nan`` and ``inf`` as floats)."""
-    for name, value in values.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        for item in items:
-            if isinstance(item, float) and not math.isfinite(item):
-                option = f"{where}{name}" if where else f"--{name.replace('_', '-')}"
-                raise InputError(f"{option} {item}: not a finite number; give a number")
+from mstools.jobs.options import specs
+from mstools.messages import INTERRUPTED, STATE, check_finite_options, log, progress_enabled  # noqa: F401
 
 
 def command(func: Callable) -> Callable:
     """Wrap a command body with the error contract."""
+    name = func.__name__.replace("_", "-").removesuffix("-command")
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -63,12 +35,10 @@ def command(func: Callable) -> Callable:
         except InputError as exc:
             if STATE.level >= 1:
                 traceback.print_exc(file=sys.stderr)
-            print(f"mstools {func.__name__.replace('_', '-').removesuffix('-command')}: error: {exc}",
-                  file=sys.stderr)
+            print(f"mstools {name}: error: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            print(f"mstools {func.__name__.replace('_', '-').removesuffix('-command')}: {INTERRUPTED}",
-                  file=sys.stderr)
+            print(f"mstools {name}: {INTERRUPTED}", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -84,34 +54,74 @@ def emit(paths: Iterable[object] = (), *, as_json: bool = False, payload: Mappin
             print(p)
 
 
-def add_image(batch, path, data, reference, dtype, record: Mapping) -> None:
-    """Queue an image and its provenance sidecar in an OutputBatch."""
-    from mstools.provenance import sidecar_path
-
-    batch.image(path, data, reference, dtype)
-    batch.json(sidecar_path(path), record)
+def report(result, *, as_json: bool) -> None:
+    """A job's result on stdout: its written paths, or its JSON summary."""
+    emit(result.written, as_json=as_json, payload=result.payload)
 
 
-def add_table(batch, path, rows, columns, record: Mapping) -> None:
-    """Queue a TSV table and its provenance sidecar in an OutputBatch."""
-    from mstools.provenance import sidecar_path
-
-    batch.table(path, rows, columns)
-    batch.json(sidecar_path(path), record)
+def choices(enum_name: str, options_class, name: str) -> type[Enum]:
+    """The str Enum of a choice option's values (Typer shows and checks them)."""
+    return Enum(enum_name, {value: value for value in specs(options_class)[name].choices}, type=str)  # type: ignore
 
 
-def add_detections(batch, prefix: str, detections, reference, record: Mapping, *,
-                   table: list | None = None, columns: Iterable[str] | None = None) -> None:
-    """Queue a detector's common outputs (PREFIX_score, _mask, _labels, _lesions.tsv; see
-    :mod:`mstools.lesions`) with their sidecars. ``table``/``columns`` replace the standard
-    lesion table when a detector adds columns of its own."""
-    import numpy as np
+def opt(options_class, name: str, enum: type[Enum] | None = None, **extra: Any):
+    """The Typer option of a job option: default, flags, help and range as the job declares them."""
+    spec = specs(options_class)[name]
+    default = enum(spec.default) if enum is not None and spec.default is not None else spec.default
+    flags = list(spec.flags)
+    if spec.secondary:
+        flags = [f"{spec.flag}/{spec.secondary}", *flags[1:]]
+    kwargs: dict[str, Any] = {"help": spec.help}
+    if spec.min is not None:
+        kwargs["min"] = spec.min
+    if spec.max is not None:
+        kwargs["max"] = spec.max
+    kwargs.update(extra)
+    return typer.Option(default, *flags, **kwargs)
 
-    from mstools.lesions import LESION_COLUMNS, output_paths
 
-    names = output_paths(prefix)
-    add_image(batch, names["score"], detections.score, reference, np.float32, record)
-    add_image(batch, names["mask"], detections.mask, reference, np.uint8, record)
-    add_image(batch, names["labels"], detections.labels, reference, np.int32, record)
-    add_table(batch, names["table"], detections.table if table is None else table,
-              LESION_COLUMNS if columns is None else tuple(columns), record)
+def values(options_class, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options among a command's parameters, as plain values (Enums by value, paths as text)."""
+    found = {}
+    for name in specs(options_class):
+        value = params[name]
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) for v in value] if value else None
+        elif value is not None and not isinstance(value, (bool, int, float, str)):
+            value = str(value)
+        found[name] = value
+    return found
+
+
+def options(options_class, params: Mapping[str, Any]):
+    """The job's options dataclass from a command's parameters."""
+    return options_class(**values(options_class, params))
+
+
+class progress_bar:
+    """A rich progress bar on stderr (terminal only, not with -q) that starts at the first
+    update; ``with progress_bar("segment") as update: job(progress=update)``."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.bar = None
+        self.task = None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(self.title), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task(self.title, total=None)
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self):
+        return self.update if progress_enabled() else None
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

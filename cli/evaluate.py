@@ -1,9 +1,8 @@
 """``mstools evaluate``: score predictions against ground truth, one pair or a cohort.
 
-Parses, reads (``mstools.io``), calls :func:`mstools.metrics.evaluate_case`, writes
-the per-case and per-lesion tables and the summary JSON in one atomic batch, and
-reports on stdout (a readable table, or JSON with ``--json``). In a cohort, missing
-or unreadable cases are reported, not fatal.
+Parses, calls :func:`mstools.jobs.evaluate.evaluate_job` (which reads, scores with
+:func:`mstools.metrics.evaluate_case` and writes the tables and the summary JSON in one
+atomic batch), and reports on stdout (a readable table, or JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import command, log, progress_enabled
-from mstools.errors import InputError
+from mstools_cli.common import command, progress_enabled
 from mstools.metrics import defaults
 
 
@@ -24,8 +22,6 @@ class HD95Choice(str, Enum):
     max_directed = "max-directed"
     pooled = "pooled"
 
-#: Columns of the per-case table, before the metrics.
-CASE_ID_COLUMNS = ("case", "status", "message", "prediction", "ground_truth", "empty_ground_truth")
 #: Shown in the readable stdout table (column title, metric key, format).
 _SHOWN = (
     ("dice", "dice", ".3f"), ("hd95_mm", "hd95_mm", ".2f"), ("assd_mm", "assd_mm", ".2f"),
@@ -33,9 +29,6 @@ _SHOWN = (
     ("gt", "gt_lesions", "d"), ("pred", "pred_lesions", "d"), ("det", "msseg2_detected", "d"),
     ("fp", "msseg2_fp", "d"), ("score", "overall_score", ".3f"),
 )
-#: Summarised apart for cases whose ground truth is empty (MSSEG-2 practice).
-EMPTY_TRUTH_METRICS = ("pred_lesions", "pred_lesion_volume_mm3", "pred_volume_mm3", "smoothed_dice",
-                       "specificity")
 
 
 @command
@@ -91,6 +84,7 @@ def evaluate_command(
       mstools evaluate --pred-dir preds --gt-dir cases --out-dir results
       mstools evaluate --manifest cohort.tsv --threshold 0.5 --json
     """
+    from mstools.jobs.evaluate import case_pairs, evaluate_job
     from mstools.metrics import EvaluationOptions, LesionRule
 
     mode = _input_mode(prediction, ground_truth, pred_dir, gt_dir, manifest)
@@ -105,24 +99,11 @@ def evaluate_command(
                           gamma=gamma)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    options = EvaluationOptions(rule=rule, hd95=hd95.value)
-
-    pairs = _pairs(mode, prediction, ground_truth, pred_dir, gt_dir, manifest, threshold)
-    outputs = _output_paths(out, out_dir)
-    _check_outputs(outputs, pairs, force=force, folder_created=out_dir is not None, manifest=manifest)
-
-    rows, lesion_rows = _run(pairs, options, threshold, cohort=mode != "pair")
-    evaluated = [r for r in rows if r["status"] == "ok"]
-    if not evaluated:
-        raise InputError("no case could be evaluated (" + "; ".join(
-            f"{r['case']}: {r['message']}" for r in rows[:3]) + (" ..." if len(rows) > 3 else "") + ")")
-    if mode != "pair":
-        log(f"evaluated {len(evaluated)} of {len(rows)} case(s)")
-
-    parameters = {**options.as_dict(), "threshold": threshold}
-    summary = build_summary(rows, parameters)
-    written = _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, out_dir is not None,
-                     manifest=manifest)
+    pairs = case_pairs(mode, prediction, ground_truth, pred_dir, gt_dir, manifest, threshold)
+    with _progress(len(pairs) if mode != "pair" else 0) as on_case:
+        rows, lesion_rows, summary, written = evaluate_job(
+            pairs, EvaluationOptions(rule=rule, hd95=hd95.value), threshold, cohort=mode != "pair", out=out,
+            out_dir=out_dir, manifest=manifest, force=force, on_case=on_case)
     _report(rows, lesion_rows, summary, written, as_json)
 
 
@@ -145,243 +126,26 @@ def _input_mode(prediction, ground_truth, pred_dir, gt_dir, manifest) -> str:
     return chosen[0]
 
 
-def _pairs(mode, prediction, ground_truth, pred_dir, gt_dir, manifest, threshold):
-    from mstools.cohort import CasePair, pairs_from_folders, pairs_from_manifest
-    from mstools.lesions import MASK_SUFFIX, SCORE_SUFFIX
+class _progress:
+    """A progress bar over a cohort's cases on a terminal (2 cases or more)."""
 
-    if mode == "pair":
-        name = prediction.name
-        for suffix in (MASK_SUFFIX, SCORE_SUFFIX, ".nii.gz", ".nii"):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                name = name[: -len(suffix)]
-                break
-        return [CasePair(name, prediction, ground_truth)]
-    if mode == "folders":
-        return pairs_from_folders(pred_dir, gt_dir, prefer_score=threshold is not None)
-    return pairs_from_manifest(manifest)
+    def __init__(self, total: int):
+        self.total, self.bar = total, None
 
+    def __enter__(self):
+        if not progress_enabled() or self.total < 2:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
 
-def _read_prediction(path: Path, threshold: Optional[float]):
-    """The prediction as a boolean mask on its grid (threshold applied to score maps)."""
-    from mstools.io import read_image
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("evaluating", total=self.total)
+        return lambda: self.bar.advance(task)
 
-    image = read_image(path)
-    data = image.data
-    if threshold is not None:
-        return image.with_data(data >= threshold)
-    odd = (data != 0) & (data != 1)
-    if odd.any():
-        raise InputError(
-            f"{path}: prediction is not a binary mask (values {_values(data[odd])}, range "
-            f"{float(data.min()):.3g} to {float(data.max()):.3g}); for a score or probability map pass "
-            "--threshold (e.g. --threshold 0.5)")
-    return image.with_data(data != 0)
-
-
-def _read_truth(path: Path):
-    """The ground truth as a boolean mask; anything but 0 and 1 is refused."""
-    from mstools.io import read_image
-
-    image = read_image(path)
-    data = image.data
-    odd = (data != 0) & (data != 1)
-    if odd.any():
-        raise InputError(
-            f"{path}: ground truth is not a binary mask (values {_values(data[odd])} besides 0 and 1); "
-            "evaluate needs a 0/1 mask of the new lesions: binarise it first (every lesion voxel 1)")
-    return image.with_data(data != 0)
-
-
-def _values(values) -> str:
-    import numpy as np
-
-    shown = np.unique(values[:100000])
-    return ", ".join(f"{v:g}" for v in shown[:5]) + (" ..." if shown.size > 5 else "")
-
-
-# --------------------------------------------------------------------------- running
-
-
-def _missing(pair) -> tuple[str, str] | None:
-    if pair.prediction is None:
-        return "missing_prediction", "no prediction found for this case"
-    if pair.ground_truth is None:
-        return "missing_ground_truth", "no ground truth found for this case"
-    if not pair.prediction.is_file():
-        return "missing_prediction", f"{pair.prediction}: file not found"
-    if not pair.ground_truth.is_file():
-        return "missing_ground_truth", f"{pair.ground_truth}: file not found"
-    return None
-
-
-def _evaluate_pair(pair, options, threshold):
-    from mstools.io import check_same_grid
-    from mstools.metrics import evaluate_case
-
-    truth = _read_truth(pair.ground_truth)
-    pred = _read_prediction(pair.prediction, threshold)
-    check_same_grid(pred, truth, names=(pair.prediction, pair.ground_truth))
-    return evaluate_case(pred.data, truth.data, affine=truth.affine, options=options, case=pair.case)
-
-
-def _run(pairs, options, threshold, *, cohort: bool):
-    rows: list[dict] = []
-    lesion_rows: list[dict] = []
-    progress = _progress(len(pairs)) if cohort else None
-    try:
-        for pair in pairs:
-            row = {"case": pair.case, "prediction": _text(pair.prediction), "ground_truth": _text(pair.ground_truth)}
-            missing = _missing(pair) if cohort else None
-            if missing is not None:
-                row.update(status=missing[0], message=missing[1])
-                log(f"warning: case {pair.case}: {missing[1]} (reported as {missing[0]})")
-            else:
-                try:
-                    result = _evaluate_pair(pair, options, threshold)
-                except InputError as exc:
-                    if not cohort:
-                        raise
-                    row.update(status="error", message=str(exc))
-                    log(f"warning: case {pair.case}: {exc} (reported as error)")
-                else:
-                    row.update(status="ok", message="")
-                    row.update(result.metrics)
-                    lesion_rows.extend(result.lesions)
-                    log(f"{pair.case}: dice {_fmt(row.get('dice'), '.3f')}, "
-                        f"lesion F1 {_fmt(row.get('lesion_f1'), '.3f')}", level=1)
-            rows.append(row)
-            if progress is not None:
-                progress[0].advance(progress[1])
-    finally:
-        if progress is not None:
-            progress[0].stop()
-    return rows, lesion_rows
-
-
-def _progress(total: int):
-    if not progress_enabled() or total < 2:
-        return None
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True)
-    bar.start()
-    return bar, bar.add_task("evaluating", total=total)
-
-
-def _text(path: Optional[Path]) -> str | None:
-    return None if path is None else str(path)
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def build_summary(rows: list[dict], parameters: dict) -> dict:
-    """Statistics over evaluated cases, empty-ground-truth cases apart; missing and failed listed."""
-    from mstools.metrics import METRIC_DEFINITIONS
-    from mstools.metrics.summary import summarise
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    with_truth = [r for r in ok if not r["empty_ground_truth"]]
-    empty = [r for r in ok if r["empty_ground_truth"]]
-    return {
-        "parameters": parameters,
-        "hd95_definition": ("max of the two directed 95th percentiles (MONAI, Metrics Reloaded)"
-                            if parameters["hd95"] == "max-directed"
-                            else "95th percentile of both directions pooled (medpy)"),
-        "conventions": {
-            "empty_ground_truth": "truth-relative scores (Dice, Jaccard, PPV, sensitivity, VD, RVE, surface "
-                                  "distances, lesion scores, overall score) are n/a; the case is summarised "
-                                  "apart by the number and volume of predicted lesions (MSSEG-2)",
-            "empty_prediction": "Dice, Jaccard, sensitivity, PPV, lesion PPV/F1, LTPR, LFPR are 0, VD is 1; "
-                                "surface distances are n/a",
-            "undefined": "n/a values are left out of the statistics; n_undefined counts them",
-            "std": "sample standard deviation (ddof = 1)",
-        },
-        "cases": {
-            "total": len(rows),
-            "evaluated": len(ok),
-            "with_ground_truth": len(with_truth),
-            "empty_ground_truth": len(empty),
-            "missing": [{"case": r["case"], "status": r["status"], "message": r["message"]}
-                        for r in rows if r["status"].startswith("missing")],
-            "failed": [{"case": r["case"], "message": r["message"]} for r in rows if r["status"] == "error"],
-        },
-        "ground_truth_cases": summarise(with_truth, list(METRIC_DEFINITIONS)),
-        "empty_ground_truth_cases": {
-            "cases_without_predicted_lesion": sum(1 for r in empty if r["pred_lesions"] == 0),
-            **summarise(empty, EMPTY_TRUTH_METRICS),
-        },
-        "definitions": dict(METRIC_DEFINITIONS),
-    }
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def _inputs(pairs, manifest: Optional[Path] = None) -> list[Path]:
-    """Every file evaluate reads (never overwritten, --force or not)."""
-    files = [p for pair in pairs for p in (pair.prediction, pair.ground_truth) if p is not None]
-    return files + ([manifest] if manifest is not None else [])
-
-
-def _check_outputs(outputs: dict[str, Path], pairs, *, force: bool, folder_created: bool,
-                   manifest: Optional[Path] = None) -> None:
-    """Refuse unwritable outputs before any case is read (a cohort can take minutes)."""
-    from mstools.io import check_writable
-
-    inputs = _inputs(pairs, manifest)
-    for path in outputs.values():
-        if folder_created and not path.parent.exists():
-            continue                          # --out-dir is created when the results are written
-        check_writable(path, inputs=inputs, force=force)
-
-
-def _output_paths(out: Optional[str], out_dir: Optional[Path]) -> dict[str, Path]:
-    if out is not None:
-        return {"cases": Path(out + "_cases.tsv"), "lesions": Path(out + "_lesions.tsv"),
-                "summary": Path(out + "_summary.json")}
-    if out_dir is not None:
-        return {"cases": out_dir / "cases.tsv", "lesions": out_dir / "lesions.tsv",
-                "summary": out_dir / "summary.json"}
-    return {}
-
-
-def _write(outputs, rows, lesion_rows, summary, parameters, pairs, force, create_dirs, *,
-           manifest: Optional[Path] = None) -> list[Path]:
-    if not outputs:
-        return []
-    from mstools.io import OutputBatch
-    from mstools.metrics import LESION_COLUMNS, METRIC_DEFINITIONS
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
-
-    inputs = _inputs(pairs, manifest)
-    record = sidecar(command="evaluate", parameters=parameters, inputs=describe_inputs(inputs))
-    with OutputBatch(inputs=inputs, force=force, create_dirs=create_dirs) as batch:
-        batch.table(outputs["cases"], rows, [*CASE_ID_COLUMNS, *METRIC_DEFINITIONS])
-        batch.json(sidecar_path(outputs["cases"]), record)
-        batch.table(outputs["lesions"], lesion_rows, LESION_COLUMNS)
-        batch.json(sidecar_path(outputs["lesions"]), record)
-        # a JSON output cannot have a <name>.json sidecar: its provenance is inside it
-        batch.json(outputs["summary"], json_safe({**summary, "provenance": record}))
-    return list(batch.written)
-
-
-def json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _fmt(value, spec: str) -> str:
@@ -391,7 +155,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def _report(rows, lesion_rows, summary, written, as_json: bool) -> None:
-    from cli.common import emit
+    from mstools.jobs.evaluate import json_safe
+    from mstools_cli.common import emit
 
     if as_json:
         emit(as_json=True, payload=json_safe({"cases": rows, "lesions": lesion_rows, "summary": summary,

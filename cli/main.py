@@ -13,20 +13,20 @@ from typing import Optional
 import typer
 
 from mstools import __version__
-from cli import common
-from cli.simulate import simulate_command
-from cli.evaluate import evaluate_command
-from cli.subtract import subtract_command
-from cli.filter import filter_app
-from cli.refine import refine_app
-from cli.register import register_command, warp_command
-from cli.preprocess import apply_transform_command, preprocess_command
-from cli.segment import segment_command
-from cli.train import train_command
-from cli.report import report_command
-from cli.run import run_command
-from cli.batch import batch_command
-from cli.import_open_ms import import_open_ms_command
+from mstools_cli import common
+from mstools_cli.simulate import simulate_command
+from mstools_cli.evaluate import evaluate_command
+from mstools_cli.subtract import subtract_command
+from mstools_cli.filter import filter_app
+from mstools_cli.refine import refine_app
+from mstools_cli.register import register_command, warp_command
+from mstools_cli.preprocess import apply_transform_command, preprocess_command
+from mstools_cli.segment import segment_command
+from mstools_cli.train import train_command
+from mstools_cli.report import report_command
+from mstools_cli.run import run_command
+from mstools_cli.batch import batch_command
+from mstools_cli.import_open_ms import import_open_ms_command
 
 app = typer.Typer(
     name="mstools",

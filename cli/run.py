@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cli import common
+from mstools_cli import common
 from mstools.errors import InputError
 
 
@@ -51,7 +51,7 @@ def run_command(
 
     Example: mstools run data_samples/sim-001 -o out/sim-001
     """
-    from cli import pipeline
+    from mstools import pipeline
 
     if print_config:
         print(pipeline.default_config_text(), end="")
@@ -69,7 +69,7 @@ def run_command(
         raise InputError("no input; give a case folder, or both --baseline and --followup")
     settings, base = pipeline.load_config(config)
     # stage progress with -v only: a failing run says one line
-    result = pipeline.run_pipeline(spec, out, settings, base, verbose=common.STATE.level >= 1,
+    result = pipeline.run_case(spec, out, settings, base, verbose=common.STATE.level >= 1,
                                    on_stage=lambda stage, what: common.log(f"{stage}: {what}", level=1),
                                    config_file=config)
     record = result.record

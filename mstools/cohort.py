@@ -5,7 +5,7 @@ Two folders are matched by case name:
 * ground-truth folder: ``<case>.nii.gz`` (or ``.nii``) files, or case folders
   ``<case>/ground_truth.nii.gz`` (the layout of :mod:`mstools.case_layout`);
 * prediction folder: ``<case>.nii.gz``, or the detector outputs ``<case>_mask.nii.gz``
-  / ``<case>_score.nii.gz`` (:mod:`mstools.lesions`), or a folder ``<case>/`` holding
+  / ``<case>_score.nii.gz`` (:mod:`mstools.detections`), or a folder ``<case>/`` holding
   exactly one ``*_mask.nii.gz`` (or ``*_score.nii.gz``). A score map is preferred
   when a threshold is given, a mask otherwise.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from mstools.case_layout import GROUND_TRUTH
 from mstools.errors import InputError
 from mstools.io import NIFTI_SUFFIXES, read_tsv, strip_nifti_suffix
-from mstools.lesions import LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX
+from mstools.detections import LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX
 
 MANIFEST_COLUMNS = ("case", "prediction", "ground_truth")
 

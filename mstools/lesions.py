@@ -1,15 +1,7 @@
-"""Lesions as connected components, and the common output convention of detectors.
+"""Lesions as connected components, and the detections every detector returns.
 
-Every detector (``subtract``, ``register``, ``refine``, ``segment``) writes, for an
-output prefix ``P``, the same four files so that ``filter``, ``refine`` and
-``evaluate`` accept any of them:
-
-=====================  ==========  ===========================================
-``P_score.nii.gz``     float32     score or probability map, same grid
-``P_mask.nii.gz``      uint8       binary detection mask
-``P_labels.nii.gz``    int32       one label per connected lesion (0 = none)
-``P_lesions.tsv``      table       one row per lesion (see ``LESION_COLUMNS``)
-=====================  ==========  ===========================================
+The files a detector writes for them (``P_score``, ``P_mask``, ``P_labels``,
+``P_lesions.tsv``) are described, written and read by :mod:`mstools.detections`.
 """
 
 from __future__ import annotations
@@ -19,16 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-SCORE_SUFFIX = "_score.nii.gz"
-MASK_SUFFIX = "_mask.nii.gz"
-LABELS_SUFFIX = "_labels.nii.gz"
-TABLE_SUFFIX = "_lesions.tsv"
-
-LESION_COLUMNS = (
-    "label", "voxels", "volume_mm3",
-    "centroid_i", "centroid_j", "centroid_k",        # voxel indices (array axes)
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",  # world coordinates from the affine
-    "score_mean", "score_max", "score_min",
+# The output contract (file names, columns) has one home: mstools.detections.
+from mstools.detections import (  # noqa: F401  (re-exported)
+    LABELS_SUFFIX, LESION_COLUMNS, MASK_SUFFIX, SCORE_SUFFIX, TABLE_SUFFIX, output_paths,
 )
 
 #: Face (6), edge (18) or vertex (26) neighbourhoods in 3D.
@@ -136,11 +121,3 @@ def detections_from_labels(labels: np.ndarray, score: np.ndarray, affine: np.nda
     )
 
 
-def output_paths(prefix: str) -> dict[str, str]:
-    """The four file names of the common convention for an output prefix."""
-    return {
-        "score": prefix + SCORE_SUFFIX,
-        "mask": prefix + MASK_SUFFIX,
-        "labels": prefix + LABELS_SUFFIX,
-        "table": prefix + TABLE_SUFFIX,
-    }

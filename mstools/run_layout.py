@@ -6,7 +6,7 @@ A run folder (one case)::
     RUN/config.yaml               the configuration the run used, defaults filled in
     RUN/case/                     `preprocess` output (a case folder), only when raw scans came in
     RUN/<stage>/<stage>_*         each stage's outputs (common detector convention,
-                                  :mod:`mstools.lesions`), with JSON sidecars
+                                  :mod:`mstools.detections`), with JSON sidecars
     RUN/<stage>/stage.json        what the stage ran with (its key); an unchanged key is not rerun
     RUN/new_lesions_{score,mask,labels}.nii.gz, RUN/new_lesions_lesions.tsv
                                   the final result: a copy of the final stage's outputs

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import __version__
 from mstools import case_layout as layout
 
@@ -46,7 +46,7 @@ def test_usage_error_exits_2():
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from cli.main import app; from typer.testing import CliRunner; "
+    code = ("import sys; from mstools_cli.main import app; from typer.testing import CliRunner; "
             "CliRunner().invoke(app, ['--help']); "
             "print([m for m in ('torch', 'lightgbm', 'itk', 'radiomics', 'nilearn') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -106,3 +106,11 @@ def test_single_timepoint_case(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert layout.is_single_case(tmp_path / "one")
     assert not (tmp_path / "one" / layout.GROUND_TRUTH).exists()
+
+
+def test_the_command_line_installs_as_mstools_cli_not_cli(tmp_path):
+    """A package named `cli` in site-packages would collide with any other `cli` (issue 14)."""
+    code = ("import importlib.util, mstools_cli.main; spec = importlib.util.find_spec('cli'); "
+            "print(spec is None or 'mstools' not in str(spec.origin))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "True"

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from cli.main import app  # noqa: E402
+from mstools_cli.main import app  # noqa: E402
 from mstools import case_layout as layout  # noqa: E402
 from mstools.deep import MODELS  # noqa: E402
 from mstools.deep.cards import card_path, default_weights, file_sha256, read_card, save_weights  # noqa: E402
-from mstools.deep.config import ModelConfig, build_model  # noqa: E402
+from mstools.deep.config import ModelConfig  # noqa: E402
+from mstools.deep.networks import build_model  # noqa: E402
 from tests.conftest import oblique_affine, save_nifti  # noqa: E402
 
 runner = CliRunner()
@@ -224,7 +225,7 @@ def test_segment_cli_defaults_are_the_library_defaults():
     predictor); they must stay the predictor's and the inference module's."""
     import inspect
 
-    from cli.segment import segment_command
+    from mstools_cli.segment import segment_command
     from mstools.deep import inference, predictor
 
     options = inspect.signature(segment_command).parameters

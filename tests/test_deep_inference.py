@@ -50,7 +50,8 @@ def test_sliding_window_reassembly_equals_whole_volume_forward(overlap, batch):
 
 def test_sliding_window_on_a_volume_smaller_than_the_window_and_real_network():
     """One padded window over the whole volume = CoactSeg's own forward pass on the padded input."""
-    from mstools.deep.config import ModelConfig, build_model
+    from mstools.deep.config import ModelConfig
+    from mstools.deep.networks import build_model
 
     rng = np.random.default_rng(1)
     net = build_model(ModelConfig("coactseg", base_filters=2, patch_size=16, levels=4)).eval()

@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mstools.deep.config import PAPER_CONFIGS, SMALL_CONFIGS, ModelConfig, TrainingConfig, build_model  # noqa: E402
+from mstools.deep.config import PAPER_CONFIGS, SMALL_CONFIGS, ModelConfig, TrainingConfig  # noqa: E402
+from mstools.deep.networks import build_model  # noqa: E402
 
 TINY = {name: dataclasses.replace(cfg, base_filters=2, patch_size=16, spacing_mm=None, norm="batch")
         for name, cfg in SMALL_CONFIGS.items()}

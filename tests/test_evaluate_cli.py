@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools.io import read_image, read_tsv
 from mstools.metrics import EvaluationOptions, LesionRule, evaluate_case
 from tests.conftest import oblique_affine, save_nifti

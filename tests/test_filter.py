@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools.filtering import (FilterRules, candidate_features, candidate_truth, decide_by_rules, kept_detections,
                                rule_reasons)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools.datasets import open_ms_data as omd
 from tests.conftest import oblique_affine, save_nifti

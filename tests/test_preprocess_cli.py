@@ -11,7 +11,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools.io import read_image, read_mask, same_grid
 from mstools.preprocess.rigid import Grid, common_grid, resample, resample_mask, rotation_angle_deg
@@ -193,7 +193,7 @@ def test_existing_outputs_need_force(processed, pair):
 def test_command_line_defaults_are_the_library_defaults():
     import inspect
 
-    from cli.preprocess import preprocess_command
+    from mstools_cli.preprocess import preprocess_command
     from mstools.preprocess import PreprocessOptions
 
     params = inspect.signature(preprocess_command).parameters

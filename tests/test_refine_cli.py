@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.refine import DEFAULT_MODEL
+from mstools_cli.main import app
+from mstools.model_cards import REFINE_DEFAULT as DEFAULT_MODEL
 from mstools import case_layout as layout
 from mstools.refine.features import CONTEXT, PUBLISHED
 from tests.conftest import oblique_affine, save_nifti
@@ -213,7 +213,7 @@ def test_training_on_an_existing_dask_cluster_leaves_it_running(cases, tmp_path)
 
 
 def test_cli_defaults_are_the_library_defaults():
-    from cli import refine as cli_refine
+    from mstools.jobs import refine as cli_refine
     from mstools.refine import postprocess, sampling
 
     assert (cli_refine.THRESHOLD, cli_refine.MIN_VOXELS, cli_refine.MIN_MINOR_AXIS) == (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools.io import OutputBatch, new_reference, read_vector_field
 from mstools.registration import deformation, detection, parameters
 from tests.conftest import oblique_affine

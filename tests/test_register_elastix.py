@@ -17,7 +17,7 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from tests.conftest import oblique_affine, save_nifti
 
 pytestmark = pytest.mark.slow

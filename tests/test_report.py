@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import __version__
 from mstools import case_layout as case_names
 from mstools import run_layout as layout

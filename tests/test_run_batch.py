@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import pipeline
-from cli.main import app
+from mstools import pipeline
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools import run_layout as rl
 from mstools.cohort_inputs import discover_cases

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools import run_layout as rl
 from mstools.errors import InputError
@@ -374,12 +374,12 @@ def test_stale_parts_are_removed_and_run_json_is_written_last(cases, tmp_path, m
 
 
 def test_ctrl_c_is_reported_as_an_interruption(cases, tmp_path, monkeypatch):
-    import cli.subtract
+    import mstools.case
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.subtract, "read_pair", interrupted)
+    monkeypatch.setattr(mstools.case, "read_pair", interrupted)
     result = runner.invoke(app, ["subtract", str(cases / "A"), "-o", str(tmp_path / "s")])
     assert result.exit_code == 130 and "interrupted" in result.stderr and "error" not in result.stderr
     result = runner.invoke(app, ["run", str(cases / "A"), "-o", str(tmp_path / "R"), "-c", str(cases / "nr.yaml")])

@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools.simulate import SimulationConfig, simulate_case
 from mstools.simulate.acquisition import (Acquisition, ProtocolContrast, acquire, acquired_grid, parse_acquisition,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mstools_cli.main import app
 from mstools import case_layout as layout
 from tests.conftest import oblique_affine, save_nifti
 from tests.test_subtraction import BLOB, blob, noisy, phantom

@@ -4,6 +4,7 @@ Nothing here imports torch at package level (``mstools --help`` must stay light)
 the networks, losses, inference and training modules import it themselves.
 
 * :mod:`~mstools.deep.config` -- model configurations (the papers' and the small defaults);
+* :mod:`~mstools.deep.networks` -- the network registry (name -> class, outputs);
 * :mod:`~mstools.deep.coactseg`, :mod:`~mstools.deep.unet`, :mod:`~mstools.deep.multitask` -- networks;
 * :mod:`~mstools.deep.losses` -- Dice losses (paper 002 eq. 2), relation regulariser (eq. 3),
   registration loss (paper 000 eq. 2);

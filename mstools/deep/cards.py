@@ -87,7 +87,7 @@ def as_float32(state_dict: dict) -> dict:
 
 def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weights"):
     """The network with ``state_dict`` loaded strictly (key or shape mismatch -> InputError)."""
-    from mstools.deep.config import build_model
+    from mstools.deep.networks import build_model
 
     model = build_model(config)
     state_dict = as_float32(state_dict)

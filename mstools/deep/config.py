@@ -114,18 +114,6 @@ class TrainingConfig:
         return cls(**{k: v for k, v in payload.items() if k in {f.name for f in fields(cls)}})
 
 
-def build_model(config: ModelConfig):
-    """The torch network of a configuration (torch imported here, not at module level)."""
-    if config.model == "coactseg":
-        from mstools.deep.coactseg import CoactSeg
-        return CoactSeg(config)
-    if config.model == "unet":
-        from mstools.deep.unet import UNet3D
-        return UNet3D(config)
-    from mstools.deep.multitask import MultitaskNet2D
-    return MultitaskNet2D(config)
-
-
 #: Learning rates of the default-weight runs: paper 002's 1e-2 for CoactSeg; 1e-3 for the
 #: U-Nets (Adam's usual rate; paper 000 used 1e-4 with AMSGrad for 2D, too slow for a
 #: short CPU run).

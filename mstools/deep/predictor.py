@@ -23,9 +23,10 @@ import numpy as np
 from mstools.deep import inference
 from mstools.deep.cards import build_loaded, file_sha256, load_weights, read_card
 from mstools.deep.config import ModelConfig
+from mstools.deep.networks import NETWORKS
 
 #: Output names per model: the new-lesion map always; CoactSeg's all-lesion maps too.
-OUTPUT_NAMES = {"coactseg": ("new", "all_t1", "all_t2"), "unet": ("new",), "multitask": ("new",)}
+OUTPUT_NAMES = {name: network.outputs for name, network in NETWORKS.items()}
 
 
 @dataclass

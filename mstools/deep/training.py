@@ -23,7 +23,8 @@ import numpy as np
 
 from mstools.deep import inference
 from mstools.deep.augment import AugmentConfig, augment_sample
-from mstools.deep.config import ModelConfig, TrainingConfig, build_model
+from mstools.deep.config import ModelConfig, TrainingConfig
+from mstools.deep.networks import build_model, network
 from mstools.deep.sampling import extract, patch_start
 
 #: Voxels kept around the head's bounding box when cases are cropped for training.
@@ -110,13 +111,14 @@ class Trainer:
 
         if not longitudinal:
             raise ValueError("training needs at least one two-time-point case")
-        if model_config.model == "coactseg" and config.batch_single > 0 and not single:
+        mixes_single = network(model_config.model).single_timepoint   # CoactSeg (paper 002)
+        if mixes_single and config.batch_single > 0 and not single:
             raise ValueError("coactseg mixes single-time-point cases into every batch (paper 002); "
                              "give some or set batch_single to 0")
         self.model_config = model_config
         self.config = config
         self.longitudinal = list(longitudinal)
-        self.single = list(single) if model_config.model == "coactseg" else []
+        self.single = list(single) if mixes_single else []
         self.augment = augment
         self.device = device or torch.device("cpu")
         torch.manual_seed(config.seed)

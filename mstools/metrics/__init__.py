@@ -16,7 +16,7 @@ so that importing :mod:`mstools.metrics.defaults` stays light.
 
 from __future__ import annotations
 
-import importlib
+from mstools._lazy import lazy_exports
 
 _EXPORTS = {
     "CaseEvaluation": "mstools.metrics.case",
@@ -28,10 +28,4 @@ _EXPORTS = {
     "LesionRule": "mstools.metrics.lesionwise",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

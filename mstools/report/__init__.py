@@ -15,7 +15,7 @@ Names are loaded on first use, so that importing this package does not load matp
 
 from __future__ import annotations
 
-import importlib
+from mstools._lazy import lazy_exports
 
 _EXPORTS = {
     "Figure": "mstools.report.figures",
@@ -34,10 +34,4 @@ _EXPORTS = {
     "case_name": "mstools.report.build",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

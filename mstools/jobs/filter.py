@@ -1,0 +1,163 @@
+"""The candidate filter as jobs: keep a detector's candidates that look like new lesions
+(La Rosa et al.'s rules or a learned LightGBM model), and train the learned filter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from mstools.jobs import JobResult
+from mstools.jobs.options import option
+
+#: La Rosa et al.'s thresholds (paper 001) = mstools.filtering.FilterRules' defaults (a test checks).
+MIN_LEAST_AXIS_MM, MIN_SPHERICITY, MIN_NEIGHBOUR_CONTRAST, MIN_WM_FRACTION = 1.2, 0.2, 0.9, 0.1
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    model: Optional[str] = option(None, kind="path", help="Learned filter (from `mstools filter train`) instead of the rules.")
+    learned: bool = option(False, kind="bool", help="Use the packaged learned filter instead of the rules (what `mstools run` does).")
+    probability: Optional[float] = option(None, kind="float", min=0, max=1, help="With --model: keep candidates at or above this probability (default: the model card's).")
+    min_least_axis_mm: float = option(MIN_LEAST_AXIS_MM, kind="float", help="Drop if pyradiomics LeastAxisLength is below (mm); 0 = off.")
+    min_sphericity: float = option(MIN_SPHERICITY, kind="float", help="Drop if Sphericity is below; 0 = off.")
+    min_contrast: float = option(MIN_NEIGHBOUR_CONTRAST, kind="float", help="Drop if follow-up mean / neighbour-shell mean is below; 0 = off.")
+    min_wm_fraction: float = option(MIN_WM_FRACTION, kind="float", help="Drop if less than this share lies in white matter (needs --tissues); 0 = off.")
+    keep_touching_csf: bool = option(False, kind="bool", help="Do not drop candidates touching CSF.")
+    keep_touching_lesions: bool = option(False, kind="bool", help="Do not drop candidates touching a baseline lesion.")
+
+    def rules(self):
+        from mstools.filtering import FilterRules
+
+        return FilterRules(min_least_axis_mm=self.min_least_axis_mm or None, min_sphericity=self.min_sphericity or None,
+                           min_neighbour_contrast=self.min_contrast or None,
+                           min_wm_fraction=self.min_wm_fraction or None,
+                           drop_touching_csf=not self.keep_touching_csf,
+                           drop_touching_baseline_lesion=not self.keep_touching_lesions)
+
+
+def _optional_map(path: Optional[Path], reference, kind: str):
+    from mstools.io import check_same_grid, read_labels, read_mask
+
+    if path is None:
+        return None
+    image = read_labels(path) if kind == "labels" else read_mask(path)
+    check_same_grid(reference, image)
+    return image.data
+
+
+def compute_features(case: Optional[Path], candidates: str, *, baseline: Optional[Path] = None,
+                     followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
+                     tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None):
+    """Read a case and a detector's candidates; return (reference image, labels, rows, inputs used)."""
+    from mstools.case import read_pair, resolve_case_inputs
+    from mstools.detections import read_candidates
+    from mstools.filtering import candidate_features, csf_and_white_matter
+
+    paths = resolve_case_inputs(case, baseline, followup, brain_mask)
+    b_img, f_img, brain_img = read_pair(*paths)
+    labels, score, used = read_candidates(candidates, b_img)
+    tissue_map = _optional_map(tissues, b_img, "labels")
+    lesions_t1 = _optional_map(baseline_lesions, b_img, "mask")
+    brain = brain_img.data > 0
+    csf, wm = csf_and_white_matter(b_img.data, brain, tissue_map)
+    rows = candidate_features(labels, baseline=b_img.data, followup=f_img.data, brain=brain, affine=b_img.affine,
+                              csf=csf, score=score, white_matter=wm, baseline_lesions=lesions_t1)
+    inputs = [*paths, *used, *(p for p in (tissues, baseline_lesions) if p is not None)]
+    return b_img, labels, rows, inputs
+
+
+def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterOptions = FilterOptions(), *,
+               baseline: Optional[Path] = None, followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
+               tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
+               force: bool = False) -> JobResult:
+    """Keep the candidates that pass the rules (or the learned model); write them and a feature table."""
+    from mstools.detections import add_detections, add_table
+    from mstools.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
+    from mstools.io import OutputBatch, sha256
+    from mstools.messages import log
+    from mstools.model_cards import FILTER_DEFAULT, load_filter_model
+    from mstools.provenance import describe_inputs, sidecar
+
+    rules = options.rules()
+    model = Path(options.model) if options.model is not None else None
+    if model is None and options.learned:
+        model = FILTER_DEFAULT
+    model_text, card = load_filter_model(model) if model is not None else (None, None)
+    reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
+                                                       brain_mask=brain_mask, tissues=tissues,
+                                                       baseline_lesions=baseline_lesions)
+    log(f"filter: {len(rows)} candidates from {candidates}")
+    columns = list(FEATURE_COLUMNS)
+    if model_text is not None:
+        threshold = options.probability if options.probability is not None else float(card["threshold"])
+        decide_by_model(rows, model_text, card["features"], threshold)
+        columns.append("probability")
+        parameters = {"mode": "model", "model": str(model), "probability": threshold}
+    else:
+        decide_by_rules(rows, rules, have_tissues=tissues is not None,
+                        have_baseline_lesions=baseline_lesions is not None)
+        parameters = {"mode": "rules", **rules.as_dict()}
+    detections = kept_detections(labels, rows, reference.affine)
+    kept = sum(row["decision"] == "kept" for row in rows)
+    record = sidecar(command="filter", parameters={**parameters, "candidates": candidates},
+                     inputs=describe_inputs(inputs), models={str(model): sha256(model)} if model else None)
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
+        add_detections(batch, out, detections, reference, record)
+        add_table(batch, out + "_features.tsv", rows, columns + ["decision", "output_label"], record)
+    log(f"kept {kept} of {len(rows)}")
+    return JobResult(list(batch.written),
+                     {"candidates": len(rows), "kept": kept, "written": [str(p) for p in batch.written]})
+
+
+def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str = "subtract",
+                     use_tissues: bool = False, use_baseline_lesions: bool = False, seed: int = 0,
+                     force: bool = False) -> JobResult:
+    """Fit the learned filter on the candidates of cases with ground truth; write the model and its card."""
+    import hashlib
+
+    import numpy as np
+
+    from mstools import __version__
+    from mstools import case_layout as layout
+    from mstools.errors import InputError
+    from mstools.filtering import MODEL_FEATURES, candidate_truth, feature_matrix
+    from mstools.io import OutputBatch, check_same_grid, read_mask
+    from mstools.lesion_classifier import train
+    from mstools.messages import log
+    from mstools.provenance import describe_inputs, sidecar
+
+    all_rows, truth, groups, inputs = [], [], [], []
+    for n, case in enumerate(cases):
+        reference, labels, rows, used = compute_features(
+            case, str(case / candidates_name),
+            tissues=case / layout.TISSUES if use_tissues else None,
+            baseline_lesions=case / layout.LESIONS_BASELINE if use_baseline_lesions else None)
+        gt = read_mask(case / layout.GROUND_TRUTH)
+        check_same_grid(reference, gt)
+        verdicts = candidate_truth(labels, gt.data, reference.affine)
+        all_rows.extend(rows)
+        truth.extend(verdicts.get(row["label"], 0) for row in rows)
+        groups.extend([n] * len(rows))
+        inputs.extend([*used, case / layout.GROUND_TRUTH])
+        log(f"{case}: {len(rows)} candidates, {sum(verdicts.values())} true")
+    truth_arr = np.array(truth, dtype=int)
+    try:
+        trained = train(feature_matrix(all_rows), truth_arr, np.array(groups), feature_names=list(MODEL_FEATURES),
+                        seed=seed)
+    except ValueError as exc:
+        raise InputError(f"cannot train: {exc}; add cases whose candidates include true and false lesions") from None
+    card = {"mstools_version": __version__, "kind": "lesion-level LightGBM filter", "features": trained.features,
+            "model_sha256": hashlib.sha256(trained.model_text.encode()).hexdigest(),
+            "trees": trained.model_text.count("\nTree="),
+            "threshold": trained.threshold, "training_cases": [str(c) for c in cases],
+            "candidates_name": candidates_name, "use_tissues": use_tissues,
+            "use_baseline_lesions": use_baseline_lesions, "seed": seed, **trained.card}
+    record = sidecar(command="filter train", parameters={"candidates_name": candidates_name, "seed": seed,
+                                                        "use_tissues": use_tissues,
+                                                        "use_baseline_lesions": use_baseline_lesions},
+                     inputs=describe_inputs(inputs))
+    with OutputBatch(inputs=inputs, force=force) as batch:
+        batch.text(out, trained.model_text)
+        batch.json(Path(str(out) + ".card.json"), {**card, "provenance": record})
+    return JobResult(list(batch.written), card)

@@ -1,0 +1,110 @@
+"""Learned new-lesion segmentation as a job (``mstools segment``): a pair -> the detector
+outputs (and CoactSeg's all-lesion maps of both time points)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from mstools.jobs import JobResult
+from mstools.jobs.options import option
+
+MODELS = ("coactseg", "unet", "multitask")
+TIME02_SOURCES = ("union", "head")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Extra outputs of CoactSeg: all-lesion maps of both time points (paper 002, three heads).
+ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    # Literals, not imports: `mstools --help` must not import the predictor (a test checks they agree).
+    model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (its default weights ship with mstools).")
+    weights: Optional[str] = option(None, kind="path", help="Weight file from mstools train (model.pt) instead of the default weights.")
+    threshold: float = option(0.5, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks.")
+    min_lesion_mm3: float = option(4.0, kind="float", min=0.0, help="Keep components larger than this (paper 001, Masson: > 4 mm3).")
+    overlap: float = option(0.5, kind="float", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the window).")
+    batch_size: int = option(2, kind="int", min=1, help="Windows per forward pass.")
+    tta: bool = option(False, kind="bool", help="Average over all flips (8x slower).")
+    all_time02: str = option("union", kind="choice", choices=TIME02_SOURCES, help="coactseg: the time-2 all-lesion map from the time-1 head united with the new lesions (union; measured far better with the default weights) or from the network's own time-2 head.")
+    device: str = option("auto", kind="choice", choices=DEVICES, help="auto = cuda, then mps, then cpu.")
+    threads: Optional[int] = option(None, kind="int", min=1, help="CPU threads for torch.")
+
+
+def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOptions = SegmentOptions(), *,
+                baseline: Optional[Path] = None, followup: Optional[Path] = None, force: bool = False,
+                progress: Optional[Callable[[int, int], None]] = None) -> JobResult:
+    """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows."""
+    import time
+
+    from mstools.case import resolve_pair
+    from mstools.deep.cards import default_weights
+    from mstools.detections import add_detections, add_image, output_paths
+    from mstools.errors import InputError
+    from mstools.io import OutputBatch, check_same_grid, check_scan, check_writable, read_image
+    from mstools.lesions import detections_from_mask
+    from mstools.messages import log
+    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+
+    o = options
+    model = o.model
+    baseline_path, followup_path = resolve_pair(case, baseline, followup)
+    if output is None:
+        if case is None:
+            raise InputError("give --output PREFIX when the images are given with --baseline/--followup")
+        output = str(case / model)
+    weights_path = Path(o.weights) if o.weights is not None else default_weights(model)
+
+    paths = output_paths(output)
+    extra = {name: {"score": output + suffix + "_score.nii.gz", "mask": output + suffix + "_mask.nii.gz"}
+             for name, suffix in ALL_LESION_OUTPUTS.items()} if model == "coactseg" else {}
+    targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
+    for target in targets:  # fail before the work
+        check_writable(target, inputs=[baseline_path, followup_path], force=force)
+        check_writable(sidecar_path(target), inputs=[baseline_path, followup_path], force=force)
+    base = read_image(baseline_path)
+    follow = read_image(followup_path)
+    check_same_grid(base, follow)
+    check_scan(base)
+    check_scan(follow)
+
+    from mstools.deep.predictor import PredictOptions, Predictor, lesion_mask
+
+    try:
+        predictor = Predictor.from_file(weights_path, device=o.device, threads=o.threads)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if predictor.config.model != model:
+        raise InputError(f"{weights_path}: weights of a {predictor.config.model} model, not {model}; "
+                         f"use --model {predictor.config.model}")
+    predict = PredictOptions(overlap=o.overlap, batch_size=o.batch_size, tta=o.tta)
+    log(f"segmenting {base.name} with {model} ({weights_path.name}, {predictor.device})")
+    started = time.time()
+    maps = predictor.predict(base.data, follow.data, spacing_mm=base.spacing_mm, options=predict, progress=progress)
+    seconds = time.time() - started
+
+    if model == "coactseg":
+        from mstools.deep.predictor import time02_all_lesions
+
+        maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
+    parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,
+                  "all_time02": o.all_time02 if model == "coactseg" else None,
+                  "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
+                  "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict()}
+    record = sidecar(command="segment", parameters=parameters,
+                     inputs=describe_inputs([baseline_path, followup_path]),
+                     models={str(weights_path): predictor.sha256}, extra={"seconds": round(seconds, 2)})
+    masks = {name: lesion_mask(p, voxel_volume_mm3=base.voxel_volume_mm3, threshold=o.threshold,
+                               min_lesion_mm3=o.min_lesion_mm3) for name, p in maps.items()}
+    detections = detections_from_mask(masks["new"], maps["new"], base.affine)
+    with OutputBatch(inputs=[baseline_path, followup_path], force=force, create_dirs=True) as out:
+        add_detections(out, output, detections, base, record)
+        for name, files in extra.items():
+            add_image(out, files["score"], maps[name], base, "float32", record)
+            add_image(out, files["mask"], masks[name], base, "uint8", record)
+    return JobResult(list(out.written), {
+        "written": [str(p) for p in out.written], "model": model, "model_sha256": predictor.sha256,
+        "new_lesions": len(detections.table),
+        "new_lesion_volume_mm3": float(detections.mask.sum()) * base.voxel_volume_mm3,
+        "seconds": round(seconds, 2)})

@@ -1,0 +1,78 @@
+"""The subtraction detector as a job: a case -> PREFIX_subtraction, _ratio and the detector outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mstools.jobs import JobResult
+from mstools.jobs.options import option
+
+#: Defaults written once (mstools.subtraction holds the papers' figures; a test checks they agree).
+PRADOS_K_SD = 3.0
+HAMZAOUI_RATIO = 1.15
+DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
+RULES = ("prados", "larosa", "hamzaoui")
+
+
+@dataclass(frozen=True)
+class SubtractOptions:
+    rule: str = option("prados", kind="choice", choices=RULES,
+                       help="Candidate rule: prados (Prados & Kanber), larosa (La Rosa et al.), hamzaoui (Hamzaoui et al.).")
+    k: float = option(PRADOS_K_SD, kind="float", help="prados: standard deviations above the mean difference.")
+    threshold: Optional[float] = option(None, kind="float", help="larosa: fixed threshold on the z-scored subtraction (default: adapts to the registration quality).")
+    ratio_threshold: float = option(HAMZAOUI_RATIO, kind="float", help="hamzaoui: follow-up / baseline ratio.")
+    bias_sigma_mm: float = option(DIFFERENTIAL_BIAS_SIGMA_MM, kind="float", min=0, help="Differential bias correction width (mm); 0 = off.")
+
+
+def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOptions = SubtractOptions(), *,
+                 baseline: Optional[Path] = None, followup: Optional[Path] = None,
+                 brain_mask: Optional[Path] = None, tissues: Optional[Path] = None,
+                 force: bool = False) -> JobResult:
+    """Candidate new lesions from the subtraction of two aligned scans (``mstools subtract``)."""
+    import numpy as np
+
+    from mstools import case_layout as layout
+    from mstools import subtraction as sub
+    from mstools.case import read_pair, resolve_case_inputs
+    from mstools.detections import add_detections, add_image
+    from mstools.errors import InputError
+    from mstools.io import OutputBatch, read_labels
+    from mstools.messages import log
+    from mstools.provenance import describe_inputs, sidecar
+
+    paths = resolve_case_inputs(case, baseline, followup, brain_mask)
+    b_img, f_img, brain_img = read_pair(*paths)
+    prefix = out if out is not None else str((case or Path(".")) / "subtract")
+    csf = None
+    inputs = list(paths)
+    if tissues is not None:
+        from mstools.io import check_same_grid
+
+        tissue_img = read_labels(tissues)
+        check_same_grid(b_img, tissue_img)
+        csf = tissue_img.data == layout.TISSUE_LABELS["csf"]
+        inputs.append(tissues)
+    rule = options.rule
+    chosen = {"prados": {"k": options.k, "csf": csf}, "larosa": {"threshold": options.threshold},
+              "hamzaoui": {"ratio_threshold": options.ratio_threshold}}[rule]
+    log(f"subtract ({rule}): {paths[0]} -> {paths[1]}")
+    try:
+        result = sub.detect(b_img.data, f_img.data, brain_img.data > 0, affine=b_img.affine, rule=rule,
+                            bias_sigma_mm=options.bias_sigma_mm, **chosen)
+    except ValueError as exc:  # e.g. a constant image inside the brain
+        raise InputError(f"{paths[0]}: {exc}; check that the scans hold the brain") from None
+    parameters = {"rule": rule, "bias_sigma_mm": options.bias_sigma_mm,
+                  **{key: v for key, v in chosen.items() if key != "csf"},
+                  "csf_source": "tissues" if csf is not None else "flair intensity (3-class Otsu)"}
+    record = sidecar(command="subtract", parameters=parameters, inputs=describe_inputs(inputs),
+                     extra={"details": result.details})
+    detections = result.detections
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
+        add_image(batch, prefix + "_subtraction.nii.gz", result.subtraction, b_img, np.float32, record)
+        add_image(batch, prefix + "_ratio.nii.gz", result.ratio, b_img, np.float32, record)
+        add_detections(batch, prefix, detections, b_img, record)
+    log(f"{len(detections.table)} candidates")
+    return JobResult(list(batch.written), {"candidates": len(detections.table), "details": result.details,
+                                           "written": [str(p) for p in batch.written]})

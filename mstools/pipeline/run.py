@@ -1,0 +1,403 @@
+"""Running the stages of one case (:func:`run_case`): reuse, stage records, the final result.
+
+A stage is skipped when its key (mstools version, options, model files, the keys of
+the stages it reads and the sha256 of the case's input files) equals the one recorded
+in ``RUN/<stage>/stage.json`` and its outputs are still there. Each stage calls its job
+in this process (:mod:`mstools.jobs`), exactly as its command does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from mstools import __version__
+from mstools import case_layout as layout
+from mstools import run_layout as rl
+from mstools.case import check_case_input, given_truth, input_files
+from mstools.cohort_inputs import CaseInput
+from mstools.errors import InputError
+from mstools.pipeline.config import (check_config, check_config_files, resolve, stage_options,
+                                     stage_options_args)
+from mstools.pipeline.stages import PATH_OPTIONS, STAGES, StageContext, enabled, stage_order
+
+
+class StageFailed(InputError):
+    """A stage stopped on bad input; ``stage`` says which, the message says why."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.detail = message
+
+    def __reduce__(self):  # picklable across Dask workers
+        return (StageFailed, (self.stage, self.detail))
+
+
+@dataclass
+class StageOutcome:
+    status: str          # ran | reused | off
+    seconds: float = 0.0
+    key: str = ""
+
+
+@dataclass
+class RunResult:
+    record: dict
+    evaluation: list[dict]
+
+
+def run_case(case: CaseInput, run_dir: Path, config: Optional[dict] = None, base: Optional[Path] = None, *,
+             verbose: bool = False, on_stage: Optional[Callable[[str, str], None]] = None,
+             config_file: Optional[Path] = None) -> RunResult:
+    """Run (or reuse) every enabled stage of one case into ``run_dir``; write the final result.
+
+    ``config``: from :func:`mstools.pipeline.load_config` (default: the defaults);
+    ``base``: the folder relative model paths are taken from (default: the working folder).
+    Raises :class:`InputError` (or :class:`StageFailed`) on bad input. A run that fails
+    before any stage finished leaves no run folder behind.
+    """
+    from mstools.io import output_error, remove_stale_parts
+    from mstools.pipeline.config import default_config
+
+    config = default_config() if config is None else config
+    base = Path.cwd() if base is None else Path(base)
+    check_case_input(case)
+    check_config(config)
+    check_config_files(config, base)
+    _check_ground_truth(case, config)
+    run_dir = Path(run_dir)
+    _check_inputs_are_not_outputs(case, run_dir, config, base, config_file)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, run_dir) from None
+    with rl.RunLock(run_dir, case.case):
+        try:
+            remove_stale_parts(run_dir, recursive=True)   # left by a killed run
+            return _run(case, run_dir, config, base, verbose=verbose, on_stage=on_stage)
+        except BaseException:
+            if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _check_ground_truth(case: CaseInput, config: dict) -> None:
+    """A given ground truth is a binary mask on the case grid (checked before any stage runs)."""
+    truth = given_truth(case)
+    if truth is None or not config["evaluate"]:
+        return
+    from mstools.io import check_same_grid, read_mask
+
+    gt = read_mask(truth)
+    if case.folder is not None:
+        check_same_grid(read_mask(case.folder / layout.BRAIN_MASK), gt)
+
+
+def _check_inputs_are_not_outputs(case: CaseInput, run_dir: Path, config: dict, base: Path,
+                                  config_file: Optional[Path]) -> None:
+    """No file the run reads (scans, ground truth, config, models) is one the run writes."""
+    truth = given_truth(case)
+    inputs = [*input_files(case), *([truth] if truth else []), *([Path(config_file)] if config_file is not None else [])]
+    for stage, names in PATH_OPTIONS.items():
+        for name in names:
+            value = config[stage].get(name)
+            inputs += [resolve(base, v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    root = run_dir.resolve()
+    written = {root / name for name in (rl.RUN_RECORD, rl.CONFIG, rl.EVALUATION, rl.REPORT, rl.LOCK)}
+    folders = [root / stage for stage in STAGES if stage != "preprocess"] + ([root / rl.CASE_DIR] if case.raw else [])
+    for path in inputs:
+        p = Path(path).resolve()
+        if p in written or (p.parent == root and p.name.startswith(rl.FINAL_PREFIX)) or \
+                any(folder == p or folder in p.parents for folder in folders):
+            raise InputError(f"{path}: is an input of the run and would be overwritten by it; "
+                             f"choose another run folder than {run_dir} (inputs are never modified)")
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _hash_text(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _input_hashes(case: CaseInput) -> list[str]:
+    from mstools.io import sha256
+
+    return [sha256(p) for p in input_files(case)]
+
+
+def _model_hashes(config: dict, base: Path) -> dict:
+    from mstools.io import sha256
+
+    found = {}
+    for stage in STAGES:
+        for name in PATH_OPTIONS.get(stage, ()):
+            value = config[stage].get(name)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is not None and resolve(base, item).is_file():
+                    found[f"{stage}.{name}:{item}"] = sha256(resolve(base, item))
+    return found
+
+
+def run_key(case: CaseInput, config: dict, base: Path, *, input_hashes: Optional[list[str]] = None,
+            models: Optional[dict] = None) -> str:
+    """What a finished run depends on: version, configuration (models by content) and inputs
+    (``input_hashes`` / ``models`` when the caller has them already)."""
+    from mstools.io import sha256
+
+    truth = given_truth(case)
+    hashes = (input_hashes if input_hashes is not None else _input_hashes(case)) + ([sha256(truth)] if truth else [])
+    return _hash_text({"version": __version__, "config": config,
+                       "models": models if models is not None else _model_hashes(config, base), "inputs": hashes})
+
+
+# ----------------------------------------------------------------------------- stage records
+
+
+def _relative(path: Optional[Path], run_dir: Path) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _read_stage_record(run_dir: Path, stage: str) -> dict:
+    record = STAGES[stage].folder(run_dir) / rl.STAGE_RECORD
+    try:
+        value = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _outputs_intact(run_dir: Path, stage: str) -> bool:
+    """The stage's outputs are the very files its record hashed (not truncated, not replaced)."""
+    from mstools.io import sha256
+
+    recorded = _read_stage_record(run_dir, stage).get("outputs")
+    if not isinstance(recorded, dict):
+        return False
+    for path in STAGES[stage].outputs(run_dir):
+        name = _relative(path, run_dir)
+        if not path.is_file() or recorded.get(name) != sha256(path):
+            return False
+    return True
+
+
+def _write_stage_record(run_dir: Path, stage: str, key: str, args: list[str], seconds: float) -> None:
+    from mstools.io import OutputBatch, sha256
+
+    outputs = {_relative(p, run_dir): sha256(p) for p in STAGES[stage].outputs(run_dir)}
+    with OutputBatch(force=True) as batch:
+        batch.json(STAGES[stage].folder(run_dir) / rl.STAGE_RECORD,
+                   {"stage": stage, "key": key, "version": __version__,
+                    "command": ["mstools", *STAGES[stage].command, *args],
+                    "seconds": round(seconds, 2), "outputs": outputs})
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _stage_messages(verbose: bool):
+    """A stage's log lines on stderr only when the run is verbose; stdout (results) dropped."""
+    from mstools import messages
+
+    level = messages.STATE.level
+    messages.STATE.level = 1 if verbose else -1
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        messages.STATE.level = level
+
+
+def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command: str) -> None:
+    """Run a job as a stage: its bad-input error becomes StageFailed (the stage named). With
+    ``verbose``, the job's traceback and its command's error line are shown, as the command
+    itself (``mstools <command>``) would show them with -v."""
+    import sys
+    import traceback
+
+    from mstools.messages import INTERRUPTED
+
+    with _stage_messages(verbose):
+        try:
+            job()
+        except StageFailed:
+            raise
+        except InputError as exc:
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+                print(f"mstools {command}: error: {exc}", file=sys.stderr)
+            raise StageFailed(stage_name, str(exc)) from None
+        except KeyboardInterrupt:
+            if verbose:
+                print(f"mstools {command}: {INTERRUPTED}", file=sys.stderr)
+            raise
+
+
+def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
+         on_stage: Optional[Callable[[str, str], None]]) -> RunResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_hashes = _input_hashes(case)
+    models = _model_hashes(config, base)
+    case_dir = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
+    keys: dict[str, str] = {}
+    outcomes: dict[str, StageOutcome] = {}
+    for name in stage_order(config):
+        stage = STAGES[name]
+        if (name == "preprocess" and not case.raw) or (name != "preprocess" and not enabled(config, name)):
+            outcomes[name] = StageOutcome("off")
+            continue
+        context = StageContext(case, case_dir, run_dir, config, stage_options(stage, config[name], base))
+        args = [*stage.arguments(context), *stage_options_args(stage, config[name], base), "--force"]
+        key = _hash_text({"stage": name, "version": __version__, "options": config[name], "models": models,
+                          "inputs": input_hashes, "upstream": [keys.get(u, "") for u in stage.reads(config)]})
+        keys[name] = key
+        if str(_read_stage_record(run_dir, name).get("key", "")) == key and _outputs_intact(run_dir, name):
+            outcomes[name] = StageOutcome("reused", key=key)
+            if on_stage:
+                on_stage(name, "reused")
+            continue
+        if on_stage:
+            on_stage(name, "running")
+        stage.folder(run_dir).mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        _call(name, lambda: stage.run(context), verbose=verbose, command="-".join(stage.command))
+        seconds = time.perf_counter() - start
+        _write_stage_record(run_dir, name, key, args, seconds)
+        outcomes[name] = StageOutcome("ran", seconds, key)
+        if on_stage:
+            on_stage(name, f"done in {seconds:.1f} s")
+    if case.raw and case.ground_truth is not None:
+        _carry_ground_truth(case, run_dir, verbose=verbose)
+    key = run_key(case, config, base, input_hashes=input_hashes, models=models)
+    return _finish(case, run_dir, case_dir, config, outcomes, key, verbose=verbose)
+
+
+def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> None:
+    """A ground truth on the raw follow-up's grid, moved into the preprocessed case folder."""
+    from mstools.jobs.preprocess import TRANSFORM_FOLLOWUP, apply_transform_job
+
+    folder = run_dir / rl.CASE_DIR
+    _call("preprocess", lambda: apply_transform_job(
+        Path(case.ground_truth), folder / TRANSFORM_FOLLOWUP, folder / layout.FOLLOWUP,
+        folder / layout.GROUND_TRUTH, force=True), verbose=verbose, command="apply-transform")
+
+
+def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> dict:
+    """The final mask and labels carried back onto the raw follow-up's own grid."""
+    from mstools.jobs.preprocess import TRANSFORM_FOLLOWUP, apply_transform_job
+
+    written = {}
+    for kind in ("mask", "labels"):
+        source = run_dir / f"{rl.FINAL_PREFIX}_{kind}.nii.gz"
+        target = run_dir / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
+        _call("preprocess", lambda: apply_transform_job(
+            source, run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP, Path(case.followup), target, inverse=True,
+            force=True), verbose=verbose, command="apply-transform")
+        written[kind] = target.name
+    return written
+
+
+def _ground_truth(case: CaseInput, run_dir: Path) -> Optional[Path]:
+    """The ground truth on the case grid: for raw scans, the one carried into RUN/case."""
+    if case.raw:
+        carried = run_dir / rl.CASE_DIR / layout.GROUND_TRUTH
+        return carried if carried.is_file() else None
+    return given_truth(case)
+
+
+def _evaluate(run_dir: Path, truth: Path, outcomes: dict[str, StageOutcome]) -> list[dict]:
+    """MSSEG-2 lesion-wise and voxel metrics of every detector stage that ran or was reused."""
+    from mstools.detections import MASK_SUFFIX
+    from mstools.io import check_same_grid, read_mask
+    from mstools.metrics import evaluate_case
+
+    gt = read_mask(truth)
+    rows = []
+    for stage in rl.DETECTORS:
+        if outcomes.get(stage, StageOutcome("off")).status == "off":
+            continue
+        prediction = read_mask(str(rl.stage_prefix(run_dir, stage)) + MASK_SUFFIX)
+        check_same_grid(prediction, gt)
+        metrics = evaluate_case(prediction.data, gt.data, affine=gt.affine).metrics
+        rows.append({"stage": stage, **{c: metrics[c] for c in rl.EVALUATION_COLUMNS if c != "stage"}})
+    return rows
+
+
+def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcomes: dict[str, StageOutcome],
+            key: str, *, verbose: bool = False) -> RunResult:
+    from mstools.detections import output_paths
+    from mstools.io import OutputBatch, read_tsv
+    from mstools.provenance import sidecar_path
+
+    final = config["final"]
+    source = output_paths(str(rl.stage_prefix(run_dir, final)))
+    target = output_paths(str(rl.final_prefix(run_dir)))
+    truth = _ground_truth(case, run_dir)
+    evaluation = _evaluate(run_dir, truth, outcomes) if (truth is not None and config["evaluate"]) else []
+    lesions = read_tsv(source["table"])
+    volume = sum(float(row["volume_mm3"]) for row in lesions)
+    metrics = next((row for row in evaluation if row["stage"] == final), None)
+    record = {
+        "case": case.case, "status": "complete", "run_key": key, "version": __version__,
+        "inputs": {"case_folder": _relative(case_dir, run_dir),
+                   "baseline": _relative(case_dir / layout.BASELINE, run_dir),
+                   "followup": _relative(case_dir / layout.FOLLOWUP, run_dir),
+                   "brain_mask": _relative(case_dir / layout.BRAIN_MASK, run_dir),
+                   "ground_truth": _relative(truth, run_dir) if truth is not None else None,
+                   "raw_baseline": str(case.baseline) if case.raw else None,
+                   "raw_followup": str(case.followup) if case.raw else None},
+        "config": config,
+        "stages": {name: {"status": o.status, "seconds": round(o.seconds, 2),
+                          "prefix": (_relative(rl.stage_prefix(run_dir, name), run_dir)
+                                     if name != "preprocess" else rl.CASE_DIR) if o.status != "off" else None}
+                   for name, o in outcomes.items()},
+        "final_stage": final,
+        "final": {kind: _relative(Path(p), run_dir) for kind, p in target.items()},
+        "new_lesions": len(lesions),
+        "new_lesion_volume_mm3": round(volume, 3),
+        "metrics": metrics,
+        "report": rl.REPORT if config["report"] else None,
+    }
+    import yaml
+
+    with OutputBatch(force=True) as batch:
+        for kind in ("score", "mask", "labels", "table"):
+            batch.text(target[kind], Path(source[kind]).read_bytes())
+            side = sidecar_path(source[kind])
+            if side.is_file():
+                batch.text(sidecar_path(target[kind]), side.read_bytes())
+        if evaluation:
+            batch.table(run_dir / rl.EVALUATION, evaluation, rl.EVALUATION_COLUMNS)
+        batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))
+    if case.raw:
+        record["final_native"] = _carry_final_to_native(case, run_dir, verbose=verbose)
+    if config["report"]:
+        from mstools.report import write_case_report
+
+        # the page reads the record: it is written first as "reporting", which batch does not skip
+        with OutputBatch(force=True) as batch:
+            batch.json(run_dir / rl.RUN_RECORD, {**record, "status": "reporting"})
+        try:
+            write_case_report(run_dir, force=True)
+        except BaseException:
+            (run_dir / rl.RUN_RECORD).unlink(missing_ok=True)
+            raise
+    # run.json "complete" last: it marks the run complete (batch skips a case by it)
+    with OutputBatch(force=True) as batch:
+        batch.json(run_dir / rl.RUN_RECORD, record)
+    return RunResult(record, evaluation)

@@ -1,0 +1,209 @@
+"""The stages of ``mstools run``: each is a job (:mod:`mstools.jobs`) with its options
+dataclass, the files it reads and writes, and the pipeline's own keys.
+
+A new detector is one more :class:`Stage` here (and a job module): its options become
+configuration keys with their defaults and checks, ``--print-config`` describes them,
+and :func:`mstools.pipeline.run_case` runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from mstools import case_layout as layout
+from mstools import run_layout as rl
+from mstools.jobs.filter import FilterOptions
+from mstools.jobs.options import specs
+from mstools.jobs.preprocess import PreprocessJobOptions
+from mstools.jobs.refine import RefineOptions
+from mstools.jobs.register import RegisterOptions
+from mstools.jobs.segment import SegmentOptions
+from mstools.jobs.subtract import SubtractOptions
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage needs to run: where the case is, where the run goes, its options."""
+
+    case: object            # mstools.cohort_inputs.CaseInput
+    case_dir: Path          # the case folder the detectors read (RUN/case for raw scans)
+    run_dir: Path
+    config: dict            # the whole run configuration
+    options: object         # the stage's options dataclass, paths resolved
+
+    def prefix(self, stage: str) -> str:
+        return str(rl.stage_prefix(self.run_dir, stage))
+
+    def file(self, name: str) -> Path:
+        return self.case_dir / name
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its job, options, inputs and outputs, and the pipeline's own keys."""
+
+    name: str
+    #: The equivalent command (``mstools <command> ARGS``), recorded in stage.json.
+    command: tuple[str, ...]
+    options: type
+    #: Runs the job with the context's options and files.
+    run: Callable[[StageContext], object]
+    #: The positional arguments and file options of the equivalent command line.
+    arguments: Callable[[StageContext], list[str]]
+    #: The stages whose outputs this one reads.
+    reads: Callable[[dict], list[str]]
+    #: Pipeline-only keys: name -> (default, comment).
+    own: Mapping[str, tuple[object, str]] = field(default_factory=dict)
+    about: str = ""
+
+    @property
+    def path_options(self) -> frozenset[str]:
+        """Options whose value is a file (taken relative to the config file's folder)."""
+        return frozenset(name for name, s in specs(self.options).items() if s.kind in ("path", "paths"))
+
+    def outputs(self, run_dir: Path) -> list[Path]:
+        from mstools.detections import output_paths
+
+        if self.name == "preprocess":
+            folder = run_dir / rl.CASE_DIR
+            return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
+        return [Path(p) for p in output_paths(str(rl.stage_prefix(run_dir, self.name))).values()]
+
+    def folder(self, run_dir: Path) -> Path:
+        return run_dir / (self.name if self.name != "preprocess" else rl.CASE_DIR)
+
+
+# ----------------------------------------------------------------------------- the jobs
+
+
+def _preprocess(ctx: StageContext):
+    from mstools.jobs.preprocess import preprocess_job
+
+    return preprocess_job(Path(ctx.case.baseline), Path(ctx.case.followup), ctx.run_dir / rl.CASE_DIR, ctx.options,
+                          force=True)
+
+
+def _subtract(ctx: StageContext):
+    from mstools.jobs.subtract import subtract_job
+
+    return subtract_job(ctx.case_dir, ctx.prefix("subtract"), ctx.options, force=True)
+
+
+def _register(ctx: StageContext):
+    from mstools.jobs.register import register_job
+
+    return register_job(ctx.file(layout.FOLLOWUP), ctx.file(layout.BASELINE), ctx.prefix("register"), ctx.options,
+                        followup_mask=ctx.file(layout.BRAIN_MASK), force=True)
+
+
+def _segment(ctx: StageContext):
+    from mstools.jobs.segment import segment_job
+
+    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True)
+
+
+def _refine(ctx: StageContext):
+    from mstools.jobs.refine import refine_job
+
+    return refine_job(ctx.case_dir, ctx.prefix(ctx.config["refine"]["candidates"]), ctx.prefix("refine"),
+                      ctx.options, force=True)
+
+
+def _filter(ctx: StageContext):
+    from mstools.jobs.filter import filter_job
+
+    return filter_job(ctx.case_dir, ctx.prefix(ctx.config["filter"]["candidates"]), ctx.prefix("filter"),
+                      ctx.options, force=True)
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess,
+          lambda c: [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR)],
+          lambda config: [],
+          about="Runs only when the input is two raw scans (not a case folder)."),
+    Stage("subtract", ("subtract",), SubtractOptions, _subtract,
+          lambda c: [str(c.case_dir), "-o", c.prefix("subtract")],
+          lambda config: ["preprocess"],
+          about="Candidate new lesions from the subtraction image (paper 001)."),
+    Stage("register", ("register",), RegisterOptions, _register,
+          lambda c: [str(c.file(layout.FOLLOWUP)), str(c.file(layout.BASELINE)), c.prefix("register"),
+                     "--followup-mask", str(c.file(layout.BRAIN_MASK))],
+          lambda config: ["preprocess"],
+          own={"enabled": (False, "Registration-based detection with elastix (slower: ~45 s on a 1 mm pair).")},
+          about="Candidates from the subtraction after deformable registration."),
+    Stage("segment", ("segment",), SegmentOptions, _segment,
+          lambda c: [str(c.case_dir), "-o", c.prefix("segment")],
+          lambda config: ["preprocess"],
+          own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores).")},
+          about="Deep-learning new-lesion segmentation."),
+    Stage("refine", ("refine", "apply"), RefineOptions, _refine,
+          lambda c: [str(c.case_dir), "-c", c.prefix(c.config["refine"]["candidates"]), "-o", c.prefix("refine")],
+          lambda config: ["preprocess", config["refine"]["candidates"]],
+          own={"enabled": (True, "LightGBM voxel-wise refinement (Prados & Kanber, paper 001)."),
+               "candidates": ("subtract", "The stage whose candidates are refined: subtract, filter, register "
+                                          "or segment.")},
+          about="Voxel-wise refinement of one detector's candidates."),
+    Stage("filter", ("filter", "apply"), FilterOptions, _filter,
+          lambda c: [str(c.case_dir), "-c", c.prefix(c.config["filter"]["candidates"]), "-o", c.prefix("filter")],
+          lambda config: ["preprocess", config["filter"]["candidates"]],
+          own={"enabled": (True, "Filter candidates by shape, contrast and location."),
+               "candidates": ("refine", "The stage whose candidates are filtered: subtract, refine, register or "
+                                        "segment. Measured (benchmarks/pipeline_chain.py): filtering refine's "
+                                        "output gives the best lesion F1 and Dice.")},
+          about="The packaged learned filter (learned: true, the run's default), La Rosa et al.'s rules "
+                "(learned: false; paper 001), or your model:."),
+)}
+
+#: Which stage's candidates refine and filter may read.
+CANDIDATE_SOURCES = {"refine": ("subtract", "filter", "register", "segment"),
+                     "filter": ("subtract", "refine", "register", "segment")}
+
+#: Top-level keys: name -> (default, comment).
+TOP_LEVEL: dict[str, tuple[object, str]] = {
+    "final": ("filter", "The stage whose output is the final new-lesion mask (RUN/new_lesions_*)."),
+    "evaluate": (True, "Evaluate every detector stage when a ground truth is known (RUN/evaluation.tsv)."),
+    "report": (True, "Write RUN/report.html."),
+}
+
+#: Where `mstools run` departs from a command's own default, and why (written once here).
+#: refine's paper post-processing (27 voxels, minor axis >= 2 voxels; Prados & Kanber,
+#: paper 001) drops the many small new lesions (a quarter of simulated new lesions are
+#: under 11 mm3). Measured with benchmarks/pipeline_chain.py: on 18 cases (data_samples,
+#: seeds 1000-1009, hard 1020-1024) the chain subtract -> refine (>= 5 voxels, La Rosa
+#: et al.'s size, no axis limit) -> filter reached lesion F1 0.657 / Dice 0.659, against
+#: 0.541 / 0.523 for subtract -> filter -> refine with the paper's sizes and 0.590 / 0.490
+#: for subtract -> filter; confirmed on 10 other cases (seeds 1010-1019): 0.775 / 0.717,
+#: against 0.499 / 0.500 and 0.642 / 0.487. The size is written in mm3 (5 voxels of 1 mm)
+#: so that it means the same on a 0.72 x 0.72 x 3 mm clinical grid (issue "Real clinical scans").
+#:
+#: subtract k = 2.5 and the packaged learned filter (both stages' models retrained on the
+#: mixed domain: simulated 1 mm / 1.5 mm / thick-slice / clinical 2D pairs and new lesions
+#: injected into real scans and the development real pair; benchmarks/train_mixed_domain.py)
+#: were chosen on 14 validation cases (5 simulated 1 mm, data_samples, 5 real scans with
+#: injected lesions, real development patient 01): mean lesion F1 0.566, LTPR 0.579, LFPR
+#: 0.179, Dice 0.581, against 0.499 / 0.501 / 0.126 / 0.521 for the 1 mm-trained refine and
+#: La Rosa's rules on the same candidates; on the injected real scans sensitivity 0.373 vs
+#: 0.137; on 1 mm simulations F1 0.815 / Dice 0.780 against 0.770 / 0.756 for the chain at
+#: k = 3 with the 1 mm models. Real pairs' new and enlarging lesions are faint (follow-up /
+#: baseline 1.1-1.4): at k = 3 subtract misses a third of those that k = 2.5 finds.
+RUN_OVERRIDES: dict[str, dict[str, object]] = {
+    "subtract": {"k": 2.5},
+    "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
+    "filter": {"learned": True},
+}
+
+#: Options whose value is a file: relative paths are taken from the config file's folder.
+PATH_OPTIONS = {name: set(stage.path_options) for name, stage in STAGES.items() if stage.path_options}
+
+
+def enabled(config: dict, stage: str) -> bool:
+    return bool(config[stage].get("enabled", True))
+
+
+def stage_order(config: dict) -> list[str]:
+    """Stages in the order they run: detectors first, then filter and refine as they read each other."""
+    order = ["preprocess", "subtract", "register", "segment"]
+    last = ["refine", "filter"] if config["filter"]["candidates"] == "refine" else ["filter", "refine"]
+    return order + last
