@@ -64,7 +64,7 @@ def batch_command(
         written.append(write_cohort_report(out, case_pages=False, force=True))
     done = sum(r["status"] == "done" for r in table)
     skipped = sum(r["status"] == "skipped" for r in table)
-    common.log(f"{done} done, {skipped} skipped, {len(errors)} failed in {wall:.1f} s")
+    common.log(f"{done} done, {skipped} done earlier, {len(errors)} failed in {wall:.1f} s")
     common.emit(written, as_json=as_json, payload={
         "cases": len(table), "done": done, "skipped": skipped, "failed": len(errors),
         "wall_seconds": round(wall, 1), "peak_rss_mb_per_worker": result.peaks, "written": [str(p) for p in written]})

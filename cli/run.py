@@ -28,6 +28,15 @@ def evaluation_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _counting_note(count: int, rows: list[dict], record: dict) -> str:
+    """Why the evaluation table may count the final lesions differently (connectivity)."""
+    final = next((row for row in rows or [] if row.get("stage") == record.get("final_stage")), None)
+    if final is None or int(final.get("pred_lesions", count)) == count:
+        return ""
+    return (f"; 26-connected lesions, the evaluation below counts {int(final['pred_lesions'])} "
+            "with MSSEG-2's 6-connectivity")
+
+
 def run_command(
     case: Optional[Path] = typer.Argument(None, help="Case folder (flair_time01/02_on_middle_space, brain_mask; "
                                                      "ground_truth if known)."),
@@ -63,7 +72,7 @@ def run_command(
     if case is not None:
         spec = pipeline.CaseInput(case.name, folder=case, ground_truth=ground_truth)
     elif baseline is not None and followup is not None:
-        name = Path(str(followup.name).split(".")[0]).name
+        name = out.name   # the run's own name, not the follow-up file's (the report is titled with it)
         spec = pipeline.CaseInput(name, baseline=baseline, followup=followup, ground_truth=ground_truth)
     else:
         raise InputError("no input; give a case folder, or both --baseline and --followup")
@@ -73,16 +82,18 @@ def run_command(
                                    on_stage=lambda stage, what: common.log(f"{stage}: {what}", level=1),
                                    config_file=config)
     record = result.record
-    common.log("stages: " + ", ".join(f"{name} {stage['status']}" for name, stage in record["stages"].items()
-                                      if stage["status"] != "off"))
+    said = {"reused": "done earlier"}
+    common.log("stages: " + ", ".join(f"{name} {said.get(stage['status'], stage['status'])}"
+                                      for name, stage in record["stages"].items() if stage["status"] != "off"))
     if as_json:
         common.emit(as_json=True, payload={**record, "evaluation": result.evaluation})
         return
     final = record["final"]
     print(out / final["mask"])
     print(out / final["table"])
-    common.log(f"{record['new_lesions']} new lesion(s), {record['new_lesion_volume_mm3']:.1f} mm3 "
-               f"(final stage: {record['final_stage']})")
+    count = int(record["new_lesions"])
+    common.log(f"{count} new lesion{'' if count == 1 else 's'}, {record['new_lesion_volume_mm3']:.1f} mm3 "
+               f"(final stage: {record['final_stage']}){_counting_note(count, result.evaluation, record)}")
     if result.evaluation:
         for line in evaluation_lines(result.evaluation):
             print(line)

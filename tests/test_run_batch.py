@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -94,6 +95,9 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     assert result.exit_code == 0
     assert {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items() if v["status"] != "off"} == \
         {"subtract": "reused", "filter": "reused", "refine": "reused"}
+    said = _run(case, out, "-c", str(no_report))       # the terminal says it plainly
+    assert "subtract done earlier" in said.stderr and "reused" not in said.stderr
+    assert re.search(r"\b\d+ new lesions?, ", said.stderr) and "lesion(s)" not in said.stderr
     changed = tmp_path / "changed.yaml"
     changed.write_text(NO_REPORT + "refine:\n  threshold: 0.5\n")
     result = _run(case, out, "-c", str(changed), "--json")

@@ -145,7 +145,7 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
         out.json(output / REPORT, report)
         if o.qc:
             out.text(output / QC_PICTURE, qc_png(result.baseline, result.followup, result.brain_mask,
-                                                 spacing_mm=result.grid.spacing_mm,
+                                                 spacing_mm=result.grid.spacing_mm, affine=result.grid.affine,
                                                  title=f"{baseline.name} -> {followup.name}"))
     reg = result.report["registration"]
     log(f"preprocess: follow-up moved {reg['max_brain_displacement_mm']:.2f} mm / "

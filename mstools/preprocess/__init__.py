@@ -11,7 +11,7 @@
 * :mod:`~mstools.preprocess.pipeline` -- :func:`preprocess_pair`, the whole chain.
 
 All functions work on arrays and NIfTI affines in memory; files are read and written
-by ``mstools/io.py`` through ``cli/preprocess.py``.
+by ``mstools/io.py`` through ``mstools/jobs/preprocess.py``.
 """
 
 from __future__ import annotations
