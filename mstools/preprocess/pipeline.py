@@ -151,6 +151,19 @@ def _into(data, affine, grid: Grid, transform: np.ndarray, *, kind: str, thresho
     return resample_mask(data, affine, grid, transform, threshold=threshold)
 
 
+def _covers(source: Grid, grid: Grid, to_source: np.ndarray) -> bool:
+    """True when every voxel centre of ``grid`` falls inside ``source``'s voxel centres
+    (``to_source`` maps grid points to source points): the grid's corners suffice, a
+    box being convex. Then the scan covers the whole grid and no coverage map is needed."""
+    shape = np.asarray(grid.shape) - 1
+    corners = np.array([[i, j, k] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])], float)
+    world = corners @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    moved = world @ to_source[:3, :3].T + to_source[:3, 3]
+    inverse = np.linalg.inv(source.affine)
+    index = moved @ inverse[:3, :3].T + inverse[:3, 3]
+    return bool(np.all(index >= -1e-6) and np.all(index <= np.asarray(source.shape) - 1 + 1e-6))
+
+
 def _into_common(points: np.ndarray, to_scan: np.ndarray) -> np.ndarray:
     """Scan-space world points moved into the common space (``to_scan`` maps common -> scan)."""
     inverse = np.linalg.inv(to_scan)
@@ -296,9 +309,9 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
                         [(masks[0], baseline_affine, to_baseline), (masks[1], followup_affine, to_followup)])
     brain = bet.combine_masks(moved_masks[0], moved_masks[1], how=options.combine_masks)
     # where each scan has data (its field of view; nearest neighbour on a uint8 image is cheap)
-    coverage = [resample(np.ones(g.shape, np.uint8), g.affine, grid, t, interpolation="nearest")
-                for g, t in ((b_grid, to_baseline), (f_grid, to_followup))]
-    brain &= coverage[0] & coverage[1]
+    for g, t in ((b_grid, to_baseline), (f_grid, to_followup)):
+        if not _covers(g, grid, t):
+            brain &= resample(np.ones(g.shape, np.uint8), g.affine, grid, t, interpolation="nearest")
     if not brain.any():
         raise InputError(f"the {names[0]} and {names[1]} brains do not overlap after registration; "
                          "are both scans of the same head?")
