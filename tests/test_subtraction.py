@@ -127,3 +127,24 @@ def test_inputs_are_not_modified(pair):
     detect(baseline, followup, brain, affine=oblique_affine())
     np.testing.assert_array_equal(baseline, b0)
     np.testing.assert_array_equal(followup, f0)
+
+
+def test_the_conditioned_pair_is_remembered_only_for_the_same_inputs():
+    """subtract and refine of one run condition the same pair once; a changed input or a
+    caller's change to the result never leaks into another call."""
+    from mstools.intensity import differential_bias_correction
+    from mstools.subtraction import DIFFERENTIAL_BIAS_SIGMA_MM, condition_pair
+
+    rng = np.random.default_rng(5)
+    baseline = rng.uniform(50, 100, (40, 36, 30)).astype(np.float32)
+    followup = (baseline * rng.uniform(0.9, 1.1, baseline.shape)).astype(np.float32)
+    brain = np.ones(baseline.shape, bool)
+    expected = differential_bias_correction(baseline, followup, brain, spacing_mm=(1, 1, 1),
+                                            sigma_mm=DIFFERENTIAL_BIAS_SIGMA_MM)
+    first = condition_pair(baseline, followup, brain, spacing_mm=(1, 1, 1))
+    first[:] = 0
+    assert np.array_equal(condition_pair(baseline, followup, brain, spacing_mm=(1, 1, 1)), expected)
+    changed = followup.copy()
+    changed[10:20, 10:20, 10:20] *= 1.5
+    assert not np.array_equal(condition_pair(baseline, changed, brain, spacing_mm=(1, 1, 1)), expected)
+    assert not np.array_equal(condition_pair(baseline, followup, brain, spacing_mm=(2, 2, 2)), expected)
