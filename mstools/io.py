@@ -371,8 +371,11 @@ def read_vector_field(path: str | os.PathLike) -> Image:
     return _image(img, p, data)
 
 
-def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> Path:
-    """Refuse to overwrite an input, or an existing output without ``force``."""
+def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                   create_dirs: bool = False) -> Path:
+    """Refuse to overwrite an input, or an existing output without ``force``. With
+    ``create_dirs`` (the writer makes missing folders, as ``OutputBatch(create_dirs=True)``)
+    a missing parent is fine when its nearest existing ancestor is a writable folder."""
     p = Path(path)
     for source in inputs:
         s = Path(source)
@@ -385,7 +388,17 @@ def check_writable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLik
     if p.exists() and not force:
         raise InputError(f"{p}: already exists; pass --force to overwrite it")
     if p.parent and not p.parent.exists():
-        raise InputError(f"{p.parent}: output folder does not exist; create it first")
+        if not create_dirs:
+            raise InputError(f"{p.parent}: output folder does not exist; create it first")
+        ancestor = p.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise InputError(f"{ancestor}: is a file, not a folder; choose another output path")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise InputError(f"{ancestor}: folder is not writable (permission denied or read-only); "
+                             "choose another output folder")
+        return p
     if not p.parent.is_dir():
         raise InputError(f"{p.parent}: is a file, not a folder; choose another output path")
     if not os.access(p.parent, os.W_OK | os.X_OK):

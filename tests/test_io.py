@@ -238,3 +238,14 @@ def test_a_background_image_write_that_fails_is_an_error_at_commit_and_leaves_no
             out.image(tmp_path / "a.nii.gz", np.ones((4, 4, 4)), ref, np.uint8)
     assert "a.nii.gz" in str(error.value) and "\n" not in str(error.value)
     assert set(os.listdir(tmp_path)) == before
+
+
+def test_a_missing_output_folder_is_fine_only_for_writers_that_create_it(tmp_path):
+    target = tmp_path / "new" / "deeper" / "x_mask.nii.gz"
+    with pytest.raises(InputError, match="output folder does not exist"):
+        check_writable(target)
+    assert check_writable(target, create_dirs=True) == target
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        check_writable(tmp_path / "file" / "sub" / "x.nii.gz", create_dirs=True)
+    assert not (tmp_path / "new").exists()          # checking creates nothing

@@ -69,8 +69,8 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
         del paths["affine_subtraction"]
     inputs = [p for p in (followup, baseline, followup_mask, baseline_mask, *parameter_files) if p is not None]
     for path in paths.values():  # fail before the work, not after it
-        check_writable(path, inputs=inputs, force=force)
-        check_writable(sidecar_path(path), inputs=inputs, force=force)
+        check_writable(path, inputs=inputs, force=force, create_dirs=True)
+        check_writable(sidecar_path(path), inputs=inputs, force=force, create_dirs=True)
 
     fixed = read_scan(followup)
     moving = read_scan(baseline)
@@ -144,8 +144,8 @@ def warp_job(image: Path, displacement: Path, output: Path, *, interpolation: st
     from mstools.provenance import describe_inputs, sidecar, sidecar_path
     from mstools.registration.deformation import warp
 
-    check_writable(output, inputs=[image, displacement], force=force)
-    check_writable(sidecar_path(output), inputs=[image, displacement], force=force)
+    check_writable(output, inputs=[image, displacement], force=force, create_dirs=True)
+    check_writable(sidecar_path(output), inputs=[image, displacement], force=force, create_dirs=True)
     field = read_vector_field(displacement)
     nearest = interpolation == "nearest"
     moving = read_labels(image) if nearest else read_image(image)

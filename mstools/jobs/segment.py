@@ -61,8 +61,8 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
              for name, suffix in ALL_LESION_OUTPUTS.items()} if model == "coactseg" else {}
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
     for target in targets:  # fail before the work
-        check_writable(target, inputs=[baseline_path, followup_path], force=force)
-        check_writable(sidecar_path(target), inputs=[baseline_path, followup_path], force=force)
+        check_writable(target, inputs=[baseline_path, followup_path], force=force, create_dirs=True)
+        check_writable(sidecar_path(target), inputs=[baseline_path, followup_path], force=force, create_dirs=True)
     base = read_image(baseline_path)
     follow = read_image(followup_path)
     check_same_grid(base, follow)
