@@ -26,6 +26,12 @@ from mstools.messages import INTERRUPTED, STATE, check_finite_options, log, prog
 def command(func: Callable) -> Callable:
     """Wrap a command body with the error contract."""
     name = func.__name__.replace("_", "-").removesuffix("-command")
+    # a group's commands by the words a user types: `filter` (apply is the default), `filter train`
+    for group in ("filter", "refine"):
+        if name == f"{group}-apply":
+            name = group
+        elif name.startswith(f"{group}-"):
+            name = name.replace("-", " ", 1)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):

@@ -17,16 +17,20 @@ from mstools.jobs.filter import FilterOptions as O
 
 
 class DefaultApplyGroup(TyperGroup):
-    """A group whose first argument, when it is not a subcommand, goes to ``apply``."""
+    """A group whose bare form is its ``apply`` command: a first argument that is not a
+    subcommand goes to ``apply``, and ``--help`` (or no argument) shows apply's options
+    (apply's help names the other subcommand)."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if not args or args[0] in ("-h", "--help"):
+            args = ["apply", "--help"]
+        elif args[0] not in self.commands:
             args = ["apply", *args]
         return super().parse_args(ctx, args)
 
 
 filter_app = typer.Typer(
-    cls=DefaultApplyGroup, no_args_is_help=True, add_completion=False,
+    cls=DefaultApplyGroup, no_args_is_help=False, add_completion=False,
     help="Filter detector candidates with La Rosa et al.'s rules or a learned LightGBM model.\n\n"
          "Example: mstools filter data_samples/sim-001 --candidates out/s1 -o out/s1_filtered",
 )
@@ -58,6 +62,8 @@ def filter_apply(
     """Keep the candidates that pass La Rosa et al.'s rules (or a learned model); write them and a feature table.
 
     Example: mstools filter data_samples/sim-001 --candidates out/s1 -o out/s1_filtered
+
+    `mstools filter` is this command; `mstools filter train --help` fits a learned filter.
     """
     from mstools.jobs.filter import filter_job
 

@@ -23,7 +23,7 @@ FeatureSet = common.Enum("FeatureSet", {v: v for v in FEATURE_SETS}, type=str)  
 ClassWeight = common.Enum("ClassWeight", {v: v for v in CLASS_WEIGHTS}, type=str)  # type: ignore[misc]
 
 refine_app = typer.Typer(
-    cls=DefaultApplyGroup, no_args_is_help=True, add_completion=False,
+    cls=DefaultApplyGroup, no_args_is_help=False, add_completion=False,
     help="Refine detector candidates voxel by voxel with a LightGBM classifier (Prados & Kanber).\n\n"
          "Example: mstools refine data_samples/sim-001 --candidates out/s1 -o out/s1_refined",
 )
@@ -52,6 +52,8 @@ def refine_apply(
     """Refine a detector's candidates: probability map, threshold and the paper's component clean-up.
 
     Example: mstools refine data_samples/sim-001 --candidates out/s1 -o out/s1_refined
+
+    `mstools refine` is this command; `mstools refine train --help` trains a refinement model.
     """
     from mstools.jobs.refine import refine_job
 

@@ -20,7 +20,7 @@ def segment_command(
     case: Optional[Path] = typer.Argument(None, help=f"Case folder with {layout.BASELINE} and {layout.FOLLOWUP}."),
     baseline: Optional[Path] = typer.Option(None, help="Baseline FLAIR (instead of the case folder's)."),
     followup: Optional[Path] = typer.Option(None, help="Follow-up FLAIR, on the baseline's grid."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output prefix P (P_score.nii.gz, P_mask.nii.gz, ...); default CASE/<model>."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output prefix P (P_score.nii.gz, P_mask.nii.gz, ...); default CASE/<model>, i.e. inside the input case folder."),
     model: ModelChoice = common.opt(O, "model", ModelChoice),
     weights: Optional[Path] = common.opt(O, "weights"),
     threshold: float = common.opt(O, "threshold"),

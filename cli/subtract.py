@@ -15,7 +15,7 @@ Rule = common.choices("Rule", O, "rule")
 
 def subtract_command(
     case: Optional[Path] = typer.Argument(None, help="Case folder (flair_time01/02_on_middle_space, brain_mask)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output prefix (default: CASE/subtract)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output prefix (default: CASE/subtract, i.e. inside the input case folder)."),
     rule: Rule = common.opt(O, "rule", Rule),
     baseline: Optional[Path] = typer.Option(None, help="Baseline FLAIR (overrides the case folder's)."),
     followup: Optional[Path] = typer.Option(None, help="Follow-up FLAIR on the same grid."),

@@ -82,7 +82,8 @@ def add_detections(batch, prefix: str, detections, reference, record: Mapping, *
 # ----------------------------------------------------------------------------- reading
 
 
-def read_candidates(prefix: str, reference):
+def read_candidates(prefix: str, reference, *, hint: str = "give the output prefix of a detector, "
+                                                             "e.g. --candidates CASE/subtract"):
     """A detector's candidates on ``reference``'s grid: (int32 labels, score or None, files read).
 
     Labels come from ``P_labels``, else ``P_mask`` labelled 26-connected; the score from
@@ -109,8 +110,7 @@ def read_candidates(prefix: str, reference):
         labels = ndimage.label(mask_img.data > 0, structure=np.ones((3, 3, 3), bool))[0].astype(np.int32, copy=False)
         used.append(prefix + MASK_SUFFIX)
     else:
-        raise InputError(f"{prefix}{LABELS_SUFFIX} (or {MASK_SUFFIX}) not found; give the output prefix of a "
-                         "detector, e.g. --candidates CASE/subtract")
+        raise InputError(f"{prefix}{LABELS_SUFFIX} (or {MASK_SUFFIX}) not found; {hint}")
     score = None
     if Path(prefix + SCORE_SUFFIX).is_file():
         score_img = read_image(prefix + SCORE_SUFFIX)

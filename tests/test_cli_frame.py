@@ -114,3 +114,26 @@ def test_the_command_line_installs_as_mstools_cli_not_cli(tmp_path):
             "print(spec is None or 'mstools' not in str(spec.origin))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("group", ["filter", "refine"])
+def test_a_command_group_is_its_apply_command_in_help_and_in_errors(group, tmp_path):
+    """`mstools filter --help` shows apply's options and names `train`; errors say the words typed."""
+    for args in ([group, "--help"], [group]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0
+        text = " ".join(result.stdout.split())
+        assert "--candidates" in text and f"mstools {group} train --help" in text
+    missing = tmp_path / "missing"
+    result = runner.invoke(app, [group, str(missing), "-c", "x", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and result.stderr.startswith(f"mstools {group}: error:")
+    result = runner.invoke(app, [group, "train", str(missing), "-o", str(tmp_path / "m.txt")])
+    assert result.exit_code != 0 and f"mstools {group}-train" not in result.stderr
+
+
+def test_filter_train_names_its_own_option_when_candidates_are_missing(tmp_path):
+    case = tmp_path / "sim"
+    assert runner.invoke(app, ["-q", "simulate", str(case), "--seed", "4", *FAST]).exit_code == 0
+    result = runner.invoke(app, ["filter", "train", str(case), "-o", str(tmp_path / "m.txt")])
+    assert result.exit_code == 1
+    assert "--candidates-name" in result.stderr and "--candidates CASE" not in result.stderr

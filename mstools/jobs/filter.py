@@ -48,7 +48,8 @@ def _optional_map(path: Optional[Path], reference, kind: str):
 
 def compute_features(case: Optional[Path], candidates: str, *, baseline: Optional[Path] = None,
                      followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
-                     tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None):
+                     tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
+                     hint: Optional[str] = None):
     """Read a case and a detector's candidates; return (reference image, labels, rows, inputs used)."""
     from mstools.case import read_pair, resolve_case_inputs
     from mstools.detections import read_candidates
@@ -56,7 +57,7 @@ def compute_features(case: Optional[Path], candidates: str, *, baseline: Optiona
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
     b_img, f_img, brain_img = read_pair(*paths)
-    labels, score, used = read_candidates(candidates, b_img)
+    labels, score, used = read_candidates(candidates, b_img, **({"hint": hint} if hint else {}))
     tissue_map = _optional_map(tissues, b_img, "labels")
     lesions_t1 = _optional_map(baseline_lesions, b_img, "mask")
     brain = brain_img.data > 0
@@ -132,7 +133,8 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
         reference, labels, rows, used = compute_features(
             case, str(case / candidates_name),
             tissues=case / layout.TISSUES if use_tissues else None,
-            baseline_lesions=case / layout.LESIONS_BASELINE if use_baseline_lesions else None)
+            baseline_lesions=case / layout.LESIONS_BASELINE if use_baseline_lesions else None,
+            hint=f"run that detector on {case} first, or name another one with --candidates-name")
         gt = read_mask(case / layout.GROUND_TRUTH)
         check_same_grid(reference, gt)
         verdicts = candidate_truth(labels, gt.data, reference.affine)
