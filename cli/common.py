@@ -107,13 +107,27 @@ def options(options_class, params: Mapping[str, Any]):
 
 
 class progress_bar:
-    """A rich progress bar on stderr (terminal only, not with -q) that starts at the first
-    update; ``with progress_bar("segment") as update: job(progress=update)``."""
+    """Progress of a long step on stderr: a rich bar on a terminal, else a plain line at
+    most every :attr:`plain_every_s` seconds and at the end (nothing with -q);
+    ``with progress_bar("segment", "windows") as update: job(progress=update)``."""
 
-    def __init__(self, title: str):
-        self.title = title
+    plain_every_s = 10.0
+
+    def __init__(self, title: str, unit: str = "windows"):
+        self.title, self.unit = title, unit
         self.bar = None
         self.task = None
+        self.last_plain = None
+
+    def plain(self, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if self.last_plain is None:
+            self.last_plain = now           # the first line comes after plain_every_s, or at the end
+        if done >= total or now - self.last_plain >= self.plain_every_s:
+            print(f"{self.title}: {done}/{total} {self.unit}", file=sys.stderr, flush=True)
+            self.last_plain = now
 
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
@@ -126,7 +140,9 @@ class progress_bar:
         self.bar.update(self.task, completed=done, total=total)
 
     def __enter__(self):
-        return self.update if progress_enabled() else None
+        if progress_enabled():
+            return self.update
+        return self.plain if STATE.level >= 0 else None
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -137,3 +137,19 @@ def test_filter_train_names_its_own_option_when_candidates_are_missing(tmp_path)
     result = runner.invoke(app, ["filter", "train", str(case), "-o", str(tmp_path / "m.txt")])
     assert result.exit_code == 1
     assert "--candidates-name" in result.stderr and "--candidates CASE" not in result.stderr
+
+
+def test_long_steps_report_progress_as_plain_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    from mstools_cli import common
+
+    monkeypatch.setattr(common.STATE, "level", 0)
+    bar = common.progress_bar("segment", "windows")
+    monkeypatch.setattr(bar, "plain_every_s", 0.0)
+    with bar as update:                      # pytest's stderr is not a terminal
+        for done in (1, 2, 3):
+            update(done, 3)
+    assert capsys.readouterr().err.splitlines() == ["segment: 1/3 windows", "segment: 2/3 windows",
+                                                    "segment: 3/3 windows"]
+    monkeypatch.setattr(common.STATE, "level", -1)       # -q: nothing
+    with common.progress_bar("segment") as update:
+        assert update is None

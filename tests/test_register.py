@@ -449,3 +449,29 @@ def test_min_voxels_for_converts_la_rosas_size_to_the_grid():
     assert detection.min_voxels_for(4.95, 0.99) == 5
     with pytest.raises(ValueError, match="positive"):
         detection.min_voxels_for(5.0, 0.0)
+
+
+def test_elastix_progress_follows_the_stages_and_resolutions_of_its_log(tmp_path, monkeypatch):
+    """elastix writes one log for the whole chain; each stage restarts at 'Resolution: 0'.
+    The watcher reads it while it grows (here written by the test) and says where it is."""
+    import time
+
+    from mstools.registration import elastix
+
+    monkeypatch.setattr(elastix, "LOG_POLL_SECONDS", 0.02)
+    maps = [{"Transform": ("EulerTransform",), "NumberOfResolutions": ("3",)},
+            {"Transform": ("BSplineTransform",), "NumberOfResolutions": ("2",)}]
+    log = tmp_path / "elastix.log"
+    heard = []
+    watcher = elastix._LogWatcher(log, maps, heard.append)       # the log does not exist yet
+    chunks = ["WARNING: x\nResolution: 0\nTime spent\nResolution: 1\nResol", "ution: 2\n",
+              "Resolution: 0\n", "Resolution: 1\n"]
+    for chunk in chunks:
+        with open(log, "a") as handle:
+            handle.write(chunk)
+        time.sleep(0.15)
+    watcher.stop()
+    assert heard == ["elastix stage 1/2 (Euler), resolution 1/3", "elastix stage 1/2 (Euler), resolution 2/3",
+                     "elastix stage 1/2 (Euler), resolution 3/3", "elastix stage 2/2 (BSpline), resolution 1/2",
+                     "elastix stage 2/2 (BSpline), resolution 2/2"]
+    assert not watcher.thread.is_alive()

@@ -88,10 +88,11 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     min_voxels = detection.min_voxels_for(min_mm3, fixed.voxel_volume_mm3)
     clock["read"] = time.perf_counter()
 
-    log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages; loading itk takes ~15 s)")
+    log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages)")
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
                    affine_check=use_affine, fixed_brain=fixed_brain, moving_brain=moving_brain,
-                   register_in_mask=o.register_in_mask, threads=o.threads)
+                   register_in_mask=o.register_in_mask, threads=o.threads,
+                   progress=lambda message: log(f"register: {message}"))
     clock["registered"] = time.perf_counter()
     quality = found.quality
     parameters_record = {

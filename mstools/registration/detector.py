@@ -36,7 +36,7 @@ class RegistrationDetection:
 
 def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxels: int,
            affine_check: bool = False, fixed_brain=None, moving_brain=None, register_in_mask: bool = False,
-           threads: Optional[int] = None) -> RegistrationDetection:
+           threads: Optional[int] = None, progress=None) -> RegistrationDetection:
     """Register ``moving`` (baseline Image) onto ``fixed`` (follow-up Image) and find candidates.
 
     InputError when elastix fails or the registration fails the quality check
@@ -46,7 +46,8 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
     from mstools.lesions import detections_from_mask
     from mstools.registration.deformation import jacobian_determinant, warp
 
-    result = _run_elastix(fixed, moving, maps, fixed_brain if register_in_mask else None, moving_brain, threads)
+    result = _run_elastix(fixed, moving, maps, fixed_brain if register_in_mask else None, moving_brain, threads,
+                          progress)
     warped = warp(moving.data, moving.affine, result.displacement, fixed.affine, order=1)
     det = jacobian_determinant(result.displacement, fixed.affine)
     quality = detection.registration_quality(fixed.data, warped, brain, jacobian_determinant=det)
@@ -73,13 +74,14 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
                                  columns, quality, result.transform_maps, result.load_seconds, result.seconds)
 
 
-def _run_elastix(fixed, moving, maps, fixed_brain, moving_brain, threads):
+def _run_elastix(fixed, moving, maps, fixed_brain, moving_brain, threads, progress=None):
     from mstools.registration.elastix import RegistrationError, register
 
     try:
         return register(fixed.data, moving.data, followup_affine=fixed.affine, baseline_affine=moving.affine,
                         maps=maps, followup_mask=None if fixed_brain is None else fixed_brain.data,
-                        baseline_mask=None if moving_brain is None else moving_brain.data, threads=threads)
+                        baseline_mask=None if moving_brain is None else moving_brain.data, threads=threads,
+                        progress=progress)
     except RegistrationError as exc:
         raise InputError(f"registration failed: {exc}; nothing written. Check that both images show the "
                          "same head, or try other --parameters") from None

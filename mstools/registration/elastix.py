@@ -102,21 +102,75 @@ def _displacement(moving, transform_object, folder: Path) -> np.ndarray:
     return (field_lps.astype(np.float64) @ RAS_TO_LPS.T).astype(np.float32)
 
 
+class _LogWatcher:
+    """Reads elastix's log while it runs and reports each stage and resolution it starts.
+
+    elastix writes one log for the whole chain; every stage restarts at "Resolution: 0".
+    A daemon thread polls the file every :data:`LOG_POLL_SECONDS`; it only reads.
+    """
+
+    def __init__(self, path: Path, maps: Sequence[ParameterMap], progress):
+        import threading
+
+        self.path, self.progress = path, progress
+        self.names = [str(m.get("Transform", ("?",))[0]).removesuffix("Transform") for m in maps]
+        self.levels = [str(m.get("NumberOfResolutions", ("?",))[0]) for m in maps]
+        self.offset, self.stage, self.partial = 0, 0, ""
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mstools-elastix-log", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(LOG_POLL_SECONDS):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "r", errors="replace") as handle:
+                handle.seek(self.offset)
+                text = handle.read()
+                self.offset = handle.tell()
+        except OSError:
+            return
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if not line.startswith("Resolution: "):
+                continue
+            level = int(line.split(":")[1].strip() or 0)
+            if level == 0:
+                self.stage += 1
+            n = min(max(self.stage, 1), len(self.names))
+            self.progress(f"elastix stage {n}/{len(self.names)} ({self.names[n - 1]}), "
+                          f"resolution {level + 1}/{self.levels[n - 1]}")
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+
+#: How often the elastix log is read for progress (seconds).
+LOG_POLL_SECONDS = 1.0
+
+
 def register(followup: np.ndarray, baseline: np.ndarray, *, followup_affine: np.ndarray,
              baseline_affine: np.ndarray, maps: Sequence[ParameterMap],
              followup_mask: np.ndarray | None = None, baseline_mask: np.ndarray | None = None,
-             threads: int | None = None) -> ElastixResult:
+             threads: int | None = None, progress=None) -> ElastixResult:
     """Register the baseline (moving) onto the follow-up (fixed) with elastix.
 
     Returns the displacement field of the whole chain on the follow-up grid and that of
     its leading linear (rigid/affine) stages. With a follow-up mask, samplers that
     miss oblique masks are replaced (:func:`~mstools.registration.parameters.with_mask_sampler`).
     Raises :class:`RegistrationError` when
-    elastix fails (e.g. too few samples inside both images).
+    elastix fails (e.g. too few samples inside both images). ``progress(message)`` hears
+    each stage and resolution as elastix's log reports them, and the loading of ITK.
     """
     if not maps:
         raise ValueError("at least one parameter map is needed")
     start = time.perf_counter()
+    if progress is not None:
+        progress("loading ITK / elastix (about 15 s the first time)")
     import itk
 
     itk.ParameterObject.New()  # itk loads its modules lazily: this is where the cost is
@@ -140,6 +194,7 @@ def register(followup: np.ndarray, baseline: np.ndarray, *, followup_affine: np.
     with tempfile.TemporaryDirectory(prefix="mstools-elastix-") as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
+        watcher = _LogWatcher(folder / "elastix.log", maps, progress) if progress is not None else None
         try:
             _, transform = itk.elastix_registration_method(
                 fixed, moving, parameter_object=_parameter_object(maps), log_to_console=False,
@@ -147,6 +202,9 @@ def register(followup: np.ndarray, baseline: np.ndarray, *, followup_affine: np.
         except RuntimeError as exc:
             reason = _log_reason(folder) or str(exc).strip().splitlines()[-1]
             raise RegistrationError(f"elastix failed: {reason}") from None
+        finally:
+            if watcher is not None:
+                watcher.stop()
         transform_maps = [{k: tuple(v) for k, v in dict(transform.GetParameterMap(n)).items()}
                           for n in range(transform.GetNumberOfParameterMaps())]
         displacement = _displacement(moving, transform, folder)
