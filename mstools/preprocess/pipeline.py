@@ -155,19 +155,19 @@ def _covers(source: Grid, grid: Grid, to_source: np.ndarray) -> bool:
     """True when every voxel centre of ``grid`` falls inside ``source``'s voxel centres
     (``to_source`` maps grid points to source points): the grid's corners suffice, a
     box being convex. Then the scan covers the whole grid and no coverage map is needed."""
-    shape = np.asarray(grid.shape) - 1
-    corners = np.array([[i, j, k] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])], float)
-    world = corners @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-    moved = world @ to_source[:3, :3].T + to_source[:3, 3]
-    inverse = np.linalg.inv(source.affine)
-    index = moved @ inverse[:3, :3].T + inverse[:3, 3]
+    from nibabel.affines import apply_affine
+
+    last = np.asarray(grid.shape) - 1
+    corners = np.array([[i, j, k] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])], float)
+    index = apply_affine(np.linalg.inv(source.affine) @ to_source @ grid.affine, corners)
     return bool(np.all(index >= -1e-6) and np.all(index <= np.asarray(source.shape) - 1 + 1e-6))
 
 
 def _into_common(points: np.ndarray, to_scan: np.ndarray) -> np.ndarray:
     """Scan-space world points moved into the common space (``to_scan`` maps common -> scan)."""
-    inverse = np.linalg.inv(to_scan)
-    return np.asarray(points) @ inverse[:3, :3].T + inverse[:3, 3]
+    from nibabel.affines import apply_affine
+
+    return apply_affine(np.linalg.inv(to_scan), points)
 
 
 def _both(job: Callable, arguments: list[tuple]) -> list:

@@ -212,8 +212,10 @@ def _crop_to_mask(data: np.ndarray, affine: np.ndarray, mask: np.ndarray):
     lo = np.maximum(index.min(0) - margin, 0)
     hi = np.minimum(index.max(0) + margin + 1, np.shape(data))
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    from nibabel.affines import apply_affine
+
     moved = np.array(affine, dtype=np.float64, copy=True)
-    moved[:3, 3] = moved[:3, :3] @ lo + moved[:3, 3]
+    moved[:3, 3] = apply_affine(moved, lo)
     return np.asarray(data)[box], moved, np.asarray(mask)[box]
 
 
@@ -252,16 +254,17 @@ def crop_to_boxes(grid: Grid, corners_world: list[np.ndarray], margin_mm: float)
     """The part of ``grid`` covering the given points (N x 3 world mm, e.g. the corners of
     brain bounding boxes) plus ``margin_mm`` on every side: same axes, spacing and voxel
     centres, an integer offset. Returns ``grid`` itself when that is no smaller."""
+    from nibabel.affines import apply_affine
+
     points = np.concatenate([np.asarray(c, dtype=np.float64).reshape(-1, 3) for c in corners_world])
-    inverse = np.linalg.inv(grid.affine)
-    index = points @ inverse[:3, :3].T + inverse[:3, 3]
+    index = apply_affine(np.linalg.inv(grid.affine), points)
     margin = np.ceil(margin_mm / np.asarray(grid.spacing_mm)).astype(int)
     lo = np.maximum(np.floor(index.min(0) + 1e-6).astype(int) - margin, 0)      # round-off is no voxel
     hi = np.minimum(np.ceil(index.max(0) - 1e-6).astype(int) + margin, np.asarray(grid.shape) - 1)
     if np.any(hi < lo) or (np.all(lo == 0) and np.all(hi == np.asarray(grid.shape) - 1)):
         return grid
     affine = np.array(grid.affine, dtype=np.float64, copy=True)
-    affine[:3, 3] = grid.affine[:3, :3] @ lo + grid.affine[:3, 3]
+    affine[:3, 3] = apply_affine(grid.affine, lo)
     return Grid(shape=tuple(int(v) for v in hi - lo + 1), affine=affine)
 
 

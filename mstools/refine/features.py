@@ -164,24 +164,14 @@ def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.nd
 def brain_edge_distance(brain: np.ndarray, voxels, *, spacing_mm, cap_mm: float = EDGE_CAP_MM) -> np.ndarray:
     """Distance (mm, capped at ``cap_mm``) from each voxel to the nearest voxel outside the brain
     that touches it (face neighbour); 0 for voxels outside the brain. The grid edge is not a
-    brain edge. A k-d tree of the boundary voxels answers only the voxels asked for."""
-    from scipy.spatial import cKDTree
+    brain edge. :class:`~mstools.distance.DistanceToMask` answers only the voxels asked for."""
+    from mstools.distance import DistanceToMask
 
-    voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
-    spacing = np.asarray(spacing_mm, dtype=float)
-    out = np.full(len(voxels[0]), cap_mm, dtype=np.float32)
-    if not len(out):
-        return out
-    brain = np.asarray(brain) > 0
-    outer = ndimage.binary_dilation(brain, structure=ndimage.generate_binary_structure(3, 1)) & ~brain
-    inside = brain[voxels]
-    out[~inside] = 0.0
-    if outer.any() and inside.any():
-        tree = cKDTree(np.argwhere(outer) * spacing)
-        points = np.stack(voxels, axis=1)[inside] * spacing
-        distance, _ = tree.query(points, distance_upper_bound=cap_mm)
-        out[inside] = np.minimum(distance, cap_mm)
-    return out
+    voxels = np.stack([np.asarray(v, dtype=np.int64) for v in voxels], axis=1).reshape(-1, 3)
+    if not len(voxels):
+        return np.zeros(0, dtype=np.float32)
+    distance = DistanceToMask(~(np.asarray(brain) > 0), spacing_mm)(voxels)
+    return np.minimum(distance, cap_mm).astype(np.float32)
 
 
 def lesion_matrix(voxel_labels: np.ndarray, lesion_rows: dict[int, dict]) -> np.ndarray:
