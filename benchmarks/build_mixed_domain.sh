@@ -53,4 +53,30 @@ with OutputBatch(force=True) as batch:
 PY
   fi
 done
+# Real new lesions: a real scan with some of its own lesions filled in at baseline
+# (simulate --background-new-lesions), the baseline re-acquired on another protocol (with
+# its own noise); the follow-up is the real scan with no noise added (its own is real).
+# Single longitudinal visits use the database's change mask (their real new / changing
+# lesions); cross-sectional scans a seeded third of their consensus lesions.
+mkdir -p "$OUT/filled"
+for v in patient04-study1 patient09-study2 patient20-study2; do
+  p=${v:7:2}
+  for n in 0 1 2; do
+    read -r acq_b _ <<< "${protocols[$n]}"
+    one "$OUT/filled/$v-$n" --seed $((7000 + 10#$p * 10 + n)) --n-new 2 --background-flair "$BG/single-$v/flair.nii.gz" \
+        --background-brain-mask "$BG/single-$v/brain_mask.nii.gz" --background-new-lesions "$BG/changes/patient$p.nii.gz" \
+        "${lib[@]}" --baseline-acquisition "$acq_b" --snr-followup 0
+  done
+done
+for p in 07 19 26; do
+  for n in 0 1 2; do
+    read -r acq_b acq_f <<< "${protocols[$n]}"
+    seed=$((8000 + 10#$p * 10 + n))
+    masks="$OUT/filled/masks/xs$p-$n"
+    [ -e "$masks/new.nii.gz" ] || python benchmarks/lesion_subsets.py "$BG/xs-patient$p/lesions.nii.gz" "$masks" --seed $seed
+    one "$OUT/filled/xs$p-$n" --seed $seed --n-new 2 --background-flair "$BG/xs-patient$p/flair.nii.gz" \
+        --background-brain-mask "$BG/xs-patient$p/brain_mask.nii.gz" --background-lesions "$masks/stable.nii.gz" \
+        --background-new-lesions "$masks/new.nii.gz" "${lib[@]}" --baseline-acquisition "$acq_b" --followup-acquisition "$acq_f"
+  done
+done
 echo "cases in $OUT"

@@ -9,6 +9,8 @@ Writes, under OUT:
   a brain mask (the scans are skull-stripped: FLAIR > 0, holes filled) and their lesions;
 * ``single-patientNN-studyY/``: longitudinal visits stored without their pair (04, 09,
   20): the raw 2D FLAIR on the database's common grid and its brain mask;
+* ``changes/patientNN.nii.gz``: the change masks of those visits' patients (links; on the
+  same common grid), the lesions `simulate --background-new-lesions` fills in at baseline;
 * ``real-patientNN/``: development pairs (01) as `mstools import-open-ms` writes them.
 
 Run: python benchmarks/real_backgrounds.py ~/open_ms_data OUT
@@ -52,8 +54,12 @@ def main() -> None:
             batch.image(folder / "flair.nii.gz", flair.data, flair, np.float32)
             batch.image(folder / "brain_mask.nii.gz", brain, flair, np.uint8)
             batch.image(folder / "lesions.nii.gz", lesions.data > 0, flair, np.uint8)
+    (out / "changes").mkdir(exist_ok=True)
     for patient, study in SINGLE_VISITS:
         assert patient not in omd.HELD_OUT_PATIENTS
+        link = out / "changes" / f"patient{patient}.nii.gz"
+        if not link.exists():
+            link.symlink_to((clone / "longitudinal" / "coregistered" / f"patient{patient}" / "gt.nii.gz").resolve())
         folder = out / f"single-patient{patient}-{study}"
         if folder.exists():
             continue

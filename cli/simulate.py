@@ -47,6 +47,7 @@ def simulate_command(
     background_followup: Path | None = typer.Option(None, help="Real follow-up aligned with --background-flair (same grid): new lesions added to it only."),
     background_brain_mask: Path | None = typer.Option(None, help="Brain mask of the background (required with --background-flair)."),
     background_lesions: Path | None = typer.Option(None, help="The background's own lesion mask: new lesions avoid it and copy its contrast."),
+    background_new_lesions: Path | None = typer.Option(None, help="Lesions of --background-flair that are new (e.g. a real follow-up's new lesions): filled in at baseline, they join the ground truth (those not brighter than their fill by 0.10 of brain median are left alone)."),
     lesion_library: Path | None = typer.Option(None, help="Folder of real binary lesion masks (NIfTI, searched recursively): new lesion shapes for --background-flair."),
     dtype: StorageType = typer.Option(StorageType.float32, help="Storage type of the FLAIR images (int16 is scanner-like and smaller)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
@@ -77,7 +78,7 @@ def simulate_command(
     if single_timepoint and (clinical or any(protocols.values()) or background_flair):
         raise InputError("--single-timepoint takes no acquisitions, protocol contrasts or background")
     background = background_options(background_flair, background_followup, background_brain_mask,
-                                    background_lesions, lesion_library)
+                                    background_lesions, lesion_library, background_new_lesions)
     try:
         base = SimulationConfig(
             seed=seed, voxel_mm=voxel_mm, n_stable=n_stable, n_enlarging=n_enlarging,

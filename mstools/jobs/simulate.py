@@ -56,9 +56,10 @@ def _clinical_config(config, protocols: dict):
 
 
 
-def background_options(flair, followup, brain_mask, lesions, library) -> dict | None:
+def background_options(flair, followup, brain_mask, lesions, library, new_lesions=None) -> dict | None:
     given = {"--background-followup": followup, "--background-brain-mask": brain_mask,
-             "--background-lesions": lesions, "--lesion-library": library}
+             "--background-lesions": lesions, "--lesion-library": library,
+             "--background-new-lesions": new_lesions}
     if flair is None:
         extra = [name for name, value in given.items() if value is not None]
         if extra:
@@ -66,14 +67,18 @@ def background_options(flair, followup, brain_mask, lesions, library) -> dict | 
         return None
     if brain_mask is None:
         raise InputError("--background-flair needs --background-brain-mask")
-    if library is None and lesions is None:
+    if library is None and lesions is None and new_lesions is None:
         raise InputError("--background-flair needs --lesion-library DIR (or --background-lesions to reuse its lesions' shapes)")
+    if new_lesions is not None and followup is not None:
+        raise InputError("--background-new-lesions is for a single background FLAIR; drop --background-followup "
+                         "(a real pair already has its new lesions)")
     for name, path in {"--background-flair": flair, **given}.items():
         if path is not None and not Path(path).exists():
             raise InputError(f"{path}: {name} does not exist")
     if library is not None and not Path(library).is_dir():
         raise InputError(f"{library}: --lesion-library must be a folder of lesion masks")
-    return {"flair": flair, "followup": followup, "brain_mask": brain_mask, "lesions": lesions, "library": library}
+    return {"flair": flair, "followup": followup, "brain_mask": brain_mask, "lesions": lesions, "library": library,
+            "new_lesions": new_lesions}
 
 
 
@@ -85,7 +90,10 @@ def _read_background(options: dict, volume_mm3) -> dict:
     flair = read_image(options["flair"])
     brain = read_mask(options["brain_mask"], allow_empty=False)
     check_same_grid(flair, brain)
-    followup = lesions = None
+    followup = lesions = new_lesions = None
+    if options.get("new_lesions") is not None:
+        new_lesions = read_mask(options["new_lesions"], allow_empty=False)
+        check_same_grid(flair, new_lesions)
     if options["followup"] is not None:
         followup = read_image(options["followup"])
         check_same_grid(flair, followup)
@@ -105,16 +113,17 @@ def _read_background(options: dict, volume_mm3) -> dict:
             names.append(str(path))
         where = f"{options['library']}"
     else:
-        masks.append((lesions.data > 0, lesions.spacing_mm))
-        names.append(str(options["lesions"]))
-        where = f"{options['lesions']}"
+        shapes = lesions if lesions is not None else new_lesions
+        masks.append((shapes.data > 0, shapes.spacing_mm))
+        names.append(str(options["lesions"] if lesions is not None else options["new_lesions"]))
+        where = names[-1]
     try:
         library = build_lesion_library(masks, volume_mm3=tuple(volume_mm3), names=names)
     except ValueError as exc:
         raise InputError(f"{where}: {exc}") from None
     log(f"lesion library: {len(library)} lesions from {len(names)} masks")
     return {"flair": flair, "brain": brain, "followup": followup, "lesions": lesions, "library": library,
-            "options": options}
+            "new_lesions": new_lesions, "options": options}
 
 
 
@@ -201,7 +210,8 @@ def _simulate_real(config, background: dict):
         return simulate_on_real(
             flair.data, flair.affine, background["brain"].data, background["library"], config,
             followup=None if background["followup"] is None else background["followup"].data,
-            lesions=None if background["lesions"] is None else background["lesions"].data)
+            lesions=None if background["lesions"] is None else background["lesions"].data,
+            new_lesions=None if background.get("new_lesions") is None else background["new_lesions"].data)
     except ValueError as exc:
         raise InputError(f"{flair.name}: {exc}") from None
 

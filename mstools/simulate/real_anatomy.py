@@ -4,7 +4,9 @@ Two modes, both adding new lesions to the follow-up only:
 
 * one real FLAIR: the baseline is the real scan; the follow-up is the same scan with new
   lesions added, then the usual nuisances (misalignment, gain / contrast, bias, noise) and,
-  optionally, each visit's 2D acquisition;
+  optionally, each visit's 2D acquisition. Lesions of the scan can be declared new (e.g. a
+  real follow-up's new lesions): the baseline is then the scan with them filled in, and
+  these real lesions join the ground truth;
 * a real pair (two FLAIRs already aligned on one grid): the new lesions are added to the
   real follow-up and nothing else is changed (its nuisances are real).
 
@@ -30,6 +32,8 @@ from scipy import ndimage
 
 from mstools.simulate import nuisance
 from mstools.simulate.acquisition import partial_volume, sample_onto
+from mstools.simulate.lesion_filling import (FILL_MARGIN_MM, FILL_SIGMA_MM, VISIBLE_MIN_CONTRAST,
+                                             fill_lesions)
 from mstools.simulate.case import (WM_UNITS, RawScan, SimulatedCase, SimulationConfig, _acquire_visit,
                                    carry_labels)
 
@@ -173,6 +177,8 @@ def place_lesions(flair: np.ndarray, brain: np.ndarray, spacing_mm, library: Les
 
     Raises ``ValueError`` when the brain has no room left for them.
     """
+    if count == 0:
+        return []
     spacing_mm = np.asarray(spacing_mm, dtype=np.float64)
     wm = wm_estimate(flair, brain, spacing_mm) if wm is None else wm
     centres_ok = ndimage.binary_erosion(wm, _ball(WM_EROSION_MM, spacing_mm))
@@ -237,11 +243,15 @@ def paint(image: np.ndarray, lesions: list[RealLesion], spacing_mm) -> tuple[np.
 
 def simulate_on_real(baseline: np.ndarray, affine: np.ndarray, brain_mask: np.ndarray, library: LesionLibrary,
                      config: SimulationConfig, *, followup: np.ndarray | None = None,
-                     lesions: np.ndarray | None = None, wm: np.ndarray | None = None) -> SimulatedCase:
+                     lesions: np.ndarray | None = None, wm: np.ndarray | None = None,
+                     new_lesions: np.ndarray | None = None) -> SimulatedCase:
     """A case on real anatomy (see the module docstring). Arrays are not modified.
 
     ``lesions`` (optional) is the background's own lesion mask: new lesions avoid it, and
-    their contrast is drawn from its lesions' measured contrasts.
+    their contrast is drawn from its lesions' measured contrasts. ``new_lesions``
+    (optional, single-FLAIR mode only) marks lesions of the background that are new: they
+    are filled in at baseline (:mod:`mstools.simulate.lesion_filling`) and join the ground
+    truth with the ``n_new`` drawn ones.
     """
     rng = np.random.default_rng(config.seed)
     affine = np.asarray(affine, dtype=np.float64)
@@ -250,19 +260,35 @@ def simulate_on_real(baseline: np.ndarray, affine: np.ndarray, brain_mask: np.nd
     if not brain.any():
         raise ValueError("the brain mask is empty")
     existing = np.zeros(brain.shape, dtype=bool) if lesions is None else np.asarray(lesions) > 0
-    image = np.asarray(baseline, dtype=np.float32)
+    scan = np.asarray(baseline, dtype=np.float32)
+    real_new = np.zeros(brain.shape, dtype=bool)
+    real_new_contrasts: list[float] = []
+    image = scan
+    if new_lesions is not None:
+        if followup is not None:
+            raise ValueError("new lesions of the background are for a single FLAIR, not a pair")
+        marked = np.asarray(new_lesions) > 0
+        existing = existing & ~marked
+        image, real_new, real_new_contrasts = fill_lesions(scan, marked, brain, spacing, rng,
+                                                           other_lesions=existing)
     wm = wm_estimate(image, brain, spacing) if wm is None else np.asarray(wm) > 0
     measured = measure_contrasts(image, existing, wm, spacing) if existing.any() else []
     placed = place_lesions(image, brain, spacing, library, count=config.n_new, contrasts=measured, rng=rng,
-                           wm=wm, avoid=existing, first_label=1)
+                           wm=wm, avoid=existing | real_new, first_label=1)
     ids_t1, n_old = ndimage.label(existing, structure=np.ones((3, 3, 3), dtype=bool))
+    real_ids, n_real = ndimage.label(real_new, structure=np.ones((3, 3, 3), dtype=bool))
     for lesion in placed:
-        lesion.label += n_old
-    source = image if followup is None else np.asarray(followup, dtype=np.float32)
+        lesion.label += n_old + n_real
+    source = scan if followup is None else np.asarray(followup, dtype=np.float32)
     painted, new_ids = paint(source, placed, spacing)
-    ids_t2 = np.where(new_ids > 0, new_ids, ids_t1).astype(np.int32)
+    ids_t2 = np.where(new_ids > 0, new_ids, np.where(real_ids > 0, real_ids + n_old, ids_t1)).astype(np.int32)
     wm_level = float(np.median(image[wm])) if wm.any() else float(np.median(image[brain]))
     extra: dict = {"mode": "real_pair" if followup is not None else "real_flair"}
+    if new_lesions is not None:
+        extra.update(mode="real_flair_filled", background_new_lesions=n_real,
+                     background_new_lesion_contrasts=real_new_contrasts,
+                     lesion_filling={"sigma_mm": FILL_SIGMA_MM, "margin_mm": FILL_MARGIN_MM,
+                                     "visible_min_contrast": VISIBLE_MIN_CONTRAST})
     if followup is None:
         # The usual between-scan nuisances, on the follow-up only (the baseline is the scan).
         rotation, translation = nuisance.random_rigid(config.misalignment_mm, config.misalignment_deg, rng)
@@ -277,7 +303,7 @@ def simulate_on_real(baseline: np.ndarray, affine: np.ndarray, brain_mask: np.nd
         extra.update(followup_misalignment={"rotation_matrix": rotation.round(6).tolist(),
                                             "translation_mm": translation.round(4).tolist()},
                      followup_gain=round(float(gain), 4), followup_gamma=round(float(gamma), 4))
-    new_labels = [lesion.label for lesion in placed]
+    new_labels = [n_old + n for n in range(1, n_real + 1)] + [lesion.label for lesion in placed]
     return _finish(config, image, painted, followup is None, affine, brain, wm, ids_t1.astype(np.int32),
                    ids_t2, new_labels, placed, library, wm_level, measured, extra, rng)
 
@@ -294,7 +320,10 @@ def _finish(config, baseline, followup, add_noise, affine, brain, wm, ids_t1, id
     sigma_scale = wm_level / WM_UNITS  # _acquire_visit's noise is relative to WM_UNITS of WM
     if add_noise or config.acquisitions:
         snr_t2 = config.snr_followup if add_noise else 0.0
-        raw_t1 = _real_visit(baseline, affine, config.acquisition_baseline, 0.0, 0.0, sigma_scale, rng)
+        # A re-acquired baseline gets its own noise: the slice profile averages the scan's
+        # noise away, and a scan acquired on that protocol would have noise of its own.
+        snr_t1 = config.snr_baseline if config.acquisition_baseline is not None else 0.0
+        raw_t1 = _real_visit(baseline, affine, config.acquisition_baseline, snr_t1, 0.0, sigma_scale, rng)
         raw_t2 = _real_visit(followup, affine, config.acquisition_followup, snr_t2,
                              config.bias_strength if add_noise else 0.0, sigma_scale, rng)
     else:
