@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--feature-set", default="context")
     parser.add_argument("--k", type=float, default=None, help="subtract --k (default: the command's).")
+    parser.add_argument("--core-mm", type=float, default=None, help="subtract --core-mm (default: the command's).")
     parser.add_argument("--filter-probability", type=float, default=None,
                         help="Learned filter threshold for the validation chain (default: the card's).")
     args = parser.parse_args()
@@ -67,7 +68,8 @@ def main() -> None:
     val = [mirror(c, args.work) for c in args.val]
     for case in train + val:
         if not (case / "subtract_mask.nii.gz").exists():
-            mstools("subtract", str(case), "-o", str(case / "subtract"), *(["--k", str(args.k)] if args.k else []))
+            mstools("subtract", str(case), "-o", str(case / "subtract"), *(["--k", str(args.k)] if args.k else []),
+                    *(["--core-mm", str(args.core_mm)] if args.core_mm is not None else []))
         print(f"subtract: {case.name}", file=sys.stderr, flush=True)
     refine_model = args.work / "refine_mixed.txt"
     if not refine_model.exists():
@@ -128,10 +130,14 @@ def main() -> None:
 
 
 def _domain(case: Path) -> str:
-    """Real pair, lesions injected into real scans, or simulated anatomy (by folder name)."""
+    """The validation group of a case (by folder name, as the build scripts name them)."""
     name = case.name
+    if name.startswith("pp_cases-"):
+        return "preprocessed from raw scans (`run --baseline --followup`'s domain)"
     if name.startswith("real-"):
         return "real pairs"
+    if name.startswith("filled-"):
+        return "real lesions filled in at baseline"
     if name.startswith(("xs-", "single-", "pair-")):
         return "lesions injected into real scans"
     return "simulated anatomy"

@@ -22,6 +22,7 @@ def subtract_command(
     brain_mask: Optional[Path] = typer.Option(None, help="Brain mask on the same grid."),
     tissues: Optional[Path] = typer.Option(None, help="Tissue map (1 CSF, 2 GM, 3 WM) for the prados CSF exclusion; default: CSF from FLAIR intensities."),
     k: float = common.opt(O, "k"),
+    core_mm: float = common.opt(O, "core_mm"),
     threshold: Optional[float] = common.opt(O, "threshold"),
     ratio_threshold: float = common.opt(O, "ratio_threshold"),
     bias_sigma_mm: float = common.opt(O, "bias_sigma_mm"),

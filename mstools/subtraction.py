@@ -231,8 +231,11 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
                       csf: np.ndarray | None = None, k: float = PRADOS_K_SD,
                       min_mm3: float = PRADOS_MIN_MM3,
                       baseline_hyper_sd: float = PRADOS_BASELINE_HYPER_SD,
-                      bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
-    """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring."""
+                      bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
+                      core_mm: float = PRADOS_CORE_EROSION_MM) -> SubtractionResult:
+    """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring.
+
+    ``core_mm``: a cluster must survive an erosion of this radius (0: no core needed)."""
     brain = brain > 0
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))), strictly=True)
@@ -245,12 +248,14 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     mean, sd = float(values.mean()), float(values.std())
     score = np.where(brain, (d - mean) / sd, 0).astype(np.float32)
     mask = inclusion & (score > k)
-    labels = select_clusters(mask, min_voxels=min_voxels, require_core=True, spacing_mm=spacing)
+    labels = select_clusters(mask, min_voxels=min_voxels, require_core=core_mm > 0, spacing_mm=spacing,
+                             core_mm=core_mm)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, score, affine),
         details={"rule": "prados", "k_sd": k, "difference_mean": mean, "difference_sd": sd,
-                 "min_mm3": min_mm3, "min_voxels": min_voxels, "inclusion_voxels": int(inclusion.sum())})
+                 "min_mm3": min_mm3, "min_voxels": min_voxels, "core_mm": core_mm,
+                 "inclusion_voxels": int(inclusion.sum())})
 
 
 def larosa_threshold(nmi: float) -> float:

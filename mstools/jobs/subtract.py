@@ -11,6 +11,7 @@ from mstools.jobs.options import option
 
 #: Defaults written once (mstools.subtraction holds the papers' figures; a test checks they agree).
 PRADOS_K_SD = 3.0
+PRADOS_CORE_EROSION_MM = 1.0
 HAMZAOUI_RATIO = 1.15
 DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 RULES = ("prados", "larosa", "hamzaoui")
@@ -21,6 +22,7 @@ class SubtractOptions:
     rule: str = option("prados", kind="choice", choices=RULES,
                        help="Candidate rule: prados (Prados & Kanber), larosa (La Rosa et al.), hamzaoui (Hamzaoui et al.).")
     k: float = option(PRADOS_K_SD, kind="float", help="prados: standard deviations above the mean difference.")
+    core_mm: float = option(PRADOS_CORE_EROSION_MM, kind="float", min=0, help="prados: a candidate must survive an erosion of this radius (mm; along axes of voxels <= it); 0 = no core needed.")
     threshold: Optional[float] = option(None, kind="float", help="larosa: fixed threshold on the z-scored subtraction (default: adapts to the registration quality).")
     ratio_threshold: float = option(HAMZAOUI_RATIO, kind="float", help="hamzaoui: follow-up / baseline ratio.")
     bias_sigma_mm: float = option(DIFFERENTIAL_BIAS_SIGMA_MM, kind="float", min=0, help="Differential bias correction width (mm); 0 = off.")
@@ -55,7 +57,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
         csf = tissue_img.data == layout.TISSUE_LABELS["csf"]
         inputs.append(tissues)
     rule = options.rule
-    chosen = {"prados": {"k": options.k, "csf": csf}, "larosa": {"threshold": options.threshold},
+    chosen = {"prados": {"k": options.k, "core_mm": options.core_mm, "csf": csf}, "larosa": {"threshold": options.threshold},
               "hamzaoui": {"ratio_threshold": options.ratio_threshold}}[rule]
     log(f"subtract ({rule}): {paths[0]} -> {paths[1]}")
     try:
