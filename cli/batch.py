@@ -34,19 +34,18 @@ def batch_command(
     Example: mstools batch data_samples -o out/cohort
     """
     from mstools import pipeline
-    from mstools.io import OutputBatch, check_writable
+    from mstools.io import OutputBatch
     from mstools.parallel import check_memory
-    from mstools.provenance import sidecar, sidecar_path
+    from mstools.provenance import check_outputs, sidecar
 
     cases = pipeline.discover_cases(source)
     settings, base = pipeline.load_config(config)
     pipeline.check_config(settings)
     check_memory(memory_per_worker)
     read = [source, *([config] if config is not None else [])]
-    for name in (rl.COHORT_TABLE, rl.ERRORS_TABLE, rl.COHORT_REPORT):  # fail before the work
-        for target in (out / name, sidecar_path(out / name)):
-            if out.is_dir():
-                check_writable(target, inputs=read, force=True)
+    # fail before the work (OUT and its missing parents are created)
+    check_outputs([out / name for name in (rl.COHORT_TABLE, rl.ERRORS_TABLE, rl.COHORT_REPORT)], inputs=read,
+                  force=True)
     result = pipeline.run_cohort(cases, out, settings, base, config_file=config, scheduler=scheduler, workers=workers,
                                  memory_per_worker=memory_per_worker, scheduler_timeout=scheduler_timeout)
     table, errors, wall = result.rows, result.errors, result.wall_seconds

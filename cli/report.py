@@ -46,9 +46,9 @@ def report_command(
 
         target = out if out is not None else folder / run_layout.REPORT
         inputs = report_inputs(folder)
-        check_writable(target, inputs=inputs, force=force)
+        check_writable(target, inputs=inputs, force=force, create_dirs=True)
         report = render_case_report(folder, max_lesions=max_lesions)
-        with OutputBatch(inputs=inputs, force=force) as batch:
+        with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
             batch.text(target, report.html)
         written = list(batch.written)
         summary = {"kind": "case", "case": report.case, "new_lesions": report.new_lesions,

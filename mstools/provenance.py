@@ -47,3 +47,17 @@ def sidecar(*, command: str, parameters: Mapping[str, object], inputs: Mapping[s
     if extra:
         record.update(extra)
     return record
+
+
+def check_outputs(paths: Iterable[str | os.PathLike], *, inputs: Iterable[str | os.PathLike] = (),
+                  force: bool = False, sidecars: bool = True) -> None:
+    """Before the work: every output (with its ``.json`` sidecar) can be written. A missing
+    folder is fine (the writer, an ``OutputBatch(create_dirs=True)``, makes it); an existing
+    output without ``force``, an input, or a file or read-only folder on the way is refused."""
+    from mstools.io import check_writable
+
+    inputs = [p for p in inputs if p is not None]
+    for path in paths:
+        check_writable(path, inputs=inputs, force=force, create_dirs=True)
+        if sidecars:
+            check_writable(sidecar_path(path), inputs=inputs, force=force, create_dirs=True)

@@ -132,7 +132,7 @@ def _training_data(tmp_path):
 
 def test_train_writes_weights_card_log_and_resumes(tmp_path):
     _training_data(tmp_path)
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "new" / "run"        # parents made as run's and batch's are
     result = _train(tmp_path, run, "--iterations", "2", "--json")
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -149,8 +149,9 @@ def test_train_writes_weights_card_log_and_resumes(tmp_path):
     log = (run / "training_log.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in log[1:]] == ["2", "4"]
     seg = runner.invoke(app, ["segment", str(tmp_path / "val" / "v-0"), "--weights", str(run / "model.pt"),
-                              "-o", str(tmp_path / "seg")])
+                              "-o", str(tmp_path / "segs" / "new" / "seg")])
     assert seg.exit_code == 0, seg.stderr
+    assert (tmp_path / "segs" / "new" / "seg_mask.nii.gz").is_file()
     # a non-empty run folder is not silently reused
     again = _train(tmp_path, run, "--iterations", "2")
     assert again.exit_code == 1 and "--resume" in again.stderr
@@ -186,6 +187,10 @@ def test_train_error_paths(tmp_path):
     assert r.exit_code == 1 and "'case' and 'split'" in r.stderr
     r = run("--manifest", str(manifest), "--cases", str(tmp_path / "data"))
     assert r.exit_code == 1 and "either --manifest" in r.stderr
+    (tmp_path / "afile").write_text("not a folder")
+    r = runner.invoke(app, ["train", str(tmp_path / "afile" / "run"), "--cases", str(tmp_path / "data"),
+                            "--batch-single", "0"])
+    assert r.exit_code == 1 and "afile: is a file, not a folder" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_train_from_a_manifest_never_reads_test_rows(tmp_path):

@@ -115,9 +115,13 @@ def test_outputs_with_a_prefix_carry_sidecars(case, tmp_path):
     assert summary["ground_truth_cases"]["dice"]["n"] == 1
 
 
-def test_output_prefix_in_a_missing_folder_fails_before_evaluating(case, tmp_path):
-    result = _invoke(*case, "--out", tmp_path / "nowhere" / "run")
-    assert result.exit_code == 1 and "output folder does not exist" in result.stderr
+def test_output_prefix_in_a_missing_folder_is_made_and_a_file_on_the_way_refused(case, tmp_path):
+    result = _invoke(*case, "--out", tmp_path / "new" / "deeper" / "run")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "new" / "deeper" / "run_cases.tsv").is_file()
+    (tmp_path / "afile").write_text("not a folder")
+    result = _invoke(*case, "--out", tmp_path / "afile" / "run")
+    assert result.exit_code == 1 and "is a file, not a folder" in result.stderr
     assert result.stdout == ""
 
 

@@ -341,6 +341,17 @@ def test_stub_patient_is_not_available(clone):
     assert omd.available_patients(clone) == ["03"]
 
 
+def test_missing_folders_are_made_and_a_file_on_the_way_is_refused_at_once(clone, tmp_path):
+    out = tmp_path / "data" / "new" / "real"
+    result = runner.invoke(app, ["import-open-ms", str(clone), "-o", str(out), "-p", "01"])
+    assert result.exit_code == 0, result.stderr
+    assert (out / "patient01" / layout.GROUND_TRUTH).is_file()
+    (tmp_path / "afile").write_text("not a folder")
+    result = runner.invoke(app, ["import-open-ms", str(clone), "-o", str(tmp_path / "afile" / "real"), "-p", "01"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1   # no 'patient 01 ->' line
+    assert "afile: is a file, not a folder" in result.stderr
+
+
 def test_existing_output_needs_force(clone, tmp_path):
     out = tmp_path / "real"
     assert runner.invoke(app, ["import-open-ms", str(clone), "-o", str(out), "-p", "01"]).exit_code == 0

@@ -55,7 +55,7 @@ def pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def processed(pair, tmp_path_factory):
     case, paths = pair
-    out = tmp_path_factory.mktemp("out") / "case"
+    out = tmp_path_factory.mktemp("out") / "new" / "case"     # preprocess makes the missing folders
     result = runner.invoke(app, ["preprocess", str(paths["baseline"]), str(paths["followup"]), str(out),
                                  "--baseline-lesions", str(paths["lesions"]), "--json"])
     assert result.exit_code == 0, result.stderr
@@ -148,6 +148,11 @@ def test_apply_transform_errors(pair, processed, tmp_path):
     result = runner.invoke(app, ["apply-transform", str(paths["lesions"]), str(out / "time01_to_middle_space.tfm"),
                                  str(out / layout.BASELINE), str(out / layout.LESIONS_BASELINE)])
     assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+    carried = tmp_path / "new" / "deeper" / "lesions_mid.nii.gz"          # apply-transform makes the folders
+    result = runner.invoke(app, ["apply-transform", str(paths["lesions"]), str(out / "time01_to_middle_space.tfm"),
+                                 str(out / layout.BASELINE), str(carried)])
+    assert result.exit_code == 0, result.stderr
+    assert carried.is_file() and carried.with_name("lesions_mid.json").is_file()
 
 
 def _fails(args, message, tmp_path):
@@ -187,7 +192,12 @@ def test_existing_outputs_need_force(processed, pair):
     before = (out / layout.BASELINE).stat().st_mtime_ns
     result = runner.invoke(app, ["preprocess", str(paths["baseline"]), str(paths["followup"]), str(out)])
     assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+    assert result.stderr.count("\n") == 1                   # before reading the scans (no progress line)
     assert (out / layout.BASELINE).stat().st_mtime_ns == before
+    (out.parent / "afile").write_text("not a folder")
+    result = runner.invoke(app, ["preprocess", str(paths["baseline"]), str(paths["followup"]),
+                                 str(out.parent / "afile" / "case")])
+    assert result.exit_code == 1 and "is a file, not a folder" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_command_line_defaults_are_the_library_defaults():

@@ -121,8 +121,9 @@ def test_apply_errors(cases, tmp_path):
 def test_train_errors(cases, tmp_path):
     result = runner.invoke(app, ["refine", "train", "-o", str(tmp_path / "m.txt")])
     assert result.exit_code == 1 and "no cases" in result.stderr
-    result = _train(cases, tmp_path / "missing" / "m.txt")
-    assert result.exit_code == 1 and "does not exist" in result.stderr
+    (tmp_path / "afile").write_text("not a folder")      # a missing folder is made; a file on the way is refused
+    result = _train(cases, tmp_path / "afile" / "m.txt")
+    assert result.exit_code == 1 and "afile: is a file, not a folder" in result.stderr
     result = _train(cases[:1], tmp_path / "m.txt")
     assert result.exit_code == 1 and "at least 2 cases" in result.stderr
     result = _train(cases, tmp_path / "m.txt", "--dask", "--scheduler", "tcp://127.0.0.1:1")

@@ -45,8 +45,7 @@ def registered(tmp_path_factory):
         "mask": save_nifti(folder / "brain.nii.gz", case.brain_mask.astype(np.uint8), follow_affine),
     }
     work = folder / "cwd"
-    work.mkdir()
-    (folder / "out").mkdir()
+    work.mkdir()                     # out/ is not made: register makes its output folder
     here = os.getcwd()
     os.chdir(work)  # elastix must leave nothing in the working directory
     try:
@@ -109,10 +108,13 @@ def test_jacobian_is_above_one_in_enlarging_lesions_and_near_one_elsewhere(regis
 
 
 def test_warp_applies_the_saved_field_as_register_did(registered):
-    out = registered["folder"] / "warped_again.nii.gz"
+    out = registered["folder"] / "warp" / "new" / "warped_again.nii.gz"     # folders made by warp
     result = runner.invoke(app, ["warp", str(registered["paths"]["baseline"]),
                                  registered["prefix"] + "_displacement.nii.gz", str(out)])
     assert result.exit_code == 0, result.stderr
+    again = runner.invoke(app, ["warp", str(registered["paths"]["baseline"]),
+                                registered["prefix"] + "_displacement.nii.gz", str(out)])
+    assert again.exit_code == 1 and "already exists; pass --force" in again.stderr
     img, again = _load(out)
     _, warped = _load(registered["prefix"] + "_warped.nii.gz")
     np.testing.assert_allclose(again, warped, atol=1e-3)
@@ -130,6 +132,10 @@ def test_unrelated_images_are_reported_as_a_failed_registration(registered, tmp_
     assert result.exit_code == 1
     assert "registration failed" in result.stderr
     assert list(tmp_path.glob("bad*")) == []
+    # a file on the way: one line before ITK is loaded or elastix runs
+    (tmp_path / "afile").write_text("not a folder")
+    result = runner.invoke(app, ["register", str(followup), str(other), str(tmp_path / "afile" / "x" / "bad")])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "is a file, not a folder" in result.stderr
 
 
 def test_itk_image_round_trip_on_an_oblique_grid(rng):

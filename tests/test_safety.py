@@ -313,12 +313,14 @@ def test_an_output_path_that_is_a_folder_and_a_card_of_the_wrong_shape(cases, tm
     assert "not a model card" in line
 
 
-def test_an_environment_oserror_is_not_an_internal_error(tmp_path):
-    """A real OSError of the file system, in a real process (root included): the output's
-    parent is a file, so the folder cannot be made (ENOTDIR)."""
+def test_an_environment_oserror_is_not_an_internal_error(cases, tmp_path):
+    """A real OSError of the file system, in a real process (root included): the run
+    folder's parent is a file, so the folder cannot be made (ENOTDIR). (The commands that
+    write files check their paths first and refuse this before any OSError: see
+    tests/test_output_folders.py.)"""
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = subprocess.run([MSTOOLS, "simulate", str(blocker / "x"), "--voxel-mm", "4"],
+    result = subprocess.run([MSTOOLS, "run", str(cases / "A"), "-o", str(blocker / "x"), "-c", str(cases / "nr.yaml")],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "internal error" not in result.stderr
     assert "Traceback" not in result.stderr and "cannot write" in result.stderr.strip().splitlines()[-1]

@@ -179,16 +179,14 @@ def _inputs(pairs, manifest: Optional[Path] = None) -> list[Path]:
     return files + ([manifest] if manifest is not None else [])
 
 
-def check_outputs(outputs: dict[str, Path], pairs, *, force: bool, folder_created: bool,
-                   manifest: Optional[Path] = None) -> None:
-    """Refuse unwritable outputs before any case is read (a cohort can take minutes)."""
-    from mstools.io import check_writable
+def check_outputs(outputs: dict[str, Path], pairs, *, force: bool, manifest: Optional[Path] = None) -> None:
+    """Refuse unwritable outputs before any case is read (a cohort can take minutes); missing
+    folders of --out or --out-dir are created when the results are written."""
+    from mstools import provenance
 
     inputs = _inputs(pairs, manifest)
-    for path in outputs.values():
-        if folder_created and not path.parent.exists():
-            continue                          # --out-dir is created when the results are written
-        check_writable(path, inputs=inputs, force=force)
+    provenance.check_outputs([outputs["cases"], outputs["lesions"]], inputs=inputs, force=force)
+    provenance.check_outputs([outputs["summary"]], inputs=inputs, force=force, sidecars=False)
 
 
 def output_paths(out: Optional[str], out_dir: Optional[Path]) -> dict[str, Path]:
@@ -201,8 +199,8 @@ def output_paths(out: Optional[str], out_dir: Optional[Path]) -> dict[str, Path]
     return {}
 
 
-def write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force, create_dirs, *,
-           manifest: Optional[Path] = None) -> list[Path]:
+def write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force, *,
+                  manifest: Optional[Path] = None) -> list[Path]:
     if not outputs:
         return []
     from mstools.io import OutputBatch
@@ -211,7 +209,7 @@ def write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force,
 
     inputs = _inputs(pairs, manifest)
     record = sidecar(command="evaluate", parameters=parameters, inputs=describe_inputs(inputs))
-    with OutputBatch(inputs=inputs, force=force, create_dirs=create_dirs) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.table(outputs["cases"], rows, [*CASE_ID_COLUMNS, *METRIC_DEFINITIONS])
         batch.json(sidecar_path(outputs["cases"]), record)
         batch.table(outputs["lesions"], lesion_rows, LESION_COLUMNS)
@@ -251,7 +249,8 @@ def evaluate_job(pairs, options, threshold: Optional[float], *, cohort: bool, ou
     (a prefix) or ``out_dir`` is given. Returns (rows, lesion rows, summary, written paths).
     """
     outputs = output_paths(out, out_dir)
-    check_outputs(outputs, pairs, force=force, folder_created=out_dir is not None, manifest=manifest)
+    if outputs:
+        check_outputs(outputs, pairs, force=force, manifest=manifest)
     rows, lesion_rows = evaluate_pairs(pairs, options, threshold, cohort=cohort, on_case=on_case)
     evaluated = [r for r in rows if r["status"] == "ok"]
     if not evaluated:
@@ -261,6 +260,5 @@ def evaluate_job(pairs, options, threshold: Optional[float], *, cohort: bool, ou
         log(f"evaluated {len(evaluated)} of {len(rows)} case(s)")
     parameters = {**options.as_dict(), "threshold": threshold}
     summary = build_summary(rows, parameters)
-    written = write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force, out_dir is not None,
-                            manifest=manifest)
+    written = write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force, manifest=manifest)
     return rows, lesion_rows, summary, written

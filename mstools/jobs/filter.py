@@ -73,13 +73,17 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
                tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
                force: bool = False) -> JobResult:
     """Keep the candidates that pass the rules (or the learned model); write them and a feature table."""
-    from mstools.detections import add_detections, add_table
+    from mstools.case import resolve_case_inputs
+    from mstools.detections import add_detections, add_table, output_paths
     from mstools.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
     from mstools.model_cards import FILTER_DEFAULT, load_filter_model
-    from mstools.provenance import describe_inputs, sidecar
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
+    read = [*resolve_case_inputs(case, baseline, followup, brain_mask), tissues, baseline_lesions,
+            *output_paths(candidates).values()]
+    check_outputs([*output_paths(out).values(), out + "_features.tsv"], inputs=read, force=force)  # before the work
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
     if model is None and options.learned:
@@ -126,8 +130,10 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
     from mstools.io import OutputBatch, check_same_grid, read_mask
     from mstools.lesion_classifier import train
     from mstools.messages import log
-    from mstools.provenance import describe_inputs, sidecar
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
+    card_path = Path(str(out) + ".card.json")
+    check_outputs([out, card_path], force=force, sidecars=False)   # before minutes of work, not after
     all_rows, truth, groups, inputs = [], [], [], []
     for n, case in enumerate(cases):
         reference, labels, rows, used = compute_features(
@@ -159,7 +165,7 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
                                                         "use_tissues": use_tissues,
                                                         "use_baseline_lesions": use_baseline_lesions},
                      inputs=describe_inputs(inputs))
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(out, trained.model_text)
-        batch.json(Path(str(out) + ".card.json"), {**card, "provenance": record})
+        batch.json(card_path, {**card, "provenance": record})
     return JobResult(list(batch.written), card)

@@ -23,18 +23,19 @@ def import_open_ms_job(clone: Path, out: Path, patients: Optional[list[str]] = N
     """Every chosen patient (default: all whose two raw FLAIRs are stored) as OUT/patientXX,
     all in one batch (all or nothing)."""
     from mstools.datasets import open_ms_data as omd
+    from mstools.provenance import check_outputs
 
     chosen = list(patients) if patients else omd.available_patients(clone)
     if not chosen:
         raise InputError(f"{clone}: no patient has both raw FLAIRs stored; nothing to import")
     located = [omd.locate_patient(clone, p) for p in chosen]   # every patient checked before any work
     located = list({found.patient: found for found in located}.values())   # --patient 1 --patient 01: once
-    names = (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK, CHANGE_MASK, layout.GROUND_TRUTH,
-             COMPONENTS, SOURCE, ATTRIBUTION_FILE)
-    existing = [out / f"patient{found.patient}" / name for found in located for name in names]
-    existing = [path for path in existing if path.exists()]
-    if existing and not force:
-        raise InputError(f"{existing[0]}: already exists; pass --force to overwrite it")
+    images = (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK, CHANGE_MASK, layout.GROUND_TRUTH)
+    folders = [out / f"patient{found.patient}" for found in located]
+    # before any work: OUT and its missing parents are created; an existing file needs --force
+    check_outputs([folder / name for folder in folders for name in images], force=force)
+    check_outputs([folder / name for folder in folders for name in (COMPONENTS, SOURCE, ATTRIBUTION_FILE)],
+                  force=force, sidecars=False)
     summary = []
     made_out = not out.exists()
     try:

@@ -66,12 +66,11 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     from mstools import case_layout as layout
     from mstools.detections import add_image
     from mstools.errors import InputError
-    from mstools.io import (OutputBatch, check_same_grid, check_writable, new_reference, read_mask, read_scan,
-                            transform_text)
+    from mstools.io import OutputBatch, check_same_grid, new_reference, read_mask, read_scan, transform_text
     from mstools.messages import log
     from mstools.preprocess import PreprocessOptions, preprocess_pair
     from mstools.preprocess.qc import qc_png
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     o = options
     spacing = parse_spacing(o.spacing_mm)
@@ -82,12 +81,9 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     names += [layout.LESIONS_FOLLOWUP] if followup_lesions else []
     others = [TRANSFORM_BASELINE, TRANSFORM_FOLLOWUP, REPORT] + ([QC_PICTURE] if o.qc else [])
     inputs = [p for p in (baseline, followup, baseline_mask, followup_mask, baseline_lesions, followup_lesions) if p]
-    if output.is_dir():  # fail before the work, not after it
-        for name in names:
-            check_writable(output / name, inputs=inputs, force=force)
-            check_writable(sidecar_path(output / name), inputs=inputs, force=force)
-        for name in others:
-            check_writable(output / name, inputs=inputs, force=force)
+    # fail before the work, not after it (a missing case folder and its parents are created)
+    check_outputs([output / name for name in names], inputs=inputs, force=force)
+    check_outputs([output / name for name in others], inputs=inputs, force=force, sidecars=False)
 
     base = read_scan(baseline)
     follow = read_scan(followup)
@@ -160,12 +156,11 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     import numpy as np
 
     from mstools.detections import add_image
-    from mstools.io import OutputBatch, check_writable, read_image, read_labels, read_transform
+    from mstools.io import OutputBatch, read_image, read_labels, read_transform
     from mstools.preprocess.rigid import grid_of, resample
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
-    check_writable(output, inputs=[image, transform, reference], force=force)
-    check_writable(sidecar_path(output), inputs=[image, transform, reference], force=force)
+    check_outputs([output], inputs=[image, transform, reference], force=force)  # parents are created
     matrix = read_transform(transform)
     if inverse:
         matrix = np.linalg.inv(matrix)
@@ -190,7 +185,7 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     record = sidecar(command="apply-transform",
                      parameters={"inverse": inverse, "interpolation": method, "threshold": threshold},
                      inputs=describe_inputs([image, transform, reference]))
-    with OutputBatch(inputs=[image, transform, reference], force=force) as out:
+    with OutputBatch(inputs=[image, transform, reference], force=force, create_dirs=True) as out:
         add_image(out, output, data, target, dtype, record)
     return JobResult(list(out.written), {"written": [str(p) for p in out.written],
                                          "interpolation": method, "inverse": inverse})

@@ -99,14 +99,18 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
                baseline: Optional[Path] = None, followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
                lesion_features: Optional[Path] = None, force: bool = False) -> JobResult:
     """Refine a detector's candidates: probability map, threshold and the paper's component clean-up."""
-    from mstools.detections import add_detections
+    from mstools.case import resolve_case_inputs
+    from mstools.detections import add_detections, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
     from mstools.model_cards import REFINE_DEFAULT, load_refine_model
-    from mstools.provenance import describe_inputs, sidecar
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
     from mstools.refine.postprocess import refined_detections
 
+    read = [*resolve_case_inputs(case, baseline, followup, brain_mask), lesion_features,
+            *output_paths(candidates).values()]
+    check_outputs(output_paths(out).values(), inputs=read, force=force)   # before the work, not after it
     post = options.postprocessing()
     path = REFINE_DEFAULT if options.model is None else Path(options.model)
     refiner = load_refine_model(path)
@@ -199,8 +203,8 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     ``scheduler``: on an existing cluster (left running). Otherwise in this process.
     """
     from mstools.errors import InputError
-    from mstools.io import check_writable
     from mstools.parallel import connect, training_cluster
+    from mstools.provenance import check_outputs
     from mstools.refine.features import feature_names
     from mstools.refine.sampling import SamplingOptions
 
@@ -208,7 +212,8 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     folds = None if o.loo else (o.cv_folds or 0)
     if (o.loo or o.cv_folds) and len(entries) < 2:
         raise InputError("cross-validation needs at least 2 cases; add cases or pass --cv-folds 0")
-    check_writable(out, force=force)  # before minutes of work, not after
+    targets = [out, Path(str(out) + ".card.json")] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
+    check_outputs(targets, force=force, sidecars=False)  # before minutes of work, not after
     sampling = SamplingOptions(dilation_mm=o.dilation_mm, background_fraction=o.background_fraction)
     names = list(feature_names(o.feature_set))
     client, cluster = None, None
@@ -306,7 +311,7 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
                                                         "class_weight": o.class_weight, "seed": o.seed,
                                                         "cv_folds": "loo" if o.loo else o.cv_folds},
                      inputs=describe_inputs(inputs))
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(out, text)
         batch.json(Path(str(out) + ".card.json"), {**card, "provenance": record})
         if cv is not None:

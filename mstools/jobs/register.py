@@ -47,9 +47,9 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
 
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
-    from mstools.io import OutputBatch, check_same_grid, check_writable, read_mask, read_scan
+    from mstools.io import OutputBatch, check_same_grid, read_mask, read_scan
     from mstools.messages import log
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+    from mstools.provenance import check_outputs, describe_inputs, sidecar, sidecar_path
     from mstools.registration import detection
     from mstools.registration.detector import detect, parameter_maps
     from mstools.registration.parameters import parameter_text
@@ -68,9 +68,7 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     if not use_affine:
         del paths["affine_subtraction"]
     inputs = [p for p in (followup, baseline, followup_mask, baseline_mask, *parameter_files) if p is not None]
-    for path in paths.values():  # fail before the work, not after it
-        check_writable(path, inputs=inputs, force=force, create_dirs=True)
-        check_writable(sidecar_path(path), inputs=inputs, force=force, create_dirs=True)
+    check_outputs(paths.values(), inputs=inputs, force=force)  # fail before the work, not after it
 
     fixed = read_scan(followup)
     moving = read_scan(baseline)
@@ -141,12 +139,11 @@ def warp_job(image: Path, displacement: Path, output: Path, *, interpolation: st
 
     from mstools.detections import add_image
     from mstools.errors import InputError
-    from mstools.io import Image, OutputBatch, check_writable, read_image, read_labels, read_vector_field
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+    from mstools.io import Image, OutputBatch, read_image, read_labels, read_vector_field
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
     from mstools.registration.deformation import warp
 
-    check_writable(output, inputs=[image, displacement], force=force, create_dirs=True)
-    check_writable(sidecar_path(output), inputs=[image, displacement], force=force, create_dirs=True)
+    check_outputs([output], inputs=[image, displacement], force=force)
     field = read_vector_field(displacement)
     nearest = interpolation == "nearest"
     moving = read_labels(image) if nearest else read_image(image)

@@ -42,10 +42,10 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     from mstools.deep.cards import default_weights
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
-    from mstools.io import OutputBatch, check_same_grid, check_scan, check_writable, read_image
+    from mstools.io import OutputBatch, check_same_grid, check_scan, read_image
     from mstools.lesions import detections_from_mask
     from mstools.messages import log
-    from mstools.provenance import describe_inputs, sidecar, sidecar_path
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     o = options
     model = o.model
@@ -60,9 +60,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     extra = {name: {"score": output + suffix + "_score.nii.gz", "mask": output + suffix + "_mask.nii.gz"}
              for name, suffix in ALL_LESION_OUTPUTS.items()} if model == "coactseg" else {}
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
-    for target in targets:  # fail before the work
-        check_writable(target, inputs=[baseline_path, followup_path], force=force, create_dirs=True)
-        check_writable(sidecar_path(target), inputs=[baseline_path, followup_path], force=force, create_dirs=True)
+    check_outputs(targets, inputs=[baseline_path, followup_path], force=force)  # fail before the work
     base = read_image(baseline_path)
     follow = read_image(followup_path)
     check_same_grid(base, follow)

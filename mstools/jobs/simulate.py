@@ -138,19 +138,16 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder; choose another output path")
-    from mstools.io import check_writable
-    from mstools.provenance import sidecar_path
+    from mstools.provenance import check_outputs
 
     names = ([layout.SINGLE_FLAIR, layout.SINGLE_LESIONS] if single else
              [layout.BASELINE, layout.FOLLOWUP, layout.GROUND_TRUTH, layout.LESIONS_BASELINE,
               layout.LESIONS_FOLLOWUP]) + [layout.BRAIN_MASK, layout.TISSUES]
     if config.acquisitions:
         names += [RAW_BASELINE, RAW_FOLLOWUP]
-    if folder.is_dir():  # fail before the work, not after it
-        for name in names:
-            check_writable(folder / name, force=force)
-            check_writable(sidecar_path(folder / name), force=force)
-        check_writable(folder / layout.TRUTH, force=force)
+    # fail before the work, not after it (a missing folder and its parents are created)
+    check_outputs([folder / name for name in names], force=force)
+    check_outputs([folder / layout.TRUTH], force=force, sidecars=False)
     log(f"simulating {folder} (seed {config.seed})")
     inputs = {}
     if background is not None:

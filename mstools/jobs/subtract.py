@@ -38,15 +38,17 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
     from mstools import case_layout as layout
     from mstools import subtraction as sub
     from mstools.case import read_pair, resolve_case_inputs
-    from mstools.detections import add_detections, add_image
+    from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, read_labels
     from mstools.messages import log
-    from mstools.provenance import describe_inputs, sidecar
+    from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
-    b_img, f_img, brain_img = read_pair(*paths)
     prefix = out if out is not None else str((case or Path(".")) / "subtract")
+    check_outputs([*output_paths(prefix).values(), prefix + "_subtraction.nii.gz", prefix + "_ratio.nii.gz"],
+                  inputs=[*paths, tissues], force=force)   # before the work, not after it
+    b_img, f_img, brain_img = read_pair(*paths)
     csf = None
     inputs = list(paths)
     if tissues is not None:

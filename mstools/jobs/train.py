@@ -183,8 +183,10 @@ def _check_run_folder(output: Path, *, resume: bool, force: bool) -> Path:
         raise InputError(f"{checkpoint}: no checkpoint to resume from; run without --resume first")
     if not resume and not force and output.is_dir() and any(output.iterdir()):
         raise InputError(f"{output}: run folder is not empty; use --resume to continue or --force to start over")
-    if not output.parent.exists():
-        raise InputError(f"{output.parent}: folder does not exist; create it first")
+    from mstools.io import check_writable
+
+    # the run folder and its missing parents are made when training starts
+    check_writable(output / LOG, force=True, create_dirs=True)
     return checkpoint
 
 
@@ -330,7 +332,7 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     initialised_from = None
     if init_weights is not None and not resume:
         initialised_from = _initialise(trainer, init_weights, model_config)
-    output.mkdir(exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
     run = _Run(output, trainer, model_config, train_config, longitudinal, single, train_folders, val_folders,
                torch_device, initialised_from)
     if resume:

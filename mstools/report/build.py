@@ -258,9 +258,9 @@ def write_case_report(run_dir: str | os.PathLike, out: str | os.PathLike | None 
         raise InputError(f"{run_dir}: holds no {layout.RUN_RECORD}; give the output folder of mstools run")
     target = Path(out) if out is not None else run_dir / layout.REPORT
     inputs = report_inputs(run_dir)
-    check_writable(target, inputs=inputs, force=force)  # fail before the work
+    check_writable(target, inputs=inputs, force=force, create_dirs=True)  # fail before the work
     report = render_case_report(run_dir, max_lesions=max_lesions)
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(target, report.html)
     return target
 
@@ -303,7 +303,7 @@ def write_cohort_reports(deriv_dir: str | os.PathLike, out: str | os.PathLike | 
         raise InputError(f"{deriv_dir}: holds no {layout.COHORT_TABLE}; give the output folder of mstools batch")
     target = Path(out) if out is not None else deriv_dir / layout.COHORT_REPORT
     inputs = report_inputs(deriv_dir)
-    check_writable(target, inputs=inputs, force=force)
+    check_writable(target, inputs=inputs, force=force, create_dirs=True)
     rows = _cohort_rows(deriv_dir)
     errors_path = deriv_dir / layout.ERRORS_TABLE
     errors = read_tsv(errors_path) if errors_path.is_file() else []
@@ -347,7 +347,7 @@ def write_cohort_reports(deriv_dir: str | os.PathLike, out: str | os.PathLike | 
                   if rows else None)
     html = cohort_page(rows, title=deriv_dir.resolve().name, columns=list(rows[0]) if rows else layout.COHORT_COLUMNS,
                        links=links, errors=errors, histograms=histograms, notes=notes, version=__version__)
-    with OutputBatch(inputs=inputs, force=force) as batch:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(target, html)
         for page, text in pages.items():
             batch.text(page, text)
