@@ -134,7 +134,8 @@ class progress_bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn(self.title), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TimeRemainingColumn(), transient=True)
+                                TimeRemainingColumn(), console=stderr_console(), transient=True,
+                                redirect_stdout=False)
             self.task = self.bar.add_task(self.title, total=None)
             self.bar.start()
         self.bar.update(self.task, completed=done, total=total)
@@ -147,3 +148,10 @@ class progress_bar:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def stderr_console():
+    """rich's console on stderr (rich's default console writes on stdout, which carries results)."""
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -38,9 +38,9 @@ def segment_command(
 
     Example: mstools segment data_samples/sim-001 --model coactseg -o /tmp/sim-001_coactseg
     """
-    from mstools.jobs.segment import segment_job
+    from mstools.jobs.segment import progress_unit, segment_job
 
-    with common.progress_bar("segment") as progress:
+    with common.progress_bar("segment", progress_unit(model.value)) as progress:
         result = segment_job(case, output, common.options(O, locals()), baseline=baseline, followup=followup,
                              force=force, progress=progress)
     common.report(result, as_json=as_json)

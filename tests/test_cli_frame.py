@@ -153,3 +153,21 @@ def test_long_steps_report_progress_as_plain_lines_when_stderr_is_not_a_terminal
     monkeypatch.setattr(common.STATE, "level", -1)       # -q: nothing
     with common.progress_bar("segment") as update:
         assert update is None
+
+
+def test_the_terminal_bar_is_drawn_on_stderr_not_on_stdout(capsys, monkeypatch):
+    """rich's default console is stdout, which carries results: the bars take stderr's."""
+    import io
+
+    from rich.console import Console
+
+    from mstools_cli import common
+
+    assert common.stderr_console().stderr
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "stderr_console", lambda: Console(file=screen, force_terminal=True, width=80))
+    bar = common.progress_bar("segment", "windows")
+    bar.update(2, 4)
+    bar.__exit__(None, None, None)
+    assert "segment" in screen.getvalue() and "2/4" in screen.getvalue()
+    assert capsys.readouterr().out == ""

@@ -17,6 +17,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
 
 
+def progress_unit(model: str) -> str:
+    """What ``segment_job``'s ``progress(done, total)`` counts: slices for the 2.5D multitask
+    network, windows for the 3D ones."""
+    return "slices" if model == "multitask" else "windows"
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     # Literals, not imports: `mstools --help` must not import the predictor (a test checks they agree).
@@ -35,7 +41,8 @@ class SegmentOptions:
 def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOptions = SegmentOptions(), *,
                 baseline: Optional[Path] = None, followup: Optional[Path] = None, force: bool = False,
                 progress: Optional[Callable[[int, int], None]] = None) -> JobResult:
-    """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows."""
+    """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows
+    (slices for multitask: :func:`progress_unit`)."""
     import time
 
     from mstools.case import resolve_pair
