@@ -46,8 +46,13 @@ def batch_command(
     # fail before the work (OUT and its missing parents are created)
     check_outputs([out / name for name in (rl.COHORT_TABLE, rl.ERRORS_TABLE, rl.COHORT_REPORT)], inputs=read,
                   force=True)
-    result = pipeline.run_cohort(cases, out, settings, base, config_file=config, scheduler=scheduler, workers=workers,
-                                 memory_per_worker=memory_per_worker, scheduler_timeout=scheduler_timeout)
+    from mstools.jobs.segment import progress_unit
+
+    # on a terminal, a row per running case with its stage and step (the workers send them)
+    with common.cohort_progress(units={"segment": progress_unit(settings["segment"]["model"])}) as progress:
+        result = pipeline.run_cohort(cases, out, settings, base, config_file=config, scheduler=scheduler,
+                                     workers=workers, memory_per_worker=memory_per_worker,
+                                     scheduler_timeout=scheduler_timeout, progress=progress)
     table, errors, wall = result.rows, result.errors, result.wall_seconds
     record = sidecar(command="batch", parameters={"source": str(source), "config": settings,
                                                   "scheduler": scheduler, "memory_per_worker": memory_per_worker},

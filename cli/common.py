@@ -155,3 +155,180 @@ def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+class run_progress:
+    """What ``mstools run`` shows on stderr while its stages work (a
+    :class:`mstools.pipeline.RunProgress`): on a terminal a rich display, one row per stage
+    (``[2/3] refine``, its current step or ``120/504 windows``, the elapsed time), removed
+    when the run ends; otherwise plain lines: a stage's start and its end (``done in 2.9 s``
+    or ``done earlier``), each step inside it, and counted work at most every
+    :attr:`plain_every_s` seconds and when complete. Nothing with -q.
+    ``with run_progress(units={"segment": "windows"}) as progress: run_case(..., progress=progress)``;
+    ``console``: a rich Console to draw on even when stderr is not a terminal (tests)."""
+
+    plain_every_s = 10.0
+
+    def __init__(self, *, units: Mapping[str, str] | None = None, console=None):
+        import threading
+
+        self.units = dict(units or {})
+        self.console = console
+        self.stages: list[str] = []
+        self.bar = None
+        self.tasks: dict[str, Any] = {}
+        self.last_count: dict[str, float] = {}
+        self.lock = threading.Lock()     # steps may come from register's log watcher thread
+
+    def __enter__(self):
+        if STATE.level < 0:
+            return None
+        if self.console is not None or progress_enabled():
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(finished_text=" "), TextColumn("{task.description}"),
+                                BarColumn(bar_width=24), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                                console=self.console or stderr_console(), transient=True, redirect_stdout=False)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def label(self, stage: str) -> str:
+        number = self.stages.index(stage) + 1 if stage in self.stages else 0
+        return f"[{number}/{len(self.stages)}] {stage}"
+
+    def say(self, stage: str, detail: str) -> None:
+        print(f"{self.label(stage)}: {detail}", file=sys.stderr, flush=True)
+
+    def show(self, stage: str, detail: str, *, done: bool = False, completed=None, total=None) -> None:
+        """The stage's row of the rich display: added when first shown, then updated."""
+        with self.lock:
+            task = self.tasks.get(stage)
+            if task is None:
+                task = self.tasks[stage] = self.bar.add_task(self.label(stage), total=None, detail=detail)
+            self.bar.update(task, detail=detail, **({"completed": completed, "total": total} if total else {}))
+            if done:
+                self.bar.update(task, completed=1, total=1)
+                self.bar.stop_task(task)
+            self.bar.refresh()
+
+    # the RunProgress methods
+
+    def plan(self, stages: list[str]) -> None:
+        self.stages = list(stages)
+
+    def started(self, stage: str) -> None:
+        if self.bar is not None:
+            self.show(stage, "running")
+        else:
+            self.say(stage, "started")
+
+    def finished(self, stage: str, status: str, seconds: float = 0.0) -> None:
+        detail = "done earlier" if status == "reused" else f"done in {seconds:.1f} s"
+        if self.bar is not None:
+            self.show(stage, detail, done=True)
+        else:
+            self.say(stage, detail)
+
+    def step(self, stage: str, message: str) -> None:
+        if self.bar is not None:
+            self.show(stage, message)
+        else:
+            self.say(stage, message)
+
+    def count(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        detail = f"{done}/{total} {self.units.get(stage, '')}".rstrip()
+        if self.bar is not None:
+            self.show(stage, detail, completed=done, total=total)
+            return
+        now = time.monotonic()
+        last = self.last_count.setdefault(stage, now)    # the first line after plain_every_s, or at the end
+        if done >= total or now - last >= self.plain_every_s:
+            self.say(stage, detail)
+            self.last_count[stage] = now
+
+
+class cohort_progress:
+    """What ``mstools batch`` shows on stderr while its cases run on the Dask workers (a
+    :class:`mstools.pipeline.CohortProgress`): on a terminal, one row per running case with
+    its stage (``[2/3] refine``), the step inside it and the elapsed time, gone when the case
+    is done (its result line stays above); otherwise nothing more than that line per case.
+    ``console``: a rich Console to draw on even when stderr is not a terminal (tests)."""
+
+    def __init__(self, *, units: Mapping[str, str] | None = None, console=None):
+        import threading
+
+        self.units = dict(units or {})
+        self.console = console
+        self.bar = None
+        self.rows: dict[str, Any] = {}          # case -> its row of the display
+        self.stages: dict[str, list[str]] = {}  # case -> its run's stages
+        self.done: set[str] = set()
+        self.lock = threading.Lock()            # events come on the Dask client's thread
+
+    def __enter__(self):
+        if STATE.level < 0 or not (self.console is not None or progress_enabled()):
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[detail]}"),
+                            TimeElapsedColumn(), console=self.console or stderr_console(), transient=True,
+                            redirect_stdout=False)
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def show(self, case: str, stage: str, detail: str = "") -> None:
+        with self.lock:
+            if case in self.done:           # an event that came after the case's end
+                return
+            stages = self.stages.get(case, [])
+            number = stages.index(stage) + 1 if stage in stages else 0
+            text = f"[{number}/{len(stages)}] {stage}" + (f": {detail}" if detail else "")
+            if case not in self.rows:
+                self.rows[case] = self.bar.add_task(case, total=None, detail=text)
+            self.bar.update(self.rows[case], detail=text)
+            self.bar.refresh()
+
+    # the CohortProgress methods
+
+    def case(self, case: str) -> "_CaseRow":
+        return _CaseRow(self, case)
+
+    def case_done(self, case: str) -> None:
+        with self.lock:
+            self.done.add(case)
+            row = self.rows.pop(case, None)
+            if row is not None:
+                self.bar.remove_task(row)
+                self.bar.refresh()
+
+
+class _CaseRow:
+    """One case's :class:`mstools.pipeline.RunProgress`, drawn as its row of :class:`cohort_progress`."""
+
+    def __init__(self, display: cohort_progress, case: str):
+        self.display, self.case = display, case
+
+    def plan(self, stages: list[str]) -> None:
+        self.display.stages[self.case] = list(stages)
+
+    def started(self, stage: str) -> None:
+        self.display.show(self.case, stage)
+
+    def finished(self, stage: str, status: str, seconds: float = 0.0) -> None:
+        self.display.show(self.case, stage, "done earlier" if status == "reused" else f"done in {seconds:.1f} s")
+
+    def step(self, stage: str, message: str) -> None:
+        self.display.show(self.case, stage, message)
+
+    def count(self, stage: str, done: int, total: int) -> None:
+        self.display.show(self.case, stage, f"{done}/{total} {self.display.units.get(stage, '')}".rstrip())

@@ -77,9 +77,12 @@ def run_command(
     else:
         raise InputError("no input; give a case folder, or both --baseline and --followup")
     settings, base = pipeline.load_config(config)
-    # stage progress with -v only: a failing run says one line
-    result = pipeline.run_case(spec, out, settings, base, verbose=common.STATE.level >= 1,
-                                   on_stage=lambda stage, what: common.log(f"{stage}: {what}", level=1),
+    from mstools.jobs.segment import progress_unit
+
+    # each stage as it starts and ends, and the steps inside it, on stderr (nothing with -q);
+    # nothing before the first stage, so a run refused up front says one line
+    with common.run_progress(units={"segment": progress_unit(settings["segment"]["model"])}) as progress:
+        result = pipeline.run_case(spec, out, settings, base, verbose=common.STATE.level >= 1, progress=progress,
                                    config_file=config)
     record = result.record
     said = {"reused": "done earlier"}

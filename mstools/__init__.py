@@ -44,7 +44,7 @@ _API = {
     "preprocess_job": "mstools.jobs.preprocess", "apply_transform_job": "mstools.jobs.preprocess",
     "evaluate_job": "mstools.jobs.evaluate",
     # the pipeline
-    "run_case": "mstools.pipeline.run", "run_cohort": "mstools.pipeline.cohort",
+    "run_case": "mstools.pipeline.run", "RunProgress": "mstools.pipeline.run", "run_cohort": "mstools.pipeline.cohort",
     "load_config": "mstools.pipeline.config", "default_config": "mstools.pipeline.config",
 }
 

@@ -171,3 +171,30 @@ def test_the_terminal_bar_is_drawn_on_stderr_not_on_stdout(capsys, monkeypatch):
     bar.__exit__(None, None, None)
     assert "segment" in screen.getvalue() and "2/4" in screen.getvalue()
     assert capsys.readouterr().out == ""
+
+
+def test_run_progress_plain_lines_name_the_stage_and_do_not_flood(capsys, monkeypatch):
+    from mstools_cli import common
+
+    monkeypatch.setattr(common.STATE, "level", 0)
+    with common.run_progress(units={"segment": "windows"}) as progress:     # not a terminal: plain lines
+        progress.plan(["subtract", "segment"])
+        progress.finished("subtract", "reused")
+        progress.started("segment")
+        progress.step("segment", "loading the model")
+        for done in range(1, 101):                 # a fast count: only its end is said
+            progress.count("segment", done, 100)
+        progress.finished("segment", "ran", 12.34)
+    assert capsys.readouterr().err.splitlines() == [
+        "[1/2] subtract: done earlier", "[2/2] segment: started", "[2/2] segment: loading the model",
+        "[2/2] segment: 100/100 windows", "[2/2] segment: done in 12.3 s"]
+    progress = common.run_progress()
+    progress.plain_every_s = 0.0                  # a slow count: a line at most every plain_every_s
+    with progress:
+        progress.plan(["register"])
+        for done in (1, 2):
+            progress.count("register", done, 3)
+    assert capsys.readouterr().err.splitlines() == ["[1/1] register: 1/3", "[1/1] register: 2/3"]
+    monkeypatch.setattr(common.STATE, "level", -1)       # -q: nothing
+    with common.run_progress() as progress:
+        assert progress is None

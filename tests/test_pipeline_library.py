@@ -106,9 +106,19 @@ def test_run_case_is_the_run_command(tmp_path):
     assert result.exit_code == 0, result.output
     config, base = pipeline.load_config(None)
     config["report"] = False
-    ran = pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base)
+    heard = Heard()
+    ran = pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base,
+                            progress=heard)
     assert ran.record["status"] == "complete" and [row["stage"] for row in ran.evaluation] == [
         "subtract", "refine", "filter"]
+    # the progress hook hears the plan, then each stage start and end, in order
+    assert heard.events[0] == ("plan", ["subtract", "refine", "filter"])
+    assert [e[:3] for e in heard.events[1:]] == [("started", "subtract"), ("finished", "subtract", "ran"),
+                                                 ("started", "refine"), ("finished", "refine", "ran"),
+                                                 ("started", "filter"), ("finished", "filter", "ran")]
+    again = Heard()
+    pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base, progress=again)
+    assert again.events[1:] == [("finished", stage, "reused", 0.0) for stage in ("subtract", "refine", "filter")]
     (tmp_path / "c.yaml").write_text("report: false\n")
     result = runner.invoke(app, ["run", str(case), "-o", str(tmp_path / "command"), "-c", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output
@@ -118,9 +128,53 @@ def test_run_case_is_the_run_command(tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(case, broken)
     (broken / "flair_time02_on_middle_space.nii.gz").write_bytes(b"not a nifti")
+    failing = Heard()
     with pytest.raises(pipeline.StageFailed) as failed:
-        pipeline.run_case(pipeline.CaseInput("broken", folder=broken), tmp_path / "x", config, base)
+        pipeline.run_case(pipeline.CaseInput("broken", folder=broken), tmp_path / "x", config, base,
+                          progress=failing)
     assert failed.value.stage == "subtract" and not (tmp_path / "x").exists()
+    assert failing.events[1:] == [("started", "subtract")]
+
+
+class Heard(pipeline.RunProgress):
+    """A progress hook that keeps what it hears."""
+
+    def __init__(self):
+        self.events = []
+
+    def plan(self, stages):
+        self.events.append(("plan", stages))
+
+    def started(self, stage):
+        self.events.append(("started", stage))
+
+    def finished(self, stage, status, seconds=0.0):
+        self.events.append(("finished", stage, status, seconds))
+
+    def step(self, stage, message):
+        self.events.append(("step", stage, message))
+
+    def count(self, stage, done, total):
+        self.events.append(("count", stage, done, total))
+
+
+@pytest.mark.parametrize("stage, job, hook", [("preprocess", "preprocess", "step"), ("register", "register", "step"),
+                                               ("segment", "segment", "count")])
+def test_a_stage_gives_its_job_the_runs_progress_hook(stage, job, hook, monkeypatch, tmp_path):
+    """preprocess's steps, register's elastix stages and segment's windows reach `mstools run`'s display."""
+    import importlib
+
+    module = importlib.import_module(f"mstools.jobs.{job}")
+    seen = {}
+    monkeypatch.setattr(module, f"{job}_job", lambda *args, **kwargs: seen.update(kwargs))
+    config, base = pipeline.load_config(None)
+    case = pipeline.CaseInput("c", baseline=tmp_path / "b.nii.gz", followup=tmp_path / "f.nii.gz")
+    hooks = {"step": lambda message: None, "count": lambda done, total: None}
+    context = pipeline.stages.StageContext(case, tmp_path / "case", tmp_path / "run", config,
+                                           pipeline.stage_options(pipeline.STAGES[stage], config[stage], base),
+                                           **hooks)
+    pipeline.STAGES[stage].run(context)
+    assert seen["progress"] is hooks[hook]
 
 
 def _imports(path: Path) -> set[str]:

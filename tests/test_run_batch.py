@@ -108,6 +108,48 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     assert (out / "refine" / rl.STAGE_RECORD).stat().st_mtime_ns != stamps["refine"]
 
 
+def test_run_shows_each_stage_on_stderr_as_plain_lines_and_keeps_stdout_for_results(cohort, tmp_path, no_report):
+    """stderr is not a terminal here: one line as each stage starts and ends, nothing on stdout."""
+    case, out = cohort / "sim-13", tmp_path / "run"
+    result = _run(case, out, "-c", str(no_report), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "complete"      # --json: stdout is the record only
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert [re.sub(r"\d+\.\d s$", "N s", line) for line in lines] == [
+        "[1/3] subtract: started", "[1/3] subtract: done in N s", "[2/3] refine: started",
+        "[2/3] refine: done in N s", "[3/3] filter: started", "[3/3] filter: done in N s"]
+    again = _run(case, out, "-c", str(no_report))
+    assert [line for line in again.stderr.splitlines() if line.startswith("[")] == [
+        "[1/3] subtract: done earlier", "[2/3] refine: done earlier", "[3/3] filter: done earlier"]
+    assert not any(line.startswith("[") for line in again.stdout.splitlines())
+    quiet = runner.invoke(app, ["-q", "run", str(case), "-o", str(out), "-c", str(no_report)])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_run_on_a_terminal_draws_a_rich_display_of_its_stages(cohort, tmp_path, no_report, monkeypatch):
+    """On a terminal (forced here: rich writes to a buffer as to a terminal) the stages are rows
+    of a rich display; stdout still carries the results only."""
+    import io
+
+    from rich.console import Console
+
+    from mstools_cli import common
+
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "progress_enabled", lambda: True)
+    monkeypatch.setattr(common, "stderr_console", lambda: Console(file=screen, force_terminal=True, width=100))
+    result = _run(cohort / "sim-13", tmp_path / "run", "-c", str(no_report))
+    assert result.exit_code == 0, result.output
+    drawn = screen.getvalue()
+    assert "\x1b[" in drawn                                   # drawn with terminal codes
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
+    for number, stage in enumerate(("subtract", "refine", "filter"), start=1):
+        assert f"[{number}/3] {stage}" in text
+    assert re.search(r"\[3/3\] filter +━+ done in \d+\.\d s", text), text[-500:]
+    assert not any(line.startswith("[") for line in result.stderr.splitlines())   # no plain lines as well
+    assert result.stdout.splitlines()[0].endswith("new_lesions_mask.nii.gz") and "━" not in result.stdout
+
+
 def _cropped(source, target, crop=(slice(2, -1), slice(1, -2), slice(None))):
     """The image on a smaller grid covering the same world positions (another raw grid)."""
     img = nib.load(source)
@@ -129,6 +171,10 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["stages"]["preprocess"]["status"] == "ran" and record["inputs"]["case_folder"] == rl.CASE_DIR
+    # preprocess's steps are shown inside the run (stderr is not a terminal: plain lines)
+    for step in ("brain extraction", "N4 bias-field correction", "rigid registration",
+                 "resampling into the common space", "intensity harmonisation"):
+        assert f"[1/4] preprocess: {step}\n" in result.stderr
     assert record["inputs"]["ground_truth"] == f"{rl.CASE_DIR}/{layout.GROUND_TRUTH}"
     carried = nib.load(out / rl.CASE_DIR / layout.GROUND_TRUTH)
     middle = nib.load(out / rl.CASE_DIR / layout.FOLLOWUP)
@@ -290,6 +336,34 @@ def test_batch_on_an_existing_cluster_leaves_it_running(cohort, tmp_path, no_rep
         with Client(cluster.scheduler_address, timeout="10s") as client:  # not closed by the command
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
     assert json.loads(result.stdout)["done"] == 1 and (out / "sim-13" / rl.RUN_RECORD).is_file()
+
+
+@pytest.mark.slow
+def test_batch_on_a_terminal_shows_each_running_cases_stage(cohort, tmp_path, no_report, monkeypatch):
+    """The workers send each case's stages to the client (Dask events); on a terminal (forced
+    here) a running case is a row with its stage, gone when the case is done."""
+    import io
+
+    from dask.distributed import LocalCluster
+    from rich.console import Console
+
+    from mstools_cli import common
+
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "progress_enabled", lambda: True)
+    monkeypatch.setattr(common, "stderr_console", lambda: Console(file=screen, force_terminal=True, width=100))
+    source = tmp_path / "cases"
+    source.mkdir()
+    shutil.copytree(cohort / "sim-13", source / "sim-13")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = runner.invoke(app, ["batch", str(source), "-o", str(tmp_path / "d"), "-c", str(no_report),
+                                     "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert re.search(r"sim-13 \[1/3\] subtract", text) and re.search(r"sim-13 \[2/3\] refine", text), text[-800:]
+    assert "[1/1] sim-13: " in text          # the case's result line, drawn above the rows
+    assert not result.stdout.count("━")
 
 
 def test_batch_refuses_a_scheduler_that_does_not_answer(cohort, tmp_path, no_report):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
@@ -59,8 +59,10 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
                    options: PreprocessJobOptions = PreprocessJobOptions(), *,
                    baseline_mask: Optional[Path] = None, followup_mask: Optional[Path] = None,
                    baseline_lesions: Optional[Path] = None, followup_lesions: Optional[Path] = None,
-                   force: bool = False) -> JobResult:
-    """Bring two raw FLAIR scans into one aligned, intensity-matched case folder."""
+                   force: bool = False, progress: Optional[Callable[[str], None]] = None) -> JobResult:
+    """Bring two raw FLAIR scans into one aligned, intensity-matched case folder; ``progress``
+    hears each step (brain extraction, N4, registration, resampling, harmonisation; default:
+    a log line each)."""
     import numpy as np
 
     from mstools import case_layout as layout
@@ -111,7 +113,7 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
 
     result = preprocess_pair(base.data, base.affine, follow.data, follow.affine, options=library_options,
                              carry=carry, names=(str(baseline), str(followup)),
-                             progress=lambda m: log(f"preprocess: {m}"), **masks)
+                             progress=progress or (lambda m: log(f"preprocess: {m}")), **masks)
     models = {}
     if o.brain_extraction == "deepbet" and len(masks) < 2:
         from deepbet.utils import DATA_PATH

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
@@ -39,8 +39,9 @@ class RegisterOptions:
 
 def register_job(followup: Path, baseline: Path, output: str, options: RegisterOptions = RegisterOptions(), *,
                  followup_mask: Optional[Path] = None, baseline_mask: Optional[Path] = None,
-                 force: bool = False) -> JobResult:
-    """Register the baseline onto the follow-up and write the candidates, fields and maps."""
+                 force: bool = False, progress: Optional[Callable[[str], None]] = None) -> JobResult:
+    """Register the baseline onto the follow-up and write the candidates, fields and maps;
+    ``progress`` hears ITK's loading and each elastix stage and resolution (default: a log line each)."""
     import time
 
     import numpy as np
@@ -90,7 +91,7 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
                    affine_check=use_affine, fixed_brain=fixed_brain, moving_brain=moving_brain,
                    register_in_mask=o.register_in_mask, threads=o.threads,
-                   progress=lambda message: log(f"register: {message}"))
+                   progress=progress or (lambda message: log(f"register: {message}")))
     clock["registered"] = time.perf_counter()
     quality = found.quality
     parameters_record = {

@@ -19,13 +19,14 @@ Example::
 
 from mstools.cohort_inputs import CaseInput, discover_cases
 from mstools.case import check_case_input
-from mstools.pipeline.cohort import MEMORY_PER_WORKER, CohortResult, cohort_row, run_cohort
+from mstools.pipeline.cohort import MEMORY_PER_WORKER, CohortProgress, CohortResult, cohort_row, run_cohort
 from mstools.pipeline.config import (check_config, check_config_files, default_config, default_config_text,
                                      load_config, stage_options, stage_options_args)
-from mstools.pipeline.run import RunResult, StageFailed, run_case, run_key
+from mstools.pipeline.run import RunProgress, RunResult, StageFailed, run_case, run_key
 from mstools.pipeline.stages import PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, stage_order
 
 __all__ = ["CaseInput", "discover_cases", "check_case_input", "run_case", "run_cohort", "run_key", "RunResult",
-           "CohortResult", "StageFailed", "cohort_row", "MEMORY_PER_WORKER", "load_config", "default_config",
-           "default_config_text", "check_config", "check_config_files", "stage_options", "stage_options_args",
-           "STAGES", "Stage", "RUN_OVERRIDES", "TOP_LEVEL", "PATH_OPTIONS", "stage_order"]
+           "RunProgress", "CohortProgress", "CohortResult", "StageFailed", "cohort_row", "MEMORY_PER_WORKER",
+           "load_config", "default_config", "default_config_text", "check_config", "check_config_files",
+           "stage_options", "stage_options_args", "STAGES", "Stage", "RUN_OVERRIDES", "TOP_LEVEL", "PATH_OPTIONS",
+           "stage_order"]

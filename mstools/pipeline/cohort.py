@@ -14,6 +14,7 @@ from typing import Optional
 from mstools import run_layout as rl
 from mstools.errors import InputError
 from mstools.messages import log
+from mstools.pipeline.run import RunProgress
 
 #: Memory bound of one worker. Measured peaks of one worker process
 #: (benchmarks/bench_batch.py, 20 simulated 1 mm cases, default chain): 0.83 GB; with
@@ -22,13 +23,78 @@ from mstools.messages import log
 MEMORY_PER_WORKER = "4GiB"
 
 
-def run_case_task(case, run_dir: str, config: dict, base: str, config_file: Optional[str] = None) -> dict:
-    """One case on a worker: the pipeline, then its cohort row (raises on failure)."""
+#: The Dask event topic that carries each case's stage progress from its worker to the client.
+PROGRESS_TOPIC = "mstools-run-progress"
+
+
+class CohortProgress:
+    """What :func:`run_cohort` says while cases run on the workers; every method does nothing here."""
+
+    def case(self, case: str) -> RunProgress:
+        """The progress hook of one case's run (its stages as they start and end, their steps)."""
+        return RunProgress()
+
+    def case_done(self, case: str) -> None:
+        """The case finished or failed."""
+
+
+class _WorkerProgress(RunProgress):
+    """A case's stage progress, sent from its Dask worker to the client as events of
+    :data:`PROGRESS_TOPIC` (counted work at most every ``every_s`` seconds)."""
+
+    every_s = 1.0
+
+    def __init__(self, case: str):
+        from distributed import get_worker
+
+        self.case, self.last = case, 0.0
+        self.worker = get_worker()     # here, on the task's thread: steps may come from another thread
+
+    def _send(self, method: str, *args) -> None:
+        self.worker.log_event(PROGRESS_TOPIC, {"case": self.case, "method": method, "args": list(args)})
+
+    def plan(self, stages):
+        self._send("plan", list(stages))
+
+    def started(self, stage):
+        self._send("started", stage)
+
+    def finished(self, stage, status, seconds=0.0):
+        self._send("finished", stage, status, seconds)
+
+    def step(self, stage, message):
+        self._send("step", stage, message)
+
+    def count(self, stage, done, total):
+        now = time.monotonic()
+        if done >= total or now - self.last >= self.every_s:
+            self.last = now
+            self._send("count", stage, done, total)
+
+
+def _hear(progress: CohortProgress):
+    """The client's handler of :data:`PROGRESS_TOPIC` events: each goes to its case's hook."""
+
+    def handler(event) -> None:
+        message = event[1]
+        try:
+            getattr(progress.case(message["case"]), message["method"])(*message["args"])
+        except Exception:  # noqa: BLE001 - a display problem must not stop the cohort
+            pass
+
+    return handler
+
+
+def run_case_task(case, run_dir: str, config: dict, base: str, config_file: Optional[str] = None,
+                  report_progress: bool = False) -> dict:
+    """One case on a worker: the pipeline, then its cohort row (raises on failure); with
+    ``report_progress``, its stages' progress goes to the client as Dask events."""
     from mstools.parallel import worker_address
     from mstools.pipeline.run import run_case
 
     start = time.perf_counter()
-    result = run_case(case, Path(run_dir), config, Path(base), config_file=Path(config_file) if config_file else None)
+    result = run_case(case, Path(run_dir), config, Path(base), config_file=Path(config_file) if config_file else None,
+                      progress=_WorkerProgress(case.case) if report_progress else None)
     row = cohort_row(case.case, result.record, status="done", seconds=time.perf_counter() - start,
                      run_folder=Path(run_dir).name)
     row["_worker"] = worker_address()
@@ -97,11 +163,13 @@ def plan_cohort(cases: list, out: Path, config: dict, base: Path) -> tuple[dict,
 
 def run_cohort(cases: list, out: Path, config: dict, base: Path, *, config_file: Optional[Path] = None,
                scheduler: Optional[str] = None, workers: Optional[int] = None,
-               memory_per_worker: str = MEMORY_PER_WORKER, scheduler_timeout: float = 30.0) -> CohortResult:
+               memory_per_worker: str = MEMORY_PER_WORKER, scheduler_timeout: float = 30.0,
+               progress: Optional[CohortProgress] = None) -> CohortResult:
     """Run every case not already finished with this configuration into ``out/<case>``, in
     parallel on Dask (a local cluster started and stopped here, or ``scheduler``'s).
 
-    A failing case is collected in the errors; the others go on.
+    A failing case is collected in the errors; the others go on. ``progress`` hears each
+    case's stages from its worker (:class:`CohortProgress`).
     """
     from mstools.parallel import check_memory, cohort_cluster, connect
 
@@ -121,12 +189,16 @@ def run_cohort(cases: list, out: Path, config: dict, base: Path, *, config_file:
         else:
             client = Client(cluster)
         out.mkdir(parents=True, exist_ok=True)
+        if progress is not None:
+            client.subscribe_topic(PROGRESS_TOPIC, _hear(progress))
         try:
             futures = {client.submit(run_case_task, case, str(out / case.case), config, str(base),
-                                     str(config_file) if config_file is not None else None, pure=False,
-                                     retries=0, key=f"mstools-run-{case.case}"): case for case in todo}
+                                     str(config_file) if config_file is not None else None, progress is not None,
+                                     pure=False, retries=0, key=f"mstools-run-{case.case}"): case for case in todo}
             for number, future in enumerate(as_completed(futures), start=1):
                 case = futures[future]
+                if progress is not None:
+                    progress.case_done(case.case)
                 try:
                     row = future.result()
                 except Exception as exc:  # noqa: BLE001 - one failing case must not stop the others
@@ -141,6 +213,8 @@ def run_cohort(cases: list, out: Path, config: dict, base: Path, *, config_file:
                 rows[case.case] = row
                 log(f"[{number}/{len(todo)}] {case.case}: {row['new_lesions']} new lesion(s), {row['seconds']:.1f} s")
         finally:
+            if progress is not None:
+                client.unsubscribe_topic(PROGRESS_TOPIC)
             client.close()
             if cluster is not None:
                 cluster.close()

@@ -9,6 +9,7 @@ in this process (:mod:`mstools.jobs`), exactly as its command does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -54,13 +55,38 @@ class RunResult:
     evaluation: list[dict]
 
 
+class RunProgress:
+    """What :func:`run_case` says while it works; every method does nothing here.
+
+    Override the ones you need (``mstools run`` shows them on stderr: a rich display on a
+    terminal, plain lines otherwise). Steps and counts may come from another thread
+    (register's elastix log watcher).
+    """
+
+    def plan(self, stages: list[str]) -> None:
+        """The stages this run runs or reuses, in their order (said before the first starts)."""
+
+    def started(self, stage: str) -> None:
+        """``stage`` starts running."""
+
+    def finished(self, stage: str, status: str, seconds: float = 0.0) -> None:
+        """``stage`` is done: ``status`` ``ran`` (in ``seconds``) or ``reused``."""
+
+    def step(self, stage: str, message: str) -> None:
+        """A step inside a running stage (preprocess's N4 correction, register's elastix stages)."""
+
+    def count(self, stage: str, done: int, total: int) -> None:
+        """Counted work inside a running stage (segment's windows: ``done`` of ``total``)."""
+
+
 def run_case(case: CaseInput, run_dir: Path, config: Optional[dict] = None, base: Optional[Path] = None, *,
-             verbose: bool = False, on_stage: Optional[Callable[[str, str], None]] = None,
+             verbose: bool = False, progress: Optional[RunProgress] = None,
              config_file: Optional[Path] = None) -> RunResult:
     """Run (or reuse) every enabled stage of one case into ``run_dir``; write the final result.
 
     ``config``: from :func:`mstools.pipeline.load_config` (default: the defaults);
-    ``base``: the folder relative model paths are taken from (default: the working folder).
+    ``base``: the folder relative model paths are taken from (default: the working folder);
+    ``progress``: hears each stage start and finish and the steps inside it (:class:`RunProgress`).
     Raises :class:`InputError` (or :class:`StageFailed`) on bad input. A run that fails
     before any stage finished leaves no run folder behind.
     """
@@ -83,7 +109,7 @@ def run_case(case: CaseInput, run_dir: Path, config: Optional[dict] = None, base
     with rl.RunLock(run_dir, case.case):
         try:
             remove_stale_parts(run_dir, recursive=True)   # left by a killed run
-            return _run(case, run_dir, config, base, verbose=verbose, on_stage=on_stage)
+            return _run(case, run_dir, config, base, verbose=verbose, progress=progress or RunProgress())
         except BaseException:
             if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -249,38 +275,40 @@ def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command:
 
 
 def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: bool,
-         on_stage: Optional[Callable[[str, str], None]]) -> RunResult:
+         progress: RunProgress) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     input_hashes = _input_hashes(case)
     models = _model_hashes(config, base)
     case_dir = case.folder if case.folder is not None else run_dir / rl.CASE_DIR
     keys: dict[str, str] = {}
     outcomes: dict[str, StageOutcome] = {}
-    for name in stage_order(config):
+    order = stage_order(config)
+    active = [name for name in order if (case.raw if name == "preprocess" else enabled(config, name))]
+    progress.plan(active)
+    for name in order:
         stage = STAGES[name]
-        if (name == "preprocess" and not case.raw) or (name != "preprocess" and not enabled(config, name)):
+        if name not in active:
             outcomes[name] = StageOutcome("off")
             continue
-        context = StageContext(case, case_dir, run_dir, config, stage_options(stage, config[name], base))
+        context = StageContext(case, case_dir, run_dir, config, stage_options(stage, config[name], base),
+                               step=functools.partial(progress.step, name),
+                               count=functools.partial(progress.count, name))
         args = [*stage.arguments(context), *stage_options_args(stage, config[name], base), "--force"]
         key = _hash_text({"stage": name, "version": __version__, "options": config[name], "models": models,
                           "inputs": input_hashes, "upstream": [keys.get(u, "") for u in stage.reads(config)]})
         keys[name] = key
         if str(_read_stage_record(run_dir, name).get("key", "")) == key and _outputs_intact(run_dir, name):
             outcomes[name] = StageOutcome("reused", key=key)
-            if on_stage:
-                on_stage(name, "reused")
+            progress.finished(name, "reused")
             continue
-        if on_stage:
-            on_stage(name, "running")
+        progress.started(name)
         stage.folder(run_dir).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         _call(name, lambda: stage.run(context), verbose=verbose, command="-".join(stage.command))
         seconds = time.perf_counter() - start
         _write_stage_record(run_dir, name, key, args, seconds)
         outcomes[name] = StageOutcome("ran", seconds, key)
-        if on_stage:
-            on_stage(name, f"done in {seconds:.1f} s")
+        progress.finished(name, "ran", seconds)
     if case.raw and case.ground_truth is not None:
         _carry_ground_truth(case, run_dir, verbose=verbose)
     key = run_key(case, config, base, input_hashes=input_hashes, models=models)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 from mstools import case_layout as layout
 from mstools import run_layout as rl
@@ -32,6 +32,9 @@ class StageContext:
     run_dir: Path
     config: dict            # the whole run configuration
     options: object         # the stage's options dataclass, paths resolved
+    #: Hear the steps (preprocess, register) and counted work (segment's windows) inside the stage.
+    step: Optional[Callable[[str], None]] = None
+    count: Optional[Callable[[int, int], None]] = None
 
     def prefix(self, stage: str) -> str:
         return str(rl.stage_prefix(self.run_dir, stage))
@@ -82,7 +85,7 @@ def _preprocess(ctx: StageContext):
     from mstools.jobs.preprocess import preprocess_job
 
     return preprocess_job(Path(ctx.case.baseline), Path(ctx.case.followup), ctx.run_dir / rl.CASE_DIR, ctx.options,
-                          force=True)
+                          force=True, progress=ctx.step)
 
 
 def _subtract(ctx: StageContext):
@@ -95,13 +98,13 @@ def _register(ctx: StageContext):
     from mstools.jobs.register import register_job
 
     return register_job(ctx.file(layout.FOLLOWUP), ctx.file(layout.BASELINE), ctx.prefix("register"), ctx.options,
-                        followup_mask=ctx.file(layout.BRAIN_MASK), force=True)
+                        followup_mask=ctx.file(layout.BRAIN_MASK), force=True, progress=ctx.step)
 
 
 def _segment(ctx: StageContext):
     from mstools.jobs.segment import segment_job
 
-    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True)
+    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count)
 
 
 def _refine(ctx: StageContext):
