@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -676,26 +677,57 @@ def _browser():
     return None
 
 
-@pytest.mark.skipif(_browser() is None, reason="no Chromium/Chrome binary on PATH (chromium, chromium-browser, "
-                                               "google-chrome, headless_shell); the page content is tested above")
-def test_page_renders_in_headless_chromium(tmp_path):
-    run = make_run(tmp_path)
-    assert invoke(run).exit_code == 0
-    shot = tmp_path / "shot.png"
+#: Set to a folder to keep the browser's screenshots there (.ci/run sets .ci/screenshots).
+SCREENSHOT_DIR = "MSTOOLS_SCREENSHOT_DIR"
+
+
+def _screenshot(page, name, tmp_path):
+    """A page as headless Chromium draws it, decoded to RGB (kept in $MSTOOLS_SCREENSHOT_DIR when set)."""
+    import os
+
+    shot = tmp_path / name
     subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-                    f"--screenshot={shot}", "--window-size=1200,2400", (run / layout.REPORT).as_uri()],
+                    f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    if os.environ.get(SCREENSHOT_DIR):
+        keep = Path(os.environ[SCREENSHOT_DIR])
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, keep / name)
+    return np.asarray(decode(data)).astype(int)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium/Chrome binary on PATH (chromium, chromium-browser, "
+                                               "google-chrome, headless_shell); the page content is tested above")
+def test_pages_render_in_headless_chromium(tmp_path):
+    run = make_run(tmp_path)
+    assert invoke(run).exit_code == 0
+    rgb = _screenshot(run / layout.REPORT, "case_page.png", tmp_path)
     # the browser decoded and drew the lesion rows: their red and cyan outlines are on screen
-    rgb = np.asarray(decode(data)).astype(int)
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
     cyan = (rgb[..., 0] < 60) & (rgb[..., 1] > 190) & (rgb[..., 2] > 220)
     assert red.sum() > 100 and cyan.sum() > 100
-    # and the panels are scans, not blank: many grey levels where the first row is drawn
+    # and the panels are scans, not blank: many grey levels where each lesion's row is drawn
     rows = np.flatnonzero(red.any(axis=1))
-    band = rgb[rows[0]:rows[0] + 100]
-    assert len(np.unique(band[(band[..., 0] == band[..., 1]) & (band[..., 1] == band[..., 2])][:, 0])) > 20
+    starts = [rows[0], *rows[1:][np.diff(rows) > 100]]
+    assert len(starts) == len(LESIONS)
+    for start in starts:
+        band = rgb[start:start + 100]
+        assert len(np.unique(band[(band[..., 0] == band[..., 1]) & (band[..., 1] == band[..., 2])][:, 0])) > 20
+
+    # the cohort page: its histograms decoded and drawn, each panel's bar colour on screen
+    (tmp_path / "cohort").mkdir()
+    deriv = make_cohort(tmp_path / "cohort")
+    assert invoke(deriv).exit_code == 0
+    page = (deriv / layout.COHORT_REPORT).read_text()
+    histogram = np.asarray(decode(images(page)[0])).reshape(-1, 3).astype(int)
+    colours, counts = np.unique(histogram[histogram.max(axis=1) - histogram.min(axis=1) > 60], axis=0,
+                                return_counts=True)
+    bars = colours[np.argsort(counts)[::-1][:3]]           # blue, brown, green: thousands of pixels each
+    rgb = _screenshot(deriv / layout.COHORT_REPORT, "cohort_page.png", tmp_path)
+    for colour in bars:
+        assert (np.abs(rgb - colour).max(axis=-1) <= 8).sum() > 2000, colour
 
 
 def test_a_page_written_by_run_before_its_record_is_marked_complete_says_complete():
