@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from mstools_cli.common import command, progress_enabled
+from mstools_cli.common import command, emit, progress_enabled
 from mstools.metrics import defaults
 
 
@@ -66,6 +66,11 @@ def evaluate_command(
         None, "--out", help="Output prefix: PREFIX_cases.tsv, PREFIX_lesions.tsv, PREFIX_summary.json."),
     out_dir: Optional[Path] = typer.Option(
         None, "--out-dir", help="Output folder: cases.tsv, lesions.tsv, summary.json (created if needed)."),
+    activity: bool = typer.Option(
+        False, "--activity", help="Lesion activity of a cohort of runs: --pred-dir holds run folders (<case>/run.json "
+                                  "with the activity stage), --gt-dir case folders with lesions_time01/02 and "
+                                  "ground_truth. Scores enlarging lesions, the kinds of changes and the patient "
+                                  "decision (PREFIX_activity_cases.tsv, PREFIX_activity_summary.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
@@ -83,6 +88,7 @@ def evaluate_command(
       mstools evaluate case01_mask.nii.gz case01/ground_truth.nii.gz
       mstools evaluate --pred-dir preds --gt-dir cases --out-dir results
       mstools evaluate --manifest cohort.tsv --threshold 0.5 --json
+      mstools evaluate --activity --pred-dir derivatives --gt-dir cases --out-dir results
     """
     from mstools.jobs.evaluate import case_pairs, evaluate_job
     from mstools.metrics import EvaluationOptions, LesionRule
@@ -90,6 +96,9 @@ def evaluate_command(
     mode = _input_mode(prediction, ground_truth, pred_dir, gt_dir, manifest)
     if out is not None and out_dir is not None:
         raise typer.BadParameter("give --out or --out-dir, not both", param_hint="--out/--out-dir")
+    if activity:
+        _activity(mode, pred_dir, gt_dir, out, out_dir, force, as_json)
+        return
     if connectivity not in (6, 18, 26):
         raise typer.BadParameter(f"must be 6, 18 or 26, not {connectivity}", param_hint="--connectivity")
     if threshold is not None and not math.isfinite(threshold):
@@ -105,6 +114,26 @@ def evaluate_command(
             pairs, EvaluationOptions(rule=rule, hd95=hd95.value), threshold, cohort=mode != "pair", out=out,
             out_dir=out_dir, manifest=manifest, force=force, on_case=on_case)
     _report(rows, lesion_rows, summary, written, as_json)
+
+
+def _activity(mode, pred_dir, gt_dir, out, out_dir, force, as_json) -> None:
+    from mstools.jobs.evaluate import evaluate_activity_job
+
+    if mode != "folders":
+        raise typer.BadParameter("--activity scores a cohort: give --pred-dir (run folders) and --gt-dir (case folders)")
+    result = evaluate_activity_job(pred_dir, gt_dir, out=out, out_dir=out_dir, force=force)
+    if as_json:
+        emit(as_json=True, payload=result.payload)
+        return
+    s, p = result.payload, result.payload["patient"]
+    shown = (lambda v: "n/a" if v is None else f"{v:.3f}")
+    print(f"enlarging LTPR {shown(s['enlarging_ltpr'])} ({s['enlarging_detected']}/{s['enlarging']}), reported as "
+          f"new: enlarging {shown(s['enlarging_as_new'])}, shrinking {shown(s['shrinking_as_new'])}; kind accuracy "
+          f"{shown(s['kind_accuracy'])}")
+    print(f"patients {p['patients']} ({p['active']} active): sensitivity {shown(p['sensitivity'])}, specificity "
+          f"{shown(p['specificity'])}, AUC {shown(p['auc'])}")
+    for path in result.written:
+        print(path)
 
 
 # --------------------------------------------------------------------------- inputs

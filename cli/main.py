@@ -17,6 +17,7 @@ from mstools_cli import common
 from mstools_cli.simulate import simulate_command
 from mstools_cli.evaluate import evaluate_command
 from mstools_cli.subtract import subtract_command
+from mstools_cli.activity import activity_command
 from mstools_cli.filter import filter_app
 from mstools_cli.refine import refine_app
 from mstools_cli.register import register_command, warp_command
@@ -66,6 +67,7 @@ app.command("warp")(warp_command)
 app.command("preprocess")(preprocess_command)
 app.command("apply-transform")(apply_transform_command)
 app.command("segment")(segment_command)
+app.command("activity")(activity_command)
 app.command("train")(train_command)
 app.command("report")(report_command)
 app.command("run")(run_command)

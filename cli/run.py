@@ -97,6 +97,13 @@ def run_command(
     count = int(record["new_lesions"])
     common.log(f"{count} new lesion{'' if count == 1 else 's'}, {record['new_lesion_volume_mm3']:.1f} mm3 "
                f"(final stage: {record['final_stage']}){_counting_note(count, result.evaluation, record)}")
+    activity = record.get("activity")
+    if activity:
+        common.log(f"{activity['enlarging_lesions']} enlarging, {activity['shrinking_lesions']} shrinking "
+                   f"({out / 'lesion_changes.tsv'}); active: {'yes' if activity['active'] else 'no'} "
+                   f"(probability {activity['activity_probability']:.2f})"
+                   + ("" if activity.get("baseline_lesions") else "; no baseline lesion map: every change "
+                      "counted as new"))
     if result.evaluation:
         for line in evaluation_lines(result.evaluation):
             print(line)

@@ -29,8 +29,9 @@ class DistanceToMask:
         points = np.argwhere(boundary)
         self.tree = cKDTree(points * self.spacing) if len(points) else None
 
-    def __call__(self, voxels: np.ndarray) -> np.ndarray:
-        """Distances of ``voxels`` (N x 3 integer indices) in mm, float64."""
+    def __call__(self, voxels: np.ndarray, *, limit_mm: float = np.inf) -> np.ndarray:
+        """Distances of ``voxels`` (N x 3 integer indices) in mm, float64; with ``limit_mm``,
+        distances beyond it come back as inf (a faster search when only "near or not" matters)."""
         voxels = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
         out = np.zeros(len(voxels), dtype=np.float64)
         if not len(voxels):
@@ -40,5 +41,5 @@ class DistanceToMask:
             return out
         outside = ~self.mask[tuple(voxels.T)]
         if outside.any():
-            out[outside], _ = self.tree.query(voxels[outside] * self.spacing)
+            out[outside], _ = self.tree.query(voxels[outside] * self.spacing, distance_upper_bound=limit_mm)
         return out

@@ -12,6 +12,10 @@ A run folder (one case)::
                                   the final result: a copy of the final stage's outputs
     RUN/new_lesions_{mask,labels}_native.nii.gz
                                   raw input only: the final result on the raw follow-up's grid
+    RUN/enlarging_lesions_{mask,labels}.nii.gz, RUN/lesion_changes.tsv
+                                  lesion activity (the activity stage): grown parts of
+                                  enlarging lesions (labelled as their baseline lesion) and
+                                  one row per new, enlarging or shrinking lesion
     RUN/evaluation.tsv            when a ground truth is known: one row per detector stage
     RUN/report.html               `mstools report`
 
@@ -20,8 +24,10 @@ A run folder (one case)::
 ``ground_truth`` or null: the files the detectors read, on one grid), ``config``,
 ``stages`` (name -> ``status`` ran / reused / off, ``seconds``, ``prefix``),
 ``final_stage``, ``final`` (``score``, ``mask``, ``labels``, ``table`` paths),
-``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3`` and ``metrics`` (the final stage's
-evaluation, or null). Paths in it are relative to the run folder when inside it.
+``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3``, ``activity``
+(the activity stage's patient summary: ``active``, ``activity_probability``, counts of new,
+enlarging and shrinking lesions; null when the stage is off) and ``metrics`` (the final
+stage's evaluation, or null). Paths in it are relative to the run folder when inside it.
 
 A derivatives folder (a cohort)::
 
@@ -46,13 +52,18 @@ REPORT = "report.html"
 
 #: Stages in their default order (filter and refine swap when filter reads subtract and
 #: refine reads filter); detectors are the stages whose output can be final.
-STAGES = ("preprocess", "subtract", "register", "segment", "refine", "filter")
-DETECTORS = ("subtract", "register", "segment", "refine", "filter")
+STAGES = ("preprocess", "subtract", "register", "segment", "refine", "filter", "activity")
+DETECTORS = ("subtract", "register", "segment", "refine", "filter", "activity")
+
+#: Lesion activity's results in the run folder (copies of the activity stage's).
+ENLARGING_PREFIX = "enlarging_lesions"      # RUN/enlarging_lesions_{mask,labels}.nii.gz
+LESION_CHANGES = "lesion_changes.tsv"
 
 COHORT_TABLE = "cohort.tsv"
 ERRORS_TABLE = "errors.tsv"
 COHORT_REPORT = "cohort.html"
-COHORT_COLUMNS = ("case", "status", "new_lesions", "new_lesion_volume_mm3", "seconds",
+COHORT_COLUMNS = ("case", "status", "new_lesions", "new_lesion_volume_mm3", "enlarging_lesions", "active",
+                  "activity_probability", "seconds",
                   "gt_lesions", "lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice", "run_folder")
 ERROR_COLUMNS = ("case", "stage", "message")
 

@@ -30,11 +30,12 @@ runner = CliRunner()
 def _command(stage):
     """The Python function behind a stage's command (its Typer signature)."""
     from mstools_cli import filter as cli_filter
-    from mstools_cli import preprocess, refine, register, segment, subtract
+    from mstools_cli import activity, preprocess, refine, register, segment, subtract
 
     return {"preprocess": preprocess.preprocess_command, "subtract": subtract.subtract_command,
             "register": register.register_command, "segment": segment.segment_command,
-            "refine": refine.refine_apply, "filter": cli_filter.filter_apply}[stage]
+            "refine": refine.refine_apply, "filter": cli_filter.filter_apply,
+            "activity": activity.activity_command}[stage]
 
 
 @pytest.mark.parametrize("stage", list(pipeline.STAGES))
@@ -47,7 +48,7 @@ def test_a_command_offers_exactly_its_jobs_options_with_the_same_defaults(stage)
         assert params[name].default.help == spec.help
     inputs = {"case", "candidates", "out", "output", "baseline", "followup", "brain_mask", "tissues",
               "baseline_mask", "followup_mask", "baseline_lesions", "followup_lesions", "lesion_features",
-              "force", "as_json"}
+              "force", "as_json", "run", "new"} - set(specs(options))    # an input may be a job option
     assert set(params) - inputs == set(specs(options))
 
 
@@ -110,15 +111,17 @@ def test_run_case_is_the_run_command(tmp_path):
     ran = pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base,
                             progress=heard)
     assert ran.record["status"] == "complete" and [row["stage"] for row in ran.evaluation] == [
-        "subtract", "refine", "filter"]
+        "subtract", "refine", "filter", "activity"]
     # the progress hook hears the plan, then each stage start and end, in order
-    assert heard.events[0] == ("plan", ["subtract", "refine", "filter"])
+    assert heard.events[0] == ("plan", ["subtract", "refine", "filter", "activity"])
     assert [e[:3] for e in heard.events[1:]] == [("started", "subtract"), ("finished", "subtract", "ran"),
                                                  ("started", "refine"), ("finished", "refine", "ran"),
-                                                 ("started", "filter"), ("finished", "filter", "ran")]
+                                                 ("started", "filter"), ("finished", "filter", "ran"),
+                                                 ("started", "activity"), ("finished", "activity", "ran")]
     again = Heard()
     pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base, progress=again)
-    assert again.events[1:] == [("finished", stage, "reused", 0.0) for stage in ("subtract", "refine", "filter")]
+    assert again.events[1:] == [("finished", stage, "reused", 0.0)
+                                for stage in ("subtract", "refine", "filter", "activity")]
     (tmp_path / "c.yaml").write_text("report: false\n")
     result = runner.invoke(app, ["run", str(case), "-o", str(tmp_path / "command"), "-c", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output

@@ -55,7 +55,7 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     assert parsed["subtract"]["k"] == pipeline.RUN_OVERRIDES["subtract"]["k"] != PRADOS_K_SD
     assert "mstools run uses 2.5 instead of the command's 3.0" in text
     assert parsed["filter"]["learned"] is True
-    assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "filter"
+    assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "activity"
     # where the run departs from a command's default, the value and the reason are printed
     assert parsed["refine"]["min_volume_mm3"] == pipeline.RUN_OVERRIDES["refine"]["min_volume_mm3"]
     assert "mstools run uses 5.0 instead of the command's None" in text
@@ -67,8 +67,9 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     result = _run(case, out, "-c", str(no_report))
     assert result.exit_code == 0, result.output
     record = json.loads((out / rl.RUN_RECORD).read_text())
-    assert record["status"] == "complete" and record["final_stage"] == "filter"
-    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "refine", "filter"]
+    assert record["status"] == "complete" and record["final_stage"] == "activity"
+    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "refine", "filter",
+                                                                                 "activity"]
     assert record["stages"]["preprocess"]["status"] == "off"
     for stage in ("subtract", "filter", "refine"):
         assert (out / stage / rl.STAGE_RECORD).is_file()
@@ -77,14 +78,16 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     assert np.allclose(final.affine, reference.affine) and final.shape == reference.shape
     assert final.get_data_dtype() == np.uint8
     filter_mask = nib.load(out / "filter" / "filter_mask.nii.gz")
-    assert np.array_equal(np.asarray(final.dataobj), np.asarray(filter_mask.dataobj))
+    activity_mask = nib.load(out / "activity" / "activity_mask.nii.gz")     # filter's lesions without growths
+    assert np.array_equal(np.asarray(final.dataobj), np.asarray(activity_mask.dataobj))
+    assert not (np.asarray(final.dataobj) > np.asarray(filter_mask.dataobj)).any()
     assert json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]["candidates"].endswith(
         "refine/refine")
     rows = (out / rl.EVALUATION).read_text().splitlines()
-    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "refine", "filter"]
-    assert record["metrics"]["stage"] == "filter" and record["metrics"]["gt_lesions"] == 3
+    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "refine", "filter", "activity"]
+    assert record["metrics"]["stage"] == "activity" and record["metrics"]["gt_lesions"] == 3
     assert str(out / record["final"]["mask"]) in result.stdout and "lesion" not in result.stderr.split("\n")[0][:0]
-    assert result.stdout.splitlines()[-1].startswith("filter")  # the evaluation table on stdout
+    assert result.stdout.splitlines()[-1].startswith("activity")  # the evaluation table on stdout
 
 
 def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort, tmp_path, no_report):
@@ -94,7 +97,7 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     result = _run(case, out, "-c", str(no_report), "--json")
     assert result.exit_code == 0
     assert {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items() if v["status"] != "off"} == \
-        {"subtract": "reused", "filter": "reused", "refine": "reused"}
+        {"subtract": "reused", "filter": "reused", "refine": "reused", "activity": "reused"}
     said = _run(case, out, "-c", str(no_report))       # the terminal says it plainly
     assert "subtract done earlier" in said.stderr and "reused" not in said.stderr
     assert re.search(r"\b\d+ new lesions?, ", said.stderr) and "lesion(s)" not in said.stderr
@@ -116,11 +119,13 @@ def test_run_shows_each_stage_on_stderr_as_plain_lines_and_keeps_stdout_for_resu
     assert json.loads(result.stdout)["status"] == "complete"      # --json: stdout is the record only
     lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
     assert [re.sub(r"\d+\.\d s$", "N s", line) for line in lines] == [
-        "[1/3] subtract: started", "[1/3] subtract: done in N s", "[2/3] refine: started",
-        "[2/3] refine: done in N s", "[3/3] filter: started", "[3/3] filter: done in N s"]
+        "[1/4] subtract: started", "[1/4] subtract: done in N s", "[2/4] refine: started",
+        "[2/4] refine: done in N s", "[3/4] filter: started", "[3/4] filter: done in N s",
+        "[4/4] activity: started", "[4/4] activity: done in N s"]
     again = _run(case, out, "-c", str(no_report))
     assert [line for line in again.stderr.splitlines() if line.startswith("[")] == [
-        "[1/3] subtract: done earlier", "[2/3] refine: done earlier", "[3/3] filter: done earlier"]
+        "[1/4] subtract: done earlier", "[2/4] refine: done earlier", "[3/4] filter: done earlier",
+        "[4/4] activity: done earlier"]
     assert not any(line.startswith("[") for line in again.stdout.splitlines())
     quiet = runner.invoke(app, ["-q", "run", str(case), "-o", str(out), "-c", str(no_report)])
     assert quiet.exit_code == 0 and quiet.stderr == ""
@@ -143,9 +148,9 @@ def test_run_on_a_terminal_draws_a_rich_display_of_its_stages(cohort, tmp_path, 
     drawn = screen.getvalue()
     assert "\x1b[" in drawn                                   # drawn with terminal codes
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
-    for number, stage in enumerate(("subtract", "refine", "filter"), start=1):
-        assert f"[{number}/3] {stage}" in text
-    assert re.search(r"\[3/3\] filter +━+ done in \d+\.\d s", text), text[-500:]
+    for number, stage in enumerate(("subtract", "refine", "filter", "activity"), start=1):
+        assert f"[{number}/4] {stage}" in text
+    assert re.search(r"\[4/4\] activity +━+ done in \d+\.\d s", text), text[-500:]
     assert not any(line.startswith("[") for line in result.stderr.splitlines())   # no plain lines as well
     assert result.stdout.splitlines()[0].endswith("new_lesions_mask.nii.gz") and "━" not in result.stdout
 
@@ -174,7 +179,7 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     # preprocess's steps are shown inside the run (stderr is not a terminal: plain lines)
     for step in ("brain extraction", "N4 bias-field correction", "rigid registration",
                  "resampling into the common space", "intensity harmonisation"):
-        assert f"[1/4] preprocess: {step}\n" in result.stderr
+        assert f"[1/5] preprocess: {step}\n" in result.stderr
     assert record["inputs"]["ground_truth"] == f"{rl.CASE_DIR}/{layout.GROUND_TRUTH}"
     carried = nib.load(out / rl.CASE_DIR / layout.GROUND_TRUTH)
     middle = nib.load(out / rl.CASE_DIR / layout.FOLLOWUP)
@@ -211,7 +216,8 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     ("subtract:\n  rule: magic\n", "config: subtract:"),
     ("refine:\n  threshold: 2\n", "config: refine:"),
     ("final: segment\n", "final is segment but that stage is not enabled"),
-    ("filter:\n  enabled: false\n", "final is filter but that stage is not enabled"),
+    ("filter:\n  enabled: false\n", "activity reads filter's outputs but filter is not enabled"),
+    ("activity:\n  enabled: false\n", "final is activity but that stage is not enabled"),
     ("refine:\n  enabled: false\n", "filter reads the refine candidates but refine is not enabled"),
     ("refine:\n  candidates: filter\n", "one of them must read subtract"),
     ("subtract: [1, 2\n", "not valid YAML"),
@@ -361,7 +367,7 @@ def test_batch_on_a_terminal_shows_each_running_cases_stage(cohort, tmp_path, no
                                      "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 0, result.output
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
-    assert re.search(r"sim-13 \[1/3\] subtract", text) and re.search(r"sim-13 \[2/3\] refine", text), text[-800:]
+    assert re.search(r"sim-13 \[1/4\] subtract", text) and re.search(r"sim-13 \[2/4\] refine", text), text[-800:]
     assert "[1/1] sim-13: " in text          # the case's result line, drawn above the rows
     assert not result.stdout.count("━")
 

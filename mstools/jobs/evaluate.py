@@ -262,3 +262,88 @@ def evaluate_job(pairs, options, threshold: Optional[float], *, cohort: bool, ou
     summary = build_summary(rows, parameters)
     written = write_outputs(outputs, rows, lesion_rows, summary, parameters, pairs, force, manifest=manifest)
     return rows, lesion_rows, summary, written
+
+
+# ----------------------------------------------------------------------------- lesion activity
+
+#: Columns of the per-case table of ``evaluate --activity``.
+ACTIVITY_CASE_COLUMNS = ("case", "status", "active_truth", "active", "activity_probability", "new", "enlarging",
+                         "shrinking", "enlarging_detected", "enlarging_as_new", "shrinking_as_new", "reported_any",
+                         "right_kind")
+
+
+def evaluate_activity_job(runs: Path, cases: Path, *, out: Optional[str] = None, out_dir: Optional[Path] = None,
+                          force: bool = False):
+    """Score lesion activity over a cohort (``mstools evaluate --activity``).
+
+    ``runs``: folder of run folders (``mstools batch`` output, or runs named as the cases),
+    each with the activity stage's results; ``cases``: folder of case folders with
+    ``lesions_time01``, ``lesions_time02`` and ``ground_truth``
+    (:mod:`mstools.metrics.activity` derives the true changes from them)."""
+    import json
+
+    import numpy as np
+
+    from mstools import case_layout as layout
+    from mstools import run_layout as rl
+    from mstools.io import OutputBatch, check_same_grid, read_mask
+    from mstools.jobs import JobResult
+    from mstools.metrics import activity as metrics
+    from mstools.provenance import check_outputs
+
+    for folder, what in ((runs, "run folders"), (cases, "case folders")):
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a folder; --activity needs --pred-dir (a folder of {what.split()[0]} "
+                             "folders) and --gt-dir (a folder of case folders)")
+    names = sorted(p.name for p in runs.iterdir() if (p / rl.RUN_RECORD).is_file())
+    if not names:
+        raise InputError(f"{runs}: no run folders (<case>/run.json); run `mstools batch` or `mstools run` first")
+    if out_dir is not None:
+        paths = {"cases": out_dir / "activity_cases.tsv", "summary": out_dir / "activity_summary.json"}
+    else:
+        prefix = out if out is not None else str(runs / "activity")
+        paths = {"cases": Path(prefix + "_activity_cases.tsv"), "summary": Path(prefix + "_activity_summary.json")}
+    check_outputs(paths.values(), force=force, sidecars=False)
+    rows, totals = [], {}
+    probabilities, decided, truth = [], [], []
+    for name in names:
+        run, case = runs / name, cases / name
+        record = json.loads((run / rl.RUN_RECORD).read_text())
+        needed = [case / layout.LESIONS_BASELINE, case / layout.LESIONS_FOLLOWUP, case / layout.GROUND_TRUTH]
+        enlarging_path = run / f"{rl.ENLARGING_PREFIX}_mask.nii.gz"
+        if not record.get("activity") or not enlarging_path.is_file():
+            rows.append({"case": name, "status": "no activity results (run with the activity stage)"})
+            continue
+        if not all(p.is_file() for p in needed):
+            rows.append({"case": name, "status": f"no truth ({', '.join(p.name for p in needed)} in {case})"})
+            continue
+        l1, l2, new = (read_mask(p) for p in needed)
+        reported_new = read_mask(run / f"{rl.FINAL_PREFIX}_mask.nii.gz")
+        reported_enlarging = read_mask(enlarging_path)
+        for image in (l2, new, reported_new, reported_enlarging):
+            check_same_grid(l1, image)
+        changes = metrics.true_changes(l1.data, l2.data, new.data, affine=l1.affine)
+        counts = metrics.score_changes(changes, reported_new.data, reported_enlarging.data)
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+        activity = record["activity"]
+        active = metrics.is_active(changes)
+        probabilities.append(activity["activity_probability"])
+        decided.append(bool(activity["active"]))
+        truth.append(active)
+        rows.append({"case": name, "status": "ok", "active_truth": "yes" if active else "no",
+                     "active": "yes" if activity["active"] else "no",
+                     "activity_probability": activity["activity_probability"], **counts})
+    if not truth:
+        raise InputError(f"{runs}: no case had both activity results and truth (see the per-case status); "
+                         "nothing to score")
+    summary = {"cases": len(names), "scored": len(truth), **totals, **metrics.rates(totals),
+               "patient": metrics.patient_decision(probabilities, decided, truth)}
+    summary = {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in summary.items()}
+    summary["patient"] = {key: (None if isinstance(v, float) and math.isnan(v) else v)
+                          for key, v in summary["patient"].items()}
+    with OutputBatch(force=force, create_dirs=True) as batch:
+        batch.table(paths["cases"], rows, ACTIVITY_CASE_COLUMNS)
+        batch.json(paths["summary"], summary)
+    log(f"activity: {len(truth)} of {len(names)} cases scored")
+    return JobResult(list(batch.written), summary)

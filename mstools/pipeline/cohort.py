@@ -107,6 +107,10 @@ def cohort_row(case: str, record: dict, *, status: str, seconds: float, run_fold
     row = {"case": case, "status": status, "new_lesions": record.get("new_lesions"),
            "new_lesion_volume_mm3": record.get("new_lesion_volume_mm3"), "seconds": round(seconds, 1),
            "run_folder": run_folder}
+    activity = record.get("activity") or {}
+    row["enlarging_lesions"] = activity.get("enlarging_lesions", "n/a")
+    row["active"] = ("yes" if activity["active"] else "no") if activity else "n/a"
+    row["activity_probability"] = activity.get("activity_probability", "n/a")
     for key in ("gt_lesions", "lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice"):
         row[key] = metrics.get(key, math.nan) if metrics else math.nan
     if not metrics:

@@ -11,7 +11,7 @@ from mstools import run_layout as rl
 from mstools.errors import InputError
 from mstools.jobs.options import build, command_line, defaults, specs
 from mstools.messages import check_finite_options
-from mstools.pipeline.stages import CANDIDATE_SOURCES, PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, enabled
+from mstools.pipeline.stages import ACTIVITY_SOURCES, CANDIDATE_SOURCES, PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, enabled
 
 
 def default_config() -> dict:
@@ -152,6 +152,14 @@ def check_config(config: dict) -> None:
             and config["filter"]["candidates"] == "refine"):
         raise InputError("config: refine reads filter's candidates and filter reads refine's; one of them must "
                          "read subtract (or register, segment)")
+    if enabled(config, "activity"):
+        source = config["activity"]["lesions"]
+        if source not in ACTIVITY_SOURCES:
+            raise InputError(f"config: activity.lesions must be {', '.join(ACTIVITY_SOURCES)}, not {source!r}")
+        for needed in dict.fromkeys(("subtract", source)):
+            if not enabled(config, needed):
+                raise InputError(f"config: activity reads {needed}'s outputs but {needed} is not enabled; enable it "
+                                 "or set activity: {enabled: false} (and final to another stage)")
     if not enabled(config, config["final"]):
         raise InputError(f"config: final is {config['final']} but that stage is not enabled")
     for stage in STAGES.values():

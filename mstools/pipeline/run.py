@@ -366,10 +366,21 @@ def _evaluate(run_dir: Path, truth: Path, outcomes: dict[str, StageOutcome]) -> 
     return rows
 
 
+def _activity_summary(run_dir: Path, outcomes: dict[str, StageOutcome]) -> Optional[dict]:
+    """The activity stage's patient summary (run.json "activity"), or None when it is off."""
+    from mstools.jobs.activity import output_names
+
+    if outcomes.get("activity", StageOutcome("off")).status == "off":
+        return None
+    patient = json.loads(Path(output_names(str(rl.stage_prefix(run_dir, "activity")))["patient"]).read_text())
+    return {key: value for key, value in patient.items() if key not in ("provenance", "model")}
+
+
 def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcomes: dict[str, StageOutcome],
             key: str, *, verbose: bool = False) -> RunResult:
     from mstools.detections import output_paths
     from mstools.io import OutputBatch, read_tsv
+    from mstools.jobs.activity import output_names as activity_outputs
     from mstools.provenance import sidecar_path
 
     final = config["final"]
@@ -398,6 +409,7 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
         "final": {kind: _relative(Path(p), run_dir) for kind, p in target.items()},
         "new_lesions": len(lesions),
         "new_lesion_volume_mm3": round(volume, 3),
+        "activity": _activity_summary(run_dir, outcomes),
         "metrics": metrics,
         "report": rl.REPORT if config["report"] else None,
     }
@@ -409,6 +421,15 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
             side = sidecar_path(source[kind])
             if side.is_file():
                 batch.text(sidecar_path(target[kind]), side.read_bytes())
+        if record["activity"] is not None:
+            names = activity_outputs(str(rl.stage_prefix(run_dir, "activity")))
+            copies = {names["enlarging_mask"]: run_dir / f"{rl.ENLARGING_PREFIX}_mask.nii.gz",
+                      names["enlarging_labels"]: run_dir / f"{rl.ENLARGING_PREFIX}_labels.nii.gz",
+                      names["changes"]: run_dir / rl.LESION_CHANGES}
+            for origin, copy in copies.items():
+                batch.text(copy, Path(origin).read_bytes())
+                if sidecar_path(origin).is_file():
+                    batch.text(sidecar_path(copy), sidecar_path(origin).read_bytes())
         if evaluation:
             batch.table(run_dir / rl.EVALUATION, evaluation, rl.EVALUATION_COLUMNS)
         batch.text(run_dir / rl.CONFIG, yaml.safe_dump(config, sort_keys=False))

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional
 
 from mstools import case_layout as layout
 from mstools import run_layout as rl
+from mstools.jobs.activity import ActivityOptions
 from mstools.jobs.filter import FilterOptions
 from mstools.jobs.options import specs
 from mstools.jobs.preprocess import PreprocessJobOptions
@@ -72,7 +73,13 @@ class Stage:
         if self.name == "preprocess":
             folder = run_dir / rl.CASE_DIR
             return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
-        return [Path(p) for p in output_paths(str(rl.stage_prefix(run_dir, self.name))).values()]
+        prefix = str(rl.stage_prefix(run_dir, self.name))
+        extra = []
+        if self.name == "activity":
+            from mstools.jobs.activity import output_names
+
+            extra = [Path(p) for p in output_names(prefix).values()]
+        return [Path(p) for p in output_paths(prefix).values()] + extra
 
     def folder(self, run_dir: Path) -> Path:
         return run_dir / (self.name if self.name != "preprocess" else rl.CASE_DIR)
@@ -121,6 +128,14 @@ def _filter(ctx: StageContext):
                       ctx.options, force=True)
 
 
+def _activity(ctx: StageContext):
+    from mstools.jobs.activity import activity_job
+
+    segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
+    return activity_job(ctx.case_dir, ctx.prefix(ctx.config["activity"]["lesions"]), ctx.prefix("subtract"),
+                        ctx.prefix("activity"), ctx.options, segment_prefix=segment, force=True)
+
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess,
           lambda c: [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR)],
@@ -157,15 +172,30 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                         "output gives the best lesion F1 and Dice.")},
           about="The packaged learned filter (learned: true, the run's default), La Rosa et al.'s rules "
                 "(learned: false; paper 001), or your model:."),
+    Stage("activity", ("activity",), ActivityOptions, _activity,
+          lambda c: [str(c.case_dir), "--new", c.prefix(c.config["activity"]["lesions"]), "--candidates",
+                     c.prefix("subtract"), "-o", c.prefix("activity")],
+          lambda config: ["preprocess", "subtract", config["activity"]["lesions"]],
+          own={"enabled": (True, "Lesion activity: new / enlarging / shrinking lesions and whether the patient "
+                                 "is active (needs subtract and a baseline lesion map; without a map every "
+                                 "change is new)."),
+               "lesions": ("filter", "The stage whose new lesions are classified: subtract, register, segment, "
+                                     "refine or filter.")},
+          about="New, enlarging and shrinking lesions (mstools.activity); its new lesions are the run's final "
+                "ones by default."),
 )}
 
 #: Which stage's candidates refine and filter may read.
 CANDIDATE_SOURCES = {"refine": ("subtract", "filter", "register", "segment"),
                      "filter": ("subtract", "refine", "register", "segment")}
 
+#: Which stage's new lesions activity may classify.
+ACTIVITY_SOURCES = ("subtract", "register", "segment", "refine", "filter")
+
 #: Top-level keys: name -> (default, comment).
 TOP_LEVEL: dict[str, tuple[object, str]] = {
-    "final": ("filter", "The stage whose output is the final new-lesion mask (RUN/new_lesions_*)."),
+    "final": ("activity", "The stage whose output is the final new-lesion mask (RUN/new_lesions_*): activity "
+                          "(the filter's lesions without the growths of existing lesions) by default."),
     "evaluate": (True, "Evaluate every detector stage when a ground truth is known (RUN/evaluation.tsv)."),
     "report": (True, "Write RUN/report.html."),
 }
@@ -217,4 +247,4 @@ def stage_order(config: dict) -> list[str]:
     """Stages in the order they run: detectors first, then filter and refine as they read each other."""
     order = ["preprocess", "subtract", "register", "segment"]
     last = ["refine", "filter"] if config["filter"]["candidates"] == "refine" else ["filter", "refine"]
-    return order + last
+    return order + last + ["activity"]

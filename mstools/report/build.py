@@ -176,6 +176,29 @@ def case_name(record: dict, run_dir: str | os.PathLike) -> str:
     return case
 
 
+def _activity_figures(run_dir: Path, record: dict, baseline, followup, difference, difference_name: str,
+                      brain_mask, max_lesions: int) -> tuple[list[dict] | None, list]:
+    """The activity stage's table rows and one picture row per enlarging lesion (its grown
+    part outlined on the baseline, the follow-up and the difference); (None, []) without it."""
+    from mstools.io import check_same_grid, read_labels, read_tsv
+    from mstools.report.figures import case_figures
+
+    table = run_dir / layout.LESION_CHANGES
+    labels_path = run_dir / f"{layout.ENLARGING_PREFIX}_labels.nii.gz"
+    if not record.get("activity") or not table.is_file():
+        return None, []
+    changes = read_tsv(table)
+    if not labels_path.is_file() or not any(row.get("kind") == "enlarging" for row in changes):
+        return changes, []
+    labels = read_labels(labels_path)
+    check_same_grid(baseline, labels)
+    figures = case_figures(baseline.data, followup.data, labels.data, baseline.affine, difference=difference,
+                           difference_name=difference_name, brain_mask=brain_mask, show_missed=False,
+                           max_lesions=max_lesions, score_name=None, what="enlarging lesion",
+                           legend="red: the grown part (labelled as its baseline lesion)", figure_kind="enlarging")
+    return changes, figures
+
+
 def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT_MAX_LESIONS) -> CaseReport:
     """Read a run folder and render its page (nothing written)."""
     from mstools.io import check_same_grid, read_image, read_labels, read_mask, read_tsv
@@ -224,6 +247,8 @@ def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT
                            difference_name=difference_name, ground_truth=optional["ground_truth"],
                            brain_mask=optional["brain_mask"], lesions=lesions, max_lesions=max_lesions,
                            score_name=score.name)
+    changes, enlarging_figures = _activity_figures(run_dir, record, baseline, followup, difference,
+                                                   difference_name, optional["brain_mask"], max_lesions)
     evaluation = read_tsv(run_dir / layout.EVALUATION) if (run_dir / layout.EVALUATION).is_file() else None
     config_path = run_dir / layout.CONFIG
     config_text = config_path.read_text(errors="replace") if config_path.is_file() else None
@@ -241,7 +266,8 @@ def render_case_report(run_dir: str | os.PathLike, *, max_lesions: int = DEFAULT
     name = case_name(record, run_dir)
     html = case_page(record, name=name, lesions=lesions, evaluation=evaluation, figures=figures,
                      qc_pictures=qc_pictures, config_text=config_text,
-                     difference_name=difference_name, version=__version__)
+                     difference_name=difference_name, version=__version__, changes=changes,
+                     enlarging_figures=enlarging_figures)
     count = record.get("new_lesions")
     return CaseReport(html=html, case=name,
                       new_lesions=int(count) if isinstance(count, (int, float)) else len(lesions),

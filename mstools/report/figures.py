@@ -238,7 +238,8 @@ def case_figures(baseline: np.ndarray, followup: np.ndarray, labels: np.ndarray,
                  max_lesions: int = DEFAULT_MAX_LESIONS, show_missed: bool = True,
                  difference_name: str = "follow-up - baseline", zoom_mm: float = ZOOM_MM,
                  score_name: str | None = "score", dpi: int = DPI,
-                 width_in: float = FIGURE_WIDTH_IN) -> list[Figure]:
+                 width_in: float = FIGURE_WIDTH_IN, what: str = "new lesion",
+                 legend: str | None = None, figure_kind: str = "lesion") -> list[Figure]:
     """The pictures of a case page, one row (baseline | follow-up | difference) each.
 
     One row per new lesion (connected label of ``labels``), largest first, at most
@@ -252,7 +253,9 @@ def case_figures(baseline: np.ndarray, followup: np.ndarray, labels: np.ndarray,
     out: a score that is 1 by construction says nothing). ``difference`` defaults to
     follow-up minus baseline. ``zoom_mm`` > 0 adds, under each lesion's row, the three images zoomed on
     a field of that size (mm, at least 3 equivalent diameters of the lesion) around it.
-    Inputs share one grid (``affine``); they are not modified.
+    ``what`` names the outlined lesions in captions ("new lesion"; "enlarging lesion" for
+    the grown parts of :mod:`mstools.activity`), ``legend`` replaces the colour legend and
+    ``figure_kind`` the figures' kind. Inputs share one grid (``affine``); they are not modified.
     """
     shape = np.shape(baseline)
     for name, volume in (("followup", followup), ("labels", labels), ("difference", difference),
@@ -272,7 +275,7 @@ def case_figures(baseline: np.ndarray, followup: np.ndarray, labels: np.ndarray,
     panels = (("baseline", view["baseline"], window), ("follow-up", view["followup"], window),
               (difference_name, view["difference"], (-half, half)))
     truth = view["truth"]
-    legend = "red: detected new lesions" + ("; cyan: ground truth" if truth is not None else "")
+    legend = legend or (f"red: detected {what}s" + ("; cyan: ground truth" if truth is not None else ""))
     rows = {str(row.get("label")): row for row in lesions}
     voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
@@ -291,9 +294,10 @@ def case_figures(baseline: np.ndarray, followup: np.ndarray, labels: np.ndarray,
     for rank, label in enumerate(ranked, 1):
         voxels, centre = detected[label]
         k = int(round(centre[2]))
-        text = _lesion_caption(label, rank, len(detected), voxels, affine, rows.get(str(label)), score_name)
+        text = _lesion_caption(label, rank, len(detected), voxels, affine, rows.get(str(label)), score_name,
+                               what=what)
         figures.append(Figure(png=draw(k, centre, voxels), caption=f"{text}; display axial slice {k}. {legend}.",
-                              kind="lesion", label=label, slice_index=k))
+                              kind=figure_kind, label=label, slice_index=k))
     if truth is not None and show_missed and np.any(truth):
         missed = missed_lesions(truth, view["labels"] > 0, voxel_mm3)
         for rank, lesion in enumerate(missed[:max(max_lesions, 0)], 1):
@@ -311,9 +315,9 @@ def case_figures(baseline: np.ndarray, followup: np.ndarray, labels: np.ndarray,
 
 
 def _lesion_caption(label: int, rank: int, total: int, voxels: int, affine: np.ndarray,
-                    row: Mapping | None, score_name: str | None = "score") -> str:
+                    row: Mapping | None, score_name: str | None = "score", *, what: str = "new lesion") -> str:
     volume = voxels * abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
-    text = f"New lesion {label} ({rank} of {total} by size): {volume:.1f} mm3"
+    text = f"{what[:1].upper()}{what[1:]} {label} ({rank} of {total} by size): {volume:.1f} mm3"
     if row is not None:
         centre = [_number(row.get(f"centroid_{axis}_mm")) for axis in "xyz"]
         if all(c is not None for c in centre):

@@ -55,7 +55,9 @@ METRIC_HEADERS = {"stage": "stage", "gt_lesions": "true lesions", "pred_lesions"
 COHORT_METRICS = ("lesion_sensitivity", "lesion_ppv", "lesion_f1", "dice")
 #: Headers of cohort.tsv's columns (mstools.run_layout.COHORT_COLUMNS) on the cohort page.
 COHORT_HEADERS = {**METRIC_HEADERS, "case": "case", "status": "status", "new_lesions": "new lesions",
-                  "new_lesion_volume_mm3": "new-lesion volume (mm3)", "seconds": "seconds"}
+                  "new_lesion_volume_mm3": "new-lesion volume (mm3)", "seconds": "seconds",
+                  "enlarging_lesions": "enlarging lesions", "active": "active",
+                  "activity_probability": "P(active)"}
 
 
 def data_uri(png: bytes) -> str:
@@ -170,6 +172,7 @@ def score_display(lesions: Sequence[Mapping], final_stage: str | None) -> ScoreD
     if not known:
         return ScoreDisplay((), None, "")
     if all(m == x for m, x in known):
+        final_stage = "filter" if final_stage == "activity" else final_stage   # activity keeps filter's scores
         if final_stage == "filter" and all(x == 1.0 for _, x in known):
             return ScoreDisplay((), None, "The filter stage's rules keep or reject a lesion; every kept lesion "
                                           "scores 1, so no score column is shown.")
@@ -187,14 +190,16 @@ def case_page(record: Mapping, *, name: str | None = None, lesions: Sequence[Map
               evaluation: Sequence[Mapping] | None = None,
               figures: Sequence[Figure] = (), qc_pictures: Sequence[tuple[str, bytes]] = (),
               config_text: str | None = None, difference_name: str = "follow-up - baseline",
-              version: str = "") -> str:
+              version: str = "", changes: Sequence[Mapping] | None = None,
+              enlarging_figures: Sequence[Figure] = ()) -> str:
     """The page of one run (``record`` is ``run.json``, see :mod:`mstools.run_layout`).
 
     ``name`` titles the page (default: the record's case; see
     :func:`mstools.report.build.case_name`). ``lesions`` are the rows of the final
     lesion table, ``evaluation`` those of ``evaluation.tsv`` (None: no evaluation; the
     record's ``metrics`` are shown when present), ``qc_pictures`` (name, PNG bytes) the
-    preprocessing QC pictures.
+    preprocessing QC pictures; ``changes`` the rows of ``lesion_changes.tsv`` and
+    ``enlarging_figures`` the enlarging lesions' pictures (the activity stage; None: off).
     """
     case = str(name or record.get("case") or "case")
     status = str(record.get("status") or "unknown")
@@ -272,6 +277,8 @@ def case_page(record: Mapping, *, name: str | None = None, lesions: Sequence[Map
                        "without outline)." if any(f.kind != "overview" for f in figures) else "") + "</p>")
         body.extend(_figure(f.png, f.caption, f"{f.kind} {f.label if f.label is not None else ''}".strip())
                     for f in figures)
+    if changes is not None:
+        body.extend(_activity_section(record.get("activity") or {}, changes, enlarging_figures))
     if qc_pictures:
         body.append("<h2>Preprocessing quality control</h2>")
         body.extend(_figure(png, name, "preprocessing QC") for name, png in qc_pictures)
@@ -280,6 +287,39 @@ def case_page(record: Mapping, *, name: str | None = None, lesions: Sequence[Map
                     f"<pre>{escape(config_text)}</pre></details>")
     body.append(f"<footer>Made by mstools {escape(version)} report.</footer>")
     return _page(f"{case}: new MS lesions", body)
+
+
+#: Columns of the lesion activity table: (header, key, format).
+CHANGE_TABLE = (("label", "label", "{}"), ("kind", "kind", "{}"), ("baseline mm3", "baseline_volume_mm3", "{:.1f}"),
+                ("follow-up mm3", "followup_volume_mm3", "{:.1f}"), ("growth mm3", "growth_mm3", "{:.1f}"),
+                ("growth %", "growth_percent", "{:.0f}"), ("location", "location", "{}"))
+
+
+def _activity_section(activity: Mapping, changes: Sequence[Mapping], figures: Sequence[Figure]) -> list[str]:
+    """Lesion activity: the patient decision, one row per change, the enlarging lesions' pictures."""
+    probability = number(activity.get("activity_probability"))
+    active = activity.get("active")
+    decision = "n/a" if active is None else ("yes" if active else "no")
+    body = ["<h2>Lesion activity</h2>", '<dl class="summary">' + "".join(
+        f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in (
+            ("radiologically active", decision + (f" (probability {probability:.2f})" if probability is not None
+                                                  else "")),
+            ("new / enlarging / shrinking", " / ".join(str(activity.get(f"{kind}_lesions", "n/a"))
+                                                       for kind in ("new", "enlarging", "shrinking"))),
+            ("baseline lesions from", _file_name(activity["baseline_lesions"]) if activity.get("baseline_lesions")
+             else "none given: every change is counted as new"))) + "</dl>"]
+    if changes:
+        body.append(_table([h for h, _, _ in CHANGE_TABLE],
+                           [[cell(r.get(key), fmt) if fmt != "{}" else escape(str(r.get(key, "")))
+                             for _, key, fmt in CHANGE_TABLE] for r in changes], text_columns=(1, 6)))
+    body.append('<p class="note">New: a change that wraps round no baseline lesion; enlarging: a change round '
+                "a baseline lesion (its grown part); shrinking: a baseline lesion partly gone "
+                "(mstools.activity). The probability is a logistic model of the top lesion score and the "
+                "numbers of changes, calibrated on simulated patients.</p>")
+    if figures:
+        body.append(f"<h3>Enlarging lesions ({len(figures)})</h3>")
+        body.extend(_figure(f.png, f.caption, f"enlarging {f.label}") for f in figures)
+    return body
 
 
 # --------------------------------------------------------------------------- cohort page
@@ -362,7 +402,7 @@ def cohort_page(rows: Sequence[Mapping], *, title: str = "cohort", columns: Sequ
                 cells.append(cell(r.get(c), _cohort_format(c)))
         table_rows.append(cells)
     body.append(_table([COHORT_HEADERS.get(c, c) for c in columns], table_rows,
-                       text_columns=[i for i, c in enumerate(columns) if c in ("case", "status")]))
+                       text_columns=[i for i, c in enumerate(columns) if c in ("case", "status", "active")]))
     if any(r.get("status") == "skipped" for r in rows):
         body.append(f'<p class="note">{escape(DONE_EARLIER_CASE)}</p>')
     if errors:
