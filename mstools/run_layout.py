@@ -20,8 +20,10 @@ A run folder (one case)::
 ``ground_truth`` or null: the files the detectors read, on one grid), ``config``,
 ``stages`` (name -> ``status`` ran / reused / off, ``seconds``, ``prefix``),
 ``final_stage``, ``final`` (``score``, ``mask``, ``labels``, ``table`` paths),
-``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3`` and ``metrics`` (the final stage's
-evaluation, or null). Paths in it are relative to the run folder when inside it.
+``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3``, ``metrics`` (the final stage's
+evaluation, or null) and ``outputs`` (path -> sha256 of the final files, evaluation and report: batch
+reruns a case whose files changed). Paths in it are relative to the run folder when inside it.
+A run removes an earlier ``run.json`` when it starts and writes its own last.
 
 A derivatives folder (a cohort)::
 
