@@ -257,6 +257,9 @@ def test_degenerate_scans_and_non_finite_options_are_refused(cases, tmp_path):
     huge = _case_with(tmp_path / "h", cases, **{layout.FOLLOWUP: lambda d: d * 0 + np.float32(1e30) * (d > 0)})
     line = _one_line_error(runner.invoke(app, ["subtract", str(huge), "-o", str(tmp_path / "sub")]))
     assert "overflow" in line
+    huge_baseline = _case_with(tmp_path / "hb", cases, **{layout.BASELINE: lambda d: d * np.float32(1e30 / d.max())})
+    line = _one_line_error(runner.invoke(app, ["segment", str(huge_baseline), "-o", str(tmp_path / "seg")]))
+    assert "overflow" in line and layout.BASELINE in line and not list(tmp_path.glob("seg_*"))
     line = _one_line_error(runner.invoke(app, ["subtract", str(cases / "A"), "-o", str(tmp_path / "sub"),
                                                "--k", "nan"]))
     assert "--k nan: not a finite number" in line and not list(tmp_path.glob("sub_*"))
