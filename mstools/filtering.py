@@ -78,7 +78,10 @@ def _shape_features(crop: np.ndarray, spacing: np.ndarray) -> dict[str, float]:
     calculator = radiomics_shape.RadiomicsShape(image, mask, label=1)
     for name in SHAPE_FEATURES:
         calculator.enableFeatureByName(name, True)
-    values = calculator.execute()
+    # a flat or thin candidate has a zero eigenvalue: pyradiomics' Elongation/Flatness divide by
+    # it and come out NaN (NaN features never reject); NumPy's warning about it is not the user's
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = calculator.execute()
     return {f"shape_{name}": _real_feature(values[name]) for name in SHAPE_FEATURES}
 
 

@@ -26,8 +26,11 @@ A run folder (one case)::
 ``final_stage``, ``final`` (``score``, ``mask``, ``labels``, ``table`` paths),
 ``final_native`` (raw input only), ``new_lesions``, ``new_lesion_volume_mm3``, ``activity``
 (the activity stage's patient summary: ``active``, ``activity_probability``, counts of new,
-enlarging and shrinking lesions; null when the stage is off) and ``metrics`` (the final
-stage's evaluation, or null). Paths in it are relative to the run folder when inside it.
+enlarging and shrinking lesions; null when the stage is off), ``metrics`` (the final
+stage's evaluation, or null) and ``outputs`` (path -> sha256 of the final files, evaluation
+and report: batch reruns a case whose files changed). Paths in it are relative to the run
+folder when inside it. A run removes an earlier ``run.json`` when it starts and writes its
+own last.
 
 A derivatives folder (a cohort)::
 

@@ -144,6 +144,24 @@ def test_no_command_writes_over_a_file_it_reads(cases, tmp_path):
     assert not (case / "subtract").exists()
 
 
+def test_simulate_and_train_never_write_over_what_they_read(cases, tmp_path):
+    case = tmp_path / "case"
+    shutil.copytree(cases / "A", case)
+    before = {p.name: p.read_bytes() for p in case.iterdir()}
+    result = runner.invoke(app, ["simulate", str(case), "--background-flair", str(case / layout.FOLLOWUP),
+                                 "--background-brain-mask", str(case / layout.BRAIN_MASK), "--background-lesions",
+                                 str(case / layout.LESIONS_FOLLOWUP), "--n-new", "1", "--force"])
+    line = _one_line_error(result, logs=True)
+    assert "is one of the inputs" in line
+    assert {p.name: p.read_bytes() for p in case.iterdir()} == before
+    run = tmp_path / "W"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"weights to fine-tune")
+    line = _one_line_error(runner.invoke(app, ["train", str(run), "--cases", str(cases / "A"), "--init-weights",
+                                               str(run / "model.pt"), "--force"]))
+    assert "would be overwritten" in line and (run / "model.pt").read_bytes() == b"weights to fine-tune"
+
+
 # 4 ------------------------------------------------------------------ model files
 
 
@@ -186,6 +204,36 @@ def test_a_malformed_or_truncated_model_is_refused_before_lightgbm(cases, tmp_pa
     assert str(model) in line and "retrain" in line
 
 
+def _edit_first_tree(text, key, values):
+    """The model text with tree 0's ``key`` array set to ``values``, its tree_sizes entry kept true."""
+    head, rest = text.split(f"\n{key}=", 1)
+    line, tail = rest.split("\n", 1)
+    new_line = " ".join(str(v) for v in values)
+    sizes = text.split("tree_sizes=", 1)[1].split("\n", 1)[0].split()
+    resized = " ".join([str(int(sizes[0]) + len(new_line) - len(line)), *sizes[1:]])
+    edited = head + f"\n{key}=" + new_line + "\n" + tail
+    return edited.replace("tree_sizes=" + " ".join(sizes), "tree_sizes=" + resized, 1)
+
+
+def test_a_model_whose_nodes_do_not_form_a_tree_is_refused(tmp_path):
+    """A child index in range can still make a cycle, on which LightGBM's prediction loops
+    for ever (filter hung); or a node reached twice and another never."""
+    from mstools.model_cards import FILTER_DEFAULT, load_filter_model
+
+    text = FILTER_DEFAULT.read_text()
+    card = json.loads(Path(str(FILTER_DEFAULT) + ".card.json").read_text())
+    plain = {"features": card["features"], "threshold": 0.5}   # no sha256: the structure is what is checked
+    left = [int(v) for v in text.split("\nleft_child=", 1)[1].split("\n", 1)[0].split()]
+    right = [int(v) for v in text.split("\nright_child=", 1)[1].split("\n", 1)[0].split()]
+    assert len(left) > 2
+    loop = _edit_first_tree(_edit_first_tree(text, "left_child", [0, *left[1:]]), "right_child", [0, *right[1:]])
+    twice = _edit_first_tree(text, "left_child", [right[0], *left[1:]])
+    for bad in (loop, twice):
+        with pytest.raises(InputError, match="do not form a tree"):
+            load_filter_model(_model_copy(tmp_path, bad, plain))
+    assert load_filter_model(_model_copy(tmp_path, text, plain))[0] == text
+
+
 # 5 ------------------------------------------------------------------ silent wrong results
 
 
@@ -209,6 +257,9 @@ def test_degenerate_scans_and_non_finite_options_are_refused(cases, tmp_path):
     huge = _case_with(tmp_path / "h", cases, **{layout.FOLLOWUP: lambda d: d * 0 + np.float32(1e30) * (d > 0)})
     line = _one_line_error(runner.invoke(app, ["subtract", str(huge), "-o", str(tmp_path / "sub")]))
     assert "overflow" in line
+    huge_baseline = _case_with(tmp_path / "hb", cases, **{layout.BASELINE: lambda d: d * np.float32(1e30 / d.max())})
+    line = _one_line_error(runner.invoke(app, ["segment", str(huge_baseline), "-o", str(tmp_path / "seg")]))
+    assert "overflow" in line and layout.BASELINE in line and not list(tmp_path.glob("seg_*"))
     line = _one_line_error(runner.invoke(app, ["subtract", str(cases / "A"), "-o", str(tmp_path / "sub"),
                                                "--k", "nan"]))
     assert "--k nan: not a finite number" in line and not list(tmp_path.glob("sub_*"))
@@ -234,6 +285,38 @@ def test_a_truncated_stage_output_is_not_reused(cases, tmp_path):
     record = json.loads((out / rl.RUN_RECORD).read_text())
     assert record["stages"]["filter"]["status"] == "ran" and record["stages"]["subtract"]["status"] == "reused"
     assert read_mask(out / "new_lesions_mask.nii.gz").shape == read_mask(cases / "A" / layout.BRAIN_MASK).shape
+
+
+def test_batch_does_not_skip_a_finished_case_whose_files_changed(cases, tmp_path):
+    from mstools.pipeline.cohort import finished_record
+
+    out = tmp_path / "A"
+    shutil.copytree(cases / "runA", out)
+    key = json.loads((out / rl.RUN_RECORD).read_text())["run_key"]
+    assert finished_record(out, key) is not None
+    for name in ("new_lesions_mask.nii.gz", rl.EVALUATION):
+        saved = (out / name).read_bytes()
+        (out / name).write_bytes(saved[:200])
+        assert finished_record(out, key) is None, name
+        (out / name).write_bytes(saved)
+    assert finished_record(out, key) is not None
+
+
+def test_a_run_that_starts_takes_the_folder_out_of_complete(cases, tmp_path, monkeypatch):
+    """A run killed while it changes a finished folder leaves no run.json that calls it complete."""
+    import mstools.pipeline.run as run
+
+    out = tmp_path / "R"
+    shutil.copytree(cases / "runA", out)
+
+    def killed(*args, **kwargs):
+        assert not (out / rl.RUN_RECORD).exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_run", killed)
+    result = runner.invoke(app, ["run", str(cases / "A"), "-o", str(out), "-c", str(cases / "nr.yaml")])
+    assert result.exit_code == 130 and not (out / rl.RUN_RECORD).exists()
+    assert (out / "subtract" / rl.STAGE_RECORD).is_file()   # the stages stay for reuse
 
 
 # 7 ------------------------------------------------------------------ geometry
@@ -311,6 +394,26 @@ def test_an_output_path_that_is_a_folder_and_a_card_of_the_wrong_shape(cases, tm
                                                str(cases / "runA" / "subtract" / "subtract"),
                                                "-o", str(tmp_path / "f"), "--model", str(model)]))
     assert "not a model card" in line
+    card = json.loads(Path(str(DEFAULT_REFINE) + ".card.json").read_text())
+    for change, words in (({"sampling": {"dilation": 3}}, "card's sampling"), ({"bias_sigma_mm": None}, "bias_sigma_mm")):
+        model = _model_copy(tmp_path, DEFAULT_REFINE.read_text(), {**card, **change})
+        line = _one_line_error(runner.invoke(app, ["refine", str(cases / "A"), "-c",
+                                                   str(cases / "runA" / "subtract" / "subtract"),
+                                                   "-o", str(tmp_path / "r"), "--model", str(model)]))
+        assert words in line and str(model) in line and not list(tmp_path.glob("r_*"))
+    line = _one_line_error(runner.invoke(app, ["run", str(cases / "A"), "-o", str(model), "-c",
+                                               str(cases / "nr.yaml")]))
+    assert "is a file, not a folder" in line
+
+
+def test_a_deep_model_card_that_is_not_one_is_one_line(tmp_path):
+    from mstools.deep.cards import card_path, read_card
+
+    weights = tmp_path / "model.pt"
+    for text in ("{broken", "[1, 2]"):
+        card_path(weights).write_text(text)
+        with pytest.raises(InputError, match="model card"):
+            read_card(weights)
 
 
 def test_an_environment_oserror_is_not_an_internal_error(cases, tmp_path):
@@ -335,6 +438,8 @@ def test_an_environment_oserror_is_not_an_internal_error(cases, tmp_path):
     ("filter: {model: missing.txt}", "file not found"),
     ("refine: {model: [a, b]}", "refine.model must be one value"),
     ("filter: {min_contrast: {a: 1}}", "filter.min_contrast must be one value"),
+    ("segment: {enabled: true, weights: c.yaml}", "not a readable mstools weight file"),
+    ("register: {enabled: true, parameters: c.yaml}", "is not an elastix entry"),
 ])
 def test_a_bad_config_value_is_one_line_before_any_stage(cases, tmp_path, config, message):
     path = tmp_path / "c.yaml"
@@ -342,6 +447,27 @@ def test_a_bad_config_value_is_one_line_before_any_stage(cases, tmp_path, config
     line = _one_line_error(runner.invoke(app, ["run", str(cases / "A"), "-o", str(tmp_path / "R"), "-c",
                                                str(path)]))
     assert message in line and not (tmp_path / "R").exists()
+
+
+def test_a_one_voxel_candidates_shape_features_warn_nothing():
+    """pyradiomics divides by a one-voxel candidate's zero eigenvalues: NaN features, and a NumPy
+    warning that came before a failing run's one line (and in every filter's output)."""
+    import warnings
+
+    from mstools.filtering import candidate_features
+
+    shape = (12, 12, 8)
+    labels = np.zeros(shape, np.int32)
+    labels[5, 5, 4] = 1                           # elongation and flatness: 0 / 0
+    brain = np.zeros(shape, bool)
+    brain[1:-1, 1:-1, 1:-1] = True
+    rng = np.random.default_rng(0)
+    scans = {name: rng.normal(100, 5, shape).astype(np.float32) for name in ("baseline", "followup")}
+    with warnings.catch_warnings(record=True) as caught:   # (as errors they would be caught as a failure)
+        warnings.simplefilter("always")
+        rows = candidate_features(labels, **scans, brain=brain, affine=oblique_affine(), csf=np.zeros(shape, bool))
+    assert [str(w.message) for w in caught] == []
+    assert len(rows) == 1 and np.isnan(rows[0]["shape_Flatness"]) and np.isnan(rows[0]["shape_Elongation"])
 
 
 # 10 ----------------------------------------------------------------- interruption

@@ -100,11 +100,20 @@ def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weight
 
 
 def read_card(weights: str | os.PathLike) -> dict | None:
+    """The card beside a weight file (None when there is none); an unreadable one is an InputError."""
     p = card_path(weights)
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(p, encoding="utf-8") as handle:
+            card = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{p}: unreadable model card ({' '.join(str(exc).split())}); keep the card that "
+                         "mstools train wrote beside the weights, or remove it") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{p}: not a model card (a JSON object was expected); keep the card that mstools train "
+                         "wrote beside the weights, or remove it")
+    return card
 
 
 def write_card(weights: str | os.PathLike, card: dict) -> Path:

@@ -127,6 +127,17 @@ def _read_background(options: dict, volume_mm3) -> dict:
 
 
 
+def _background_inputs(background: dict | None) -> list[Path]:
+    """The files a background simulation reads (its images and the lesion library's files)."""
+    if background is None:
+        return []
+    options = background["options"]
+    paths = [Path(p) for key, p in options.items() if key != "library" and p is not None]
+    if options.get("library") is not None:
+        paths += [p for p in Path(options["library"]).rglob("*") if p.is_file()]
+    return paths
+
+
 def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, cohort_root: Path | None,
                   background: dict | None = None):
     import numpy as np
@@ -145,9 +156,11 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
               layout.LESIONS_FOLLOWUP]) + [layout.BRAIN_MASK, layout.TISSUES]
     if config.acquisitions:
         names += [RAW_BASELINE, RAW_FOLLOWUP]
-    # fail before the work, not after it (a missing folder and its parents are created)
-    check_outputs([folder / name for name in names], force=force)
-    check_outputs([folder / layout.TRUTH], force=force, sidecars=False)
+    # fail before the work, not after it (a missing folder and its parents are created);
+    # the background images and lesion library are read, never written over (--force or not)
+    read = _background_inputs(background)
+    check_outputs([folder / name for name in names], inputs=read, force=force)
+    check_outputs([folder / layout.TRUTH], inputs=read, force=force, sidecars=False)
     log(f"simulating {folder} (seed {config.seed})")
     inputs = {}
     if background is not None:
@@ -172,7 +185,7 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
             return np.clip(np.round(data), -32768, 32767).astype(np.int16)
         return data
 
-    with OutputBatch(force=force, create_dirs=True) as out:
+    with OutputBatch(inputs=read, force=force, create_dirs=True) as out:
         images = ([(layout.SINGLE_FLAIR, flair(result.flair), dtype),
                    (layout.SINGLE_LESIONS, (result.lesions > 0), np.uint8)] if single else
                   [(layout.BASELINE, flair(result.baseline), dtype),

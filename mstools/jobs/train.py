@@ -175,9 +175,14 @@ def training_folders(cases: Optional[List[Path]], val: Optional[List[Path]],
     return train_folders, val_folders
 
 
-def _check_run_folder(output: Path, *, resume: bool, force: bool) -> Path:
+def _check_run_folder(output: Path, *, resume: bool, force: bool, inputs: tuple = ()) -> Path:
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; choose another run folder")
+    written = [output / name for name in (MODEL, MODEL.removesuffix(".pt") + ".card.json", LOG, CHECKPOINT)]
+    for source in (Path(p) for p in inputs if p is not None):
+        if any(source.resolve() == target.resolve() for target in written):
+            raise InputError(f"{source}: is an input of the training and would be overwritten by it; copy it "
+                             f"elsewhere or choose another run folder than {output} (inputs are never modified)")
     checkpoint = output / CHECKPOINT
     if resume and not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no checkpoint to resume from; run without --resume first")
@@ -301,7 +306,7 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
               progress: Optional[Callable[[int, int, float], None]] = None) -> JobResult:
     """Train (or resume) a network in the run folder ``output``; the best model on validation
     (the last without validation) is ``model.pt`` with its card. ``progress(iteration, total, loss)``."""
-    checkpoint = _check_run_folder(output, resume=resume, force=force)
+    checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=() if resume else (init_weights,))
     import torch
 
     from mstools.deep.inference import select_device

@@ -119,12 +119,17 @@ def cohort_row(case: str, record: dict, *, status: str, seconds: float, run_fold
 
 
 def finished_record(run_dir: Path, key: str) -> Optional[dict]:
-    """The run record of a case already done with this key, else None."""
+    """The run record of a case already done with this key and whose outputs are intact
+    (their sha256 as the record has them), else None."""
+    from mstools.pipeline.run import final_outputs_intact
+
     try:
         record = json.loads((run_dir / rl.RUN_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    return record if record.get("status") == "complete" and record.get("run_key") == key else None
+    if not isinstance(record, dict) or record.get("status") != "complete" or record.get("run_key") != key:
+        return None
+    return record if final_outputs_intact(run_dir, record) else None
 
 
 @dataclass

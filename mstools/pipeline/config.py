@@ -198,3 +198,22 @@ def check_config_files(config: dict, base: Path) -> None:
                     load_filter_model(path)
                 elif (stage, name) == ("refine", "model"):
                     load_refine_model(path)
+                elif (stage, name) == ("segment", "weights"):
+                    _check_weights(path, config["segment"]["model"])
+    if enabled(config, "register") and config["register"].get("parameters"):
+        from mstools.registration.detector import parameter_maps
+
+        value = config["register"]["parameters"]
+        parameter_maps([resolve(base, v) for v in (value if isinstance(value, list) else [value])],
+                       config["register"].get("grid_spacing_mm"), config["register"].get("bending_weight"))
+
+
+def _check_weights(path: Path, model: str) -> None:
+    """A segment weight file is an mstools weight file of the configured network (its card readable)."""
+    from mstools.deep.cards import load_weights, read_card
+
+    weights, _, _ = load_weights(path)
+    read_card(path)
+    if weights.model != model:
+        raise InputError(f"config: segment.weights: {path}: weights of a {weights.model} model, not {model}; "
+                         f"set segment.model: {weights.model}")

@@ -100,6 +100,8 @@ def run_case(case: CaseInput, run_dir: Path, config: Optional[dict] = None, base
     check_config_files(config, base)
     _check_ground_truth(case, config)
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: is a file, not a folder; choose another run folder")
     _check_inputs_are_not_outputs(case, run_dir, config, base, config_file)
     created = not run_dir.exists()
     try:
@@ -109,6 +111,9 @@ def run_case(case: CaseInput, run_dir: Path, config: Optional[dict] = None, base
     with rl.RunLock(run_dir, case.case):
         try:
             remove_stale_parts(run_dir, recursive=True)   # left by a killed run
+            # the folder is about to change: until this run writes its own record, no earlier
+            # run.json may call it complete (batch would skip it)
+            (run_dir / rl.RUN_RECORD).unlink(missing_ok=True)
             return _run(case, run_dir, config, base, verbose=verbose, progress=progress or RunProgress())
         except BaseException:
             if created and run_dir.exists() and not any(run_dir.rglob(rl.STAGE_RECORD)):
@@ -217,6 +222,21 @@ def _outputs_intact(run_dir: Path, stage: str) -> bool:
     for path in STAGES[stage].outputs(run_dir):
         name = _relative(path, run_dir)
         if not path.is_file() or recorded.get(name) != sha256(path):
+            return False
+    return True
+
+
+def final_outputs_intact(run_dir: Path, record: dict) -> bool:
+    """The files a finished run's record hashed (final result, evaluation, report) are still
+    those files: a truncated or replaced one makes the run unfinished."""
+    from mstools.io import sha256
+
+    recorded = record.get("outputs")
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    for name, digest in recorded.items():
+        path = Path(run_dir) / str(name)
+        if not path.is_file() or sha256(path) != digest:
             return False
     return True
 
@@ -446,7 +466,18 @@ def _finish(case: CaseInput, run_dir: Path, case_dir: Path, config: dict, outcom
         except BaseException:
             (run_dir / rl.RUN_RECORD).unlink(missing_ok=True)
             raise
-    # run.json "complete" last: it marks the run complete (batch skips a case by it)
+    # run.json "complete" last: it marks the run complete (batch skips a case by it, after
+    # checking that these files are still the ones hashed here)
+    from mstools.io import sha256
+
+    kept = [Path(target[kind]) for kind in ("score", "mask", "labels", "table")]
+    kept += [run_dir / rl.EVALUATION] if evaluation else []
+    if record["activity"] is not None:
+        kept += [run_dir / f"{rl.ENLARGING_PREFIX}_{kind}.nii.gz" for kind in ("mask", "labels")]
+        kept += [run_dir / rl.LESION_CHANGES]
+    kept += [run_dir / name for name in record.get("final_native", {}).values()]
+    kept += [run_dir / rl.REPORT] if config["report"] and (run_dir / rl.REPORT).is_file() else []
+    record["outputs"] = {_relative(path, run_dir): sha256(path) for path in kept}
     with OutputBatch(force=True) as batch:
         batch.json(run_dir / rl.RUN_RECORD, record)
     return RunResult(record, evaluation)

@@ -234,6 +234,18 @@ class RefineModel:
         if names != list(self.card.get("features", [])) or names != expected:
             raise ValueError(f"the model's features {names[:3]}... (card: set {feature_set!r}) are not this "
                              f"version's {feature_set!r} features")
+        # the card's other values are used only when predicting: checked now, not after the work
+        sampling = self.card.get("sampling", {})
+        try:
+            if not isinstance(sampling, dict) or not all(math.isfinite(float(v)) for v in sampling.values()):
+                raise ValueError
+            SamplingOptions(**sampling)
+        except (TypeError, ValueError):
+            raise ValueError(f"the card's sampling {sampling!r} is not dilation_mm (>= 0) and background_fraction "
+                             "(0 to 1)") from None
+        sigma = self.card.get("bias_sigma_mm", BIAS_SIGMA_MM)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"the card's bias_sigma_mm {sigma!r} is not a number of mm (>= 0)")
 
     @property
     def features(self) -> list[str]:

@@ -170,4 +170,29 @@ def check_model_text(text: str, card: dict, *, sha256: str | None = None) -> Tre
         if inner and ((children >= inner).any() or (~children[children < 0] >= leaves).any()
                       or (tree.feature < 0).any() or (tree.feature >= n_features).any()):
             raise ValueError(f"tree {number}: a child or feature index out of range (the file was edited)")
+        if inner and not _is_tree(tree.left, tree.right, leaves):
+            raise ValueError(f"tree {number}: its nodes do not form a tree (a node reached twice or never, "
+                             "the file was edited)")
     return ensemble
+
+
+def _is_tree(left: np.ndarray, right: np.ndarray, leaves: int) -> bool:
+    """Whether the child arrays, walked from node 0, reach every inner node and every leaf
+    exactly once. A node reached twice can be a cycle, on which LightGBM's prediction loops
+    for ever (a child index in range is not enough)."""
+    inner_seen = np.zeros(len(left), dtype=bool)
+    leaf_seen = np.zeros(leaves, dtype=bool)
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        if inner_seen[node]:
+            return False
+        inner_seen[node] = True
+        for child in (int(left[node]), int(right[node])):
+            if child >= 0:
+                stack.append(child)
+            elif leaf_seen[~child]:
+                return False
+            else:
+                leaf_seen[~child] = True
+    return bool(inner_seen.all() and leaf_seen.all())
