@@ -86,12 +86,13 @@ def ingredients(case: Path, run: Path, source: str) -> dict:
     from mstools.io import read_image, read_labels, read_mask, read_tsv
 
     brain = read_mask(case / layout.BRAIN_MASK).data > 0
-    final = read_mask(run / "new_lesions_mask.nii.gz")
+    final = read_mask(run / "filter" / "filter_mask.nii.gz")      # the chain's new lesions before activity
     baseline_path = (case / layout.LESIONS_BASELINE if source == "user"
                      else run / "coactseg" / "coactseg_all_time01_mask.nii.gz")
     tissues = read_labels(case / layout.TISSUES).data
     return {"affine": final.affine, "brain": brain, "final": final.data > 0,
-            "score": read_image(run / "new_lesions_score.nii.gz").data,
+            "score": read_image(run / "filter" / "filter_score.nii.gz").data,
+            "labels": read_labels(run / "filter" / "filter_labels.nii.gz").data,
             "candidates": read_mask(run / "subtract" / "subtract_mask.nii.gz").data > 0,
             "subtraction": read_image(run / "subtract" / "subtract_subtraction.nii.gz").data,
             "n_candidates": len(read_tsv(run / "subtract" / "subtract_lesions.tsv")),
@@ -105,6 +106,7 @@ def classify(parts: dict, *, rim: float, shrink: float, k: float = 2.5):
     decrease = act.decrease_mask(parts["subtraction"], parts["brain"], k=k)
     return act.classify_changes(parts["final"], parts["candidates"], parts["baseline"], decrease,
                                 affine=parts["affine"], score=parts["score"], locate=parts["locate"],
+                                lesion_labels=parts["labels"],
                                 rim_coverage_min=rim, shrink_fraction_min=shrink)
 
 
@@ -114,6 +116,9 @@ def score_case(truth: dict, parts: dict, result) -> dict:
 
     counts = metrics.score_changes(truth["changes"], result.new_labels > 0, result.enlarging_labels > 0)
     counts["reported_enlarging"] = result.count("enlarging")
+    chain = metrics.score_changes(truth["changes"], parts["final"], np.zeros_like(parts["final"]))
+    counts["enlarging_as_new_before"] = chain["enlarging_as_new"]
+    counts["shrinking_as_new_before"] = chain["shrinking_as_new"]
     if truth["new"].any():      # new-lesion accuracy before (the run's filter) and after the classification
         before = evaluate_case(parts["final"], truth["new"], affine=parts["affine"]).metrics
         after = evaluate_case(result.new_labels > 0, truth["new"], affine=parts["affine"]).metrics
@@ -187,6 +192,8 @@ def main() -> None:
     print(f"enlarging LTPR {s['enlarging_ltpr']:.3f} ({s['enlarging_detected']}/{s['enlarging']}); reported as new: "
           f"enlarging {s['enlarging_as_new']:.3f}, shrinking {s['shrinking_as_new']:.3f}, both "
           f"{s['changed_as_new']:.3f}; kind accuracy {s['kind_accuracy']:.3f}")
+    print(f"before the classification (the filter's lesions): enlarging reported as new "
+          f"{s['enlarging_as_new_before']}/{s['enlarging']}, shrinking {s['shrinking_as_new_before']}/{s['shrinking']}")
     print(f"new lesions (patients with new lesions): F1 {s['f1_before']:.3f} -> {s['f1_after']:.3f}, Dice "
           f"{s['dice_before']:.3f} -> {s['dice_after']:.3f}")
     print(f"patient: sensitivity {decision['sensitivity']:.3f} specificity {decision['specificity']:.3f} "

@@ -33,7 +33,6 @@ import numpy as np
 from scipy import ndimage
 
 from mstools.lesions import label_components
-from mstools.subtraction import erode_mm
 
 #: Thickness (mm) of a baseline lesion's outer rim, the band where growth appears:
 #: one 1 mm step of the morphology used by subtract (mstools.subtraction.STEP_MM).
@@ -115,6 +114,15 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
+def voxels_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Label -> its voxels' indices (N x 3), for every label present."""
+    found = {}
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            found[label] = np.argwhere(labels[box] == label) + [b.start for b in box]
+    return found
+
+
 def _padded_box(mask: np.ndarray, margin) -> tuple[slice, ...]:
     """The bounding box of ``mask`` grown by ``margin`` voxels per axis, inside the grid."""
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
@@ -165,8 +173,9 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
 
     # the baseline lesions' centroids (voxels) and equivalent-sphere radii (mm)
     if n_base:
-        centres = np.vstack([np.zeros(3), np.asarray(ndimage.center_of_mass(
-            baseline_lesions, base_labels, np.arange(1, n_base + 1)), dtype=np.float64).reshape(-1, 3)])
+        centres = np.zeros((n_base + 1, 3))
+        for label, where_box in enumerate(ndimage.find_objects(base_labels), start=1):
+            centres[label] = np.argwhere(base_labels[where_box] == label).mean(axis=0) + [b.start for b in where_box]
         radii = np.cbrt(3.0 * base_sizes * voxel_mm3 / (4.0 * np.pi))
 
     changes_mask = (increase_mask | new_mask) & ~baseline_lesions
@@ -188,11 +197,11 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
             new_parts.append(label)
 
     rows = []
-    peak = (lambda region: round(float(score[region].max()), 4)   # "" where the detector did not score
-            if score is not None and region.any() and score[region].max() > 0 else "")
-    centroid = (lambda region: np.asarray(affine, dtype=np.float64)[:3] @ np.append(
-        np.argwhere(region).mean(axis=0), 1.0))
-    where = (lambda region: locate(region) if locate is not None else "unknown")
+    matrix = np.asarray(affine, dtype=np.float64)
+    peak = (lambda voxels: round(float(score[tuple(voxels.T)].max()), 4)   # "" where the detector did not score
+            if score is not None and len(voxels) and score[tuple(voxels.T)].max() > 0 else "")
+    centroid = (lambda voxels: matrix[:3, :3] @ voxels.mean(axis=0) + matrix[:3, 3])
+    where = (lambda voxels: locate(voxels) if locate is not None else "unknown")
 
     lookup = np.zeros(n_change + 1, dtype=np.int32)
     for number, label in enumerate(new_parts, start=1):
@@ -206,31 +215,30 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
                              minlength=len(kept)) > 0
         kept[np.flatnonzero(is_new)] = np.arange(1, int(is_new.sum()) + 1)
         new_labels = kept[lesion_labels].astype(np.int32)
-    for number in range(1, int(new_labels.max()) + 1):
-        region = new_labels == number
-        rows.append(_row(number, "new", "", 0.0, region.sum() * voxel_mm3, centroid(region), where(region),
-                         peak(region)))
+    for number, voxels in voxels_by_label(new_labels).items():
+        rows.append(_row(number, "new", "", 0.0, len(voxels) * voxel_mm3, centroid(voxels), where(voxels),
+                         peak(voxels)))
 
     lookup[:] = 0
     for b, labels in grown_by.items():
         lookup[labels] = b
     enlarging_labels = np.where(baseline_lesions, 0, lookup[change_labels]).astype(np.int32)
-    grown_sizes = np.bincount(enlarging_labels.ravel(), minlength=n_base + 1)
+    grown_voxels = voxels_by_label(enlarging_labels)
+    base_voxels = voxels_by_label(base_labels)
     lost = np.bincount(base_labels[decrease].ravel(), minlength=n_base + 1)
     for b in range(1, n_base + 1):
-        growth, before = grown_sizes[b] * voxel_mm3, base_sizes[b] * voxel_mm3
-        if grown_sizes[b] and growth >= min_change_mm3:
-            grown = enlarging_labels == b
+        grown = grown_voxels.get(b, np.zeros((0, 3), dtype=np.int64))
+        growth, before = len(grown) * voxel_mm3, base_sizes[b] * voxel_mm3
+        if len(grown) and growth >= min_change_mm3:
             after = before + growth - lost[b] * voxel_mm3
             rows.append(_row(b, "enlarging", b, before, after, centroid(grown),
-                             where(grown | (base_labels == b)), peak(grown)))
+                             where(np.vstack([grown, base_voxels[b]])), peak(grown)))
             continue
-        if grown_sizes[b]:                              # a growth too small to report
-            enlarging_labels[enlarging_labels == b] = 0
+        if len(grown):                                  # a growth too small to report
+            enlarging_labels[tuple(grown.T)] = 0
         if lost[b] >= shrink_fraction_min * base_sizes[b] and lost[b] * voxel_mm3 >= min_change_mm3:
-            region = base_labels == b
-            rows.append(_row(b, "shrinking", b, before, before - lost[b] * voxel_mm3, centroid(region),
-                             where(region), ""))
+            rows.append(_row(b, "shrinking", b, before, before - lost[b] * voxel_mm3, centroid(base_voxels[b]),
+                             where(base_voxels[b]), ""))
     return ActivityResult(new_labels, enlarging_labels, base_labels.astype(np.int32), rows)
 
 
@@ -269,7 +277,9 @@ class Locator:
         self.to_ventricle = DistanceToMask(ventricles, spacing)
         self.to_cortex = (DistanceToMask((np.asarray(grey_matter) > 0) & brain, spacing)
                           if grey_matter is not None else None)
-        world = np.argwhere(brain) @ self.affine[:3, :3].T + self.affine[:3, 3]
+        # the brain's world box from its surface (the voxels next to it, which the depth tree holds)
+        surface = self.to_outside.tree.data / spacing if self.to_outside.tree is not None else np.argwhere(brain)
+        world = surface @ self.affine[:3, :3].T + self.affine[:3, 3]
         self.low, self.high = world.min(axis=0), world.max(axis=0)
 
     def is_infratentorial(self, voxels: np.ndarray) -> np.ndarray:
@@ -280,7 +290,9 @@ class Locator:
                 & (fraction[:, 1] < INFRATENTORIAL_FRACTIONS["posterior"]))
 
     def __call__(self, region: np.ndarray) -> str:
-        voxels = np.argwhere(np.asarray(region) > 0)
+        """``region``: a mask on the grid, or its voxels' indices (N x 3)."""
+        region = np.asarray(region)
+        voxels = region if region.ndim == 2 and region.shape[1] == 3 else np.argwhere(region > 0)
         if not len(voxels):
             return "unknown"
         if self.is_infratentorial(voxels).mean() > 0.5:

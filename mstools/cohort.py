@@ -5,8 +5,9 @@ Two folders are matched by case name:
 * ground-truth folder: ``<case>.nii.gz`` (or ``.nii``) files, or case folders
   ``<case>/ground_truth.nii.gz`` (the layout of :mod:`mstools.case_layout`);
 * prediction folder: ``<case>.nii.gz``, or the detector outputs ``<case>_mask.nii.gz``
-  / ``<case>_score.nii.gz`` (:mod:`mstools.detections`), or a folder ``<case>/`` holding
-  exactly one ``*_mask.nii.gz`` (or ``*_score.nii.gz``). A score map is preferred
+  / ``<case>_score.nii.gz`` (:mod:`mstools.detections`), or a run folder ``<case>/``
+  (``mstools run``/``batch``: its final ``new_lesions_mask``/``_score``), or a folder
+  ``<case>/`` holding exactly one ``*_mask.nii.gz`` (or ``*_score.nii.gz``). A score map is preferred
   when a threshold is given, a mask otherwise.
 
 A manifest is a TSV with the columns ``case``, ``prediction`` and ``ground_truth``;
@@ -25,6 +26,7 @@ from mstools.case_layout import GROUND_TRUTH
 from mstools.errors import InputError
 from mstools.io import NIFTI_SUFFIXES, read_tsv, strip_nifti_suffix
 from mstools.detections import LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX
+from mstools.run_layout import FINAL_PREFIX, RUN_RECORD
 
 MANIFEST_COLUMNS = ("case", "prediction", "ground_truth")
 
@@ -85,6 +87,11 @@ def prediction_files(folder: str | Path, *, prefer_score: bool = False) -> dict[
             else:
                 case, kind = strip_nifti_suffix(name), "plain"
             candidates.setdefault(case, {})[kind] = entry
+        elif entry.is_dir() and (entry / RUN_RECORD).is_file():   # a run folder: its final new lesions
+            for kind, suffix in (("mask", MASK_SUFFIX), ("score", SCORE_SUFFIX)):
+                final = entry / (FINAL_PREFIX + suffix)
+                if final.is_file():
+                    candidates.setdefault(entry.name, {})[kind] = final
         elif entry.is_dir():
             for kind, suffix in (("mask", MASK_SUFFIX), ("score", SCORE_SUFFIX)):
                 inside = sorted(entry.glob("*" + suffix))

@@ -233,6 +233,10 @@ def test_run_classifies_changes_and_evaluate_scores_them(case, tmp_path):
     assert summary["scored"] == 1 and summary["enlarging"] == 1 and summary["shrinking"] == 1
     assert summary["patient"]["active"] == 1
     assert (tmp_path / "scores" / "activity_cases.tsv").is_file()
+    # a run folder holds new_lesions_mask and enlarging_lesions_mask: evaluate reads the final one
+    result = runner.invoke(app, ["evaluate", "--pred-dir", str(runs), "--gt-dir", str(case), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "new_lesions_mask.nii.gz" in result.stdout and "enlarging" not in result.stdout
 
 
 def test_config_refuses_activity_without_its_inputs(case, tmp_path):
