@@ -14,7 +14,9 @@ torch = pytest.importorskip("torch")
 from mstools_cli.main import app  # noqa: E402
 from mstools import case_layout as layout  # noqa: E402
 from mstools.deep import MODELS  # noqa: E402
-from mstools.deep.cards import card_path, default_weights, file_sha256, read_card, save_weights  # noqa: E402
+from mstools.deep.weights import save_weights  # noqa: E402
+from mstools.io import sha256 as file_sha256  # noqa: E402
+from mstools.models import card_path, packaged_model, read_card  # noqa: E402
 from mstools.deep.config import ModelConfig  # noqa: E402
 from mstools.deep.networks import build_model  # noqa: E402
 from tests.conftest import oblique_affine, save_nifti  # noqa: E402
@@ -213,7 +215,7 @@ def test_train_from_a_manifest_never_reads_test_rows(tmp_path):
 def test_default_weights_ship_with_a_card_and_load_strictly(model):
     from mstools.deep.predictor import Predictor
 
-    path = default_weights(model)
+    path = packaged_model("deep", model)
     assert path.is_file(), f"default weights missing: {path}"
     assert path.stat().st_size < 5 * 1024 * 1024
     card = read_card(path)
@@ -257,7 +259,7 @@ def test_time02_all_lesion_map_sources():
 def test_train_fine_tunes_from_given_weights_and_refuses_another_network(tmp_path):
     import torch
 
-    from mstools.deep.cards import load_weights
+    from mstools.deep.weights import load_weights
 
     _training_data(tmp_path)
     first = tmp_path / "first"

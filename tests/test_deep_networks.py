@@ -104,7 +104,7 @@ def test_paper_configuration_trains_one_step_and_infers_one_window():
 
 
 def test_weights_load_strictly(tmp_path):
-    from mstools.deep.cards import build_loaded, load_weights, save_weights
+    from mstools.deep.weights import build_loaded, load_weights, save_weights
     from mstools.errors import InputError
 
     cfg = TINY["unet"]
@@ -134,7 +134,7 @@ def test_weights_load_strictly(tmp_path):
 
 
 def test_bad_weight_files(tmp_path):
-    from mstools.deep.cards import load_weights
+    from mstools.deep.weights import load_weights
     from mstools.errors import InputError
 
     with pytest.raises(InputError, match="not found"):

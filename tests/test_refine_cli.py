@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mstools_cli.main import app
-from mstools.model_cards import REFINE_DEFAULT as DEFAULT_MODEL
+from mstools.models import packaged_model
+
+DEFAULT_MODEL = packaged_model("refine")
 from mstools import case_layout as layout
 from mstools.refine.features import CONTEXT, PUBLISHED
 from tests.conftest import oblique_affine, save_nifti

@@ -13,7 +13,7 @@ the networks, losses, inference and training modules import it themselves.
 * :mod:`~mstools.deep.inference` -- device choice, sliding windows with Gaussian blending, flip TTA;
 * :mod:`~mstools.deep.training` -- the training loop (one step at a time, resumable);
 * :mod:`~mstools.deep.predictor` -- :class:`~mstools.deep.predictor.Predictor`: load once, predict many;
-* :mod:`~mstools.deep.cards` -- weight files and model cards.
+* :mod:`~mstools.deep.weights` -- weight files (the packaged ones and all cards: :mod:`mstools.models`).
 """
 
 MODELS = ("coactseg", "unet", "multitask")

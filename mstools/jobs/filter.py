@@ -78,7 +78,7 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     from mstools.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
-    from mstools.model_cards import FILTER_DEFAULT, load_filter_model
+    from mstools.models import load_filter_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), tissues, baseline_lesions,
@@ -87,7 +87,7 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
     if model is None and options.learned:
-        model = FILTER_DEFAULT
+        model = packaged_model("filter")
     model_text, card = load_filter_model(model) if model is not None else (None, None)
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
@@ -130,9 +130,10 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
     from mstools.io import OutputBatch, check_same_grid, read_mask
     from mstools.lesion_classifier import train
     from mstools.messages import log
+    from mstools.models import card_path as card_of
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
-    card_path = Path(str(out) + ".card.json")
+    card_path = card_of(out)
     check_outputs([out, card_path], force=force, sidecars=False)   # before minutes of work, not after
     all_rows, truth, groups, inputs = [], [], [], []
     for n, case in enumerate(cases):

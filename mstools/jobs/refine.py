@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
+from mstools.models import card_path
 
 #: Defaults written once, from the library (paper 001): mstools.refine.postprocess and
 #: mstools.refine.sampling hold the same figures (a test checks).
@@ -104,7 +105,7 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
     from mstools.errors import InputError
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
-    from mstools.model_cards import REFINE_DEFAULT, load_refine_model
+    from mstools.models import load_refine_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
     from mstools.refine.postprocess import refined_detections
 
@@ -112,7 +113,7 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
             *output_paths(candidates).values()]
     check_outputs(output_paths(out).values(), inputs=read, force=force)   # before the work, not after it
     post = options.postprocessing()
-    path = REFINE_DEFAULT if options.model is None else Path(options.model)
+    path = packaged_model("refine") if options.model is None else Path(options.model)
     refiner = load_refine_model(path)
     case_inputs, reference, inputs = read_case(case, candidates, feature_set=refiner.feature_set,
                                                lesion_features=lesion_features, baseline=baseline,
@@ -212,7 +213,7 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     folds = None if o.loo else (o.cv_folds or 0)
     if (o.loo or o.cv_folds) and len(entries) < 2:
         raise InputError("cross-validation needs at least 2 cases; add cases or pass --cv-folds 0")
-    targets = [out, Path(str(out) + ".card.json")] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
+    targets = [out, card_path(out)] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
     check_outputs(targets, force=force, sidecars=False)  # before minutes of work, not after
     sampling = SamplingOptions(dilation_mm=o.dilation_mm, background_fraction=o.background_fraction)
     names = list(feature_names(o.feature_set))
@@ -313,7 +314,7 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
                      inputs=describe_inputs(inputs))
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(out, text)
-        batch.json(Path(str(out) + ".card.json"), {**card, "provenance": record})
+        batch.json(card_path(out), {**card, "provenance": record})
         if cv is not None:
             columns = list(cv["cases"][0].keys()) if cv["cases"] else ["case"]
             batch.table(Path(str(out) + ".cv.tsv"), cv["cases"], columns)

@@ -39,12 +39,12 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     import time
 
     from mstools.case import resolve_pair
-    from mstools.deep.cards import default_weights
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, check_same_grid, check_scan, read_image
     from mstools.lesions import detections_from_mask
     from mstools.messages import log
+    from mstools.models import packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     o = options
@@ -54,7 +54,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         if case is None:
             raise InputError("give --output PREFIX when the images are given with --baseline/--followup")
         output = str(case / model)
-    weights_path = Path(o.weights) if o.weights is not None else default_weights(model)
+    weights_path = Path(o.weights) if o.weights is not None else packaged_model("deep", model)
 
     paths = output_paths(output)
     extra = {name: {"score": output + suffix + "_score.nii.gz", "mask": output + suffix + "_mask.nii.gz"}

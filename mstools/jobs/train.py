@@ -105,7 +105,7 @@ def _seed_of(folder: Path):
 
 def _initialise(trainer, weights: Path, model_config) -> dict:
     """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
-    from mstools.deep.cards import as_float32, load_weights
+    from mstools.deep.weights import as_float32, load_weights
     from mstools.io import sha256
 
     config, state_dict, _ = load_weights(weights)
@@ -229,12 +229,14 @@ class _Run:
     def save_model(self, metrics: dict) -> None:
         import torch
 
-        from mstools.deep.cards import file_sha256, save_weights, write_card
+        from mstools.deep.weights import save_weights
+        from mstools.io import sha256
+        from mstools.models import write_card
 
         path, trainer = self.output / MODEL, self.trainer
         save_weights(path, self.model_config, trainer.model.state_dict(), extra={"iteration": trainer.iteration})
         write_card(path, {
-            "model": self.model_config.model, "weights": path.name, "sha256": file_sha256(path),
+            "model": self.model_config.model, "weights": path.name, "sha256": sha256(path),
             "configuration": self.model_config.as_dict(), "training": self.train_config.as_dict(),
             "iterations": trainer.iteration, "relation_on_from_iteration": trainer.relation_start_iteration,
             "training_data": {
@@ -307,6 +309,7 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     from mstools.deep.inference import select_device
     from mstools.deep.networks import network
     from mstools.deep.training import Trainer
+    from mstools.models import card_path
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -342,5 +345,5 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
         run.best = {"iteration": trainer.iteration}
         run.save_model(run.best)
     run.save_checkpoint()
-    written = [output / MODEL, output / (MODEL.removesuffix(".pt") + ".card.json"), output / LOG, checkpoint]
+    written = [output / MODEL, card_path(output / MODEL), output / LOG, checkpoint]
     return JobResult(written, {"written": [str(p) for p in written], "best": run.best, "iterations": trainer.iteration})

@@ -172,7 +172,7 @@ def check_config(config: dict) -> None:
 
 def check_config_files(config: dict, base: Path) -> None:
     """The files a configuration names exist, and models match their cards (before any stage)."""
-    from mstools.model_cards import load_filter_model, load_refine_model
+    from mstools.models import load_filter_model, load_refine_model
 
     for stage, names in PATH_OPTIONS.items():
         if not enabled(config, stage):

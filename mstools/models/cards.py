@@ -1,41 +1,85 @@
-"""Packaged models and their cards (one home for the LightGBM models, issue 14).
+"""Packaged models and their cards: one home for the LightGBM models and the deep weights.
 
-A model file ``M`` travels with its card ``M.card.json`` (features, training data,
-cross-validated scores, sha256). The refine model and the learned filter ship in
-``mstools/models/``; the deep weights and their cards are in :mod:`mstools.deep.cards`.
+A model file travels with its card (JSON: features or configuration, training data,
+scores, sha256): ``M.card.json`` beside a LightGBM text model ``M``, ``<name>.card.json``
+beside a weight file ``<name>.pt``. The packaged ones are in this folder:
+``filter/default.txt`` (the learned filter), ``refine/default.txt`` (the refine
+classifier) and ``deep/<network>.pt`` (the networks' default weights; their format is
+:mod:`mstools.deep.weights`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mstools.errors import InputError
 
-MODELS = Path(__file__).resolve().parent / "models"
-#: The refine model shipped with mstools (trained by benchmarks/bench_refine.py; its card says on what).
-REFINE_DEFAULT = MODELS / "refine" / "default.txt"
-#: The learned filter shipped with mstools (benchmarks/train_mixed_domain.py).
-FILTER_DEFAULT = MODELS / "filter" / "default.txt"
+PACKAGED = Path(__file__).resolve().parent
+#: kind -> (folder, file suffix) of the packaged models.
+KINDS = {"filter": ("filter", ".txt"), "refine": ("refine", ".txt"), "deep": ("deep", ".pt")}
 
 
-def card_path(model: Path) -> Path:
-    return Path(str(model) + ".card.json")
+def packaged_model(kind: str, name: str = "default") -> Path:
+    """The packaged model of ``kind`` (filter, refine, deep) called ``name`` (for deep: the network)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "deep":
+        from mstools.deep import MODELS
+
+        if name not in MODELS:
+            raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    folder, suffix = KINDS[kind]
+    return PACKAGED / folder / f"{name}{suffix}"
 
 
-def _read(path: Path, command: str) -> tuple[str, dict]:
-    card_file = card_path(path)
+def card_path(model: str | os.PathLike) -> Path:
+    """The card of a model file: ``M.card.json``; a weight file ``X.pt`` has ``X.card.json``."""
+    p = Path(model)
+    return p.with_name(p.name.removesuffix(".pt") + ".card.json")
+
+
+def read_card(model: str | os.PathLike) -> dict | None:
+    """The card of ``model`` if it has one (None otherwise)."""
+    p = card_path(model)
+    if not p.is_file():
+        return None
+    with open(p, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_card(model: str | os.PathLike, card: dict) -> Path:
+    """Write the card of ``model`` atomically (temporary name, then rename)."""
+    p = card_path(model)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(card, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(tmp, p)
+    return p
+
+
+def load_card(model: str | os.PathLike, *, command: str) -> dict:
+    """The card a model must have; every defect is an InputError naming ``mstools <command>``, its writer."""
+    path, card_file = Path(model), card_path(model)
     if not path.is_file():
         raise InputError(f"{path}: model not found; train one with `mstools {command}`")
     if not card_file.is_file():
         raise InputError(f"{card_file}: model card not found; keep the card that `mstools {command}` wrote "
                          "beside the model")
     try:
-        card = json.loads(card_file.read_text())
-        text = path.read_text()
+        return json.loads(card_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable model or card ({exc}); retrain with `mstools {command}`") from None
-    return text, card
+
+
+def _read(path: Path, command: str) -> tuple[str, dict]:
+    card = load_card(path, command=command)
+    try:
+        return path.read_text(), card
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable model or card ({exc}); retrain with `mstools {command}`") from None
 
 
 def load_refine_model(path: Path):
@@ -44,6 +88,7 @@ def load_refine_model(path: Path):
     from mstools.refine.model import RefineModel
     from mstools.refine.trees import check_model_text
 
+    path = Path(path)
     text, card = _read(path, "refine train")
     if not isinstance(card, dict) or not isinstance(card.get("features"), list) \
             or not isinstance(card.get("sampling", {}), dict):
@@ -58,6 +103,7 @@ def load_refine_model(path: Path):
 
 def load_filter_model(path: Path) -> tuple[str, dict]:
     """The learned filter's LightGBM text and card, checked against this version's features."""
+    path = Path(path)
     text, card = _read(path, "filter train")
     threshold = card.get("threshold") if isinstance(card, dict) else None
     if not isinstance(card, dict) or not isinstance(card.get("features"), list) \
