@@ -16,4 +16,7 @@ the networks, losses, inference and training modules import it themselves.
 * :mod:`~mstools.deep.weights` -- weight files (the packaged ones and all cards: :mod:`mstools.models`).
 """
 
-MODELS = ("coactseg", "unet", "multitask")
+from mstools.deep.networks import NETWORKS
+
+#: The networks, by name (the registry: :mod:`mstools.deep.networks`).
+MODELS = tuple(NETWORKS)

@@ -77,7 +77,7 @@ class Predictor:
                            progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Probabilities for two already-normalised volumes on the model's grid."""
         volume = inference.model_channels(self.config.model, baseline, followup)
-        if self.config.model == "multitask":
+        if NETWORKS[self.config.model].slices_2d:
             forward = inference.flip_tta(self._forward, (2, 3)) if options.tta else self._forward
             return inference.slice_inference(forward, volume, divisor=self.config.divisor,
                                              batch_size=max(1, options.batch_size * 4), device=self.device,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from mstools import case_layout as layout
+from mstools.deep import MODELS
 from mstools.detections import add_table
 from mstools.errors import InputError
 from mstools.jobs import JobResult
@@ -25,7 +26,6 @@ LOG = "training_log.tsv"
 LOG_COLUMNS = ("iteration", "seconds", "loss", "dice_all", "dice_new", "relation", "bce", "registration",
                "similarity", "smoothness", "relation_weight", "val_dice", "val_lesion_f1",
                "val_lesion_sensitivity", "val_lesion_ppv")
-MODELS = ("coactseg", "unet", "multitask")
 PRESETS = ("small", "paper")
 
 
