@@ -151,20 +151,17 @@ class RefineTrainOptions:
 
 
 def manifest_cases(manifest: Path) -> list[tuple[Path, str, Optional[Path]]]:
-    """(case folder, candidates prefix, lesion feature table) rows of a manifest TSV."""
+    """(case folder, candidates prefix, lesion feature table) rows of a manifest TSV (:data:`mstools.manifest.REFINE_TRAIN`)."""
     from mstools.errors import InputError
-    from mstools.io import read_tsv
+    from mstools.manifest import REFINE_TRAIN, read_manifest
 
-    rows = read_tsv(manifest)
-    if not rows or "case" not in rows[0] or "candidates" not in rows[0]:
-        raise InputError(f"{manifest}: a TSV with columns case, candidates (optional lesion_features) was expected")
-    base = manifest.parent
-
-    def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else str(base / value)
-
-    return [(Path(resolve(r["case"])), resolve(r["candidates"]),
-             Path(resolve(r["lesion_features"])) if r.get("lesion_features") else None) for r in rows]
+    entries = []
+    for row in read_manifest(manifest, REFINE_TRAIN):
+        candidates = row.path("candidates")
+        if candidates is None:
+            raise InputError(f"{manifest}: line {row.line} has no candidates (a detector's output prefix)")
+        entries.append((row.path("case"), str(candidates), row.path("lesion_features")))
+    return entries
 
 
 def _simulation(case: Path) -> Optional[dict]:

@@ -38,7 +38,7 @@ def _expand(paths: List[Path], what: str) -> list[Path]:
         if layout.is_longitudinal_case(p) or layout.is_single_case(p):
             cases.append(p)
             continue
-        inner = sorted(c for c in p.iterdir() if c.is_dir() and (layout.is_longitudinal_case(c) or layout.is_single_case(c)))
+        inner = layout.case_folders(p, single_timepoint=True)
         if not inner:
             raise InputError(f"{p}: no case folder found (expected {layout.BASELINE} + {layout.FOLLOWUP}, or "
                              f"{layout.SINGLE_FLAIR}); make some with mstools simulate")
@@ -48,26 +48,12 @@ def _expand(paths: List[Path], what: str) -> list[Path]:
 
 
 def _manifest(path: Path) -> tuple[list[Path], list[Path]]:
-    """Train and validation folders of a manifest TSV (columns ``case``, ``split`` = train|val|test)."""
-    from mstools.io import read_tsv
+    """Train and validation folders of a manifest TSV (:data:`mstools.manifest.TRAIN`; test rows are never read)."""
+    from mstools.manifest import TRAIN, read_manifest
 
-    rows = read_tsv(path)
-    if not rows or "case" not in rows[0] or "split" not in rows[0]:
-        raise InputError(f"{path}: a manifest needs the columns 'case' and 'split' (train, val or test)")
-    train, val = [], []
-    for n, row in enumerate(rows, start=2):
-        split = (row.get("split") or "").strip()
-        if split not in ("train", "val", "test"):
-            raise InputError(f"{path}: line {n}: split must be train, val or test, not {split!r}")
-        folder = Path(row["case"])
-        if not folder.is_absolute():
-            folder = path.parent / folder
-        if split == "train":
-            train.append(folder)
-        elif split == "val":
-            val.append(folder)
-    return train, val
-
+    rows = read_manifest(path, TRAIN)
+    return ([r.path("case") for r in rows if r.text("split") == "train"],
+            [r.path("case") for r in rows if r.text("split") == "val"])
 
 
 def load_case(folder: Path, config, *, validation: bool = False):
