@@ -22,7 +22,7 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 from mstools import case_layout as layout
 from mstools.models import packaged_model
-from mstools.deep.predictor import Predictor, PredictOptions, lesion_mask
+from mstools.detect.deep.predictor import Predictor, PredictOptions, lesion_mask
 from mstools.io import read_image
 case, model = sys.argv[1], sys.argv[2]
 b = read_image(f"{case}/{layout.BASELINE}"); f = read_image(f"{case}/{layout.FOLLOWUP}")
@@ -42,8 +42,8 @@ PAPER = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from mstools.deep.config import PAPER_CONFIGS
-from mstools.deep.networks import build_model
+from mstools.detect.deep.config import PAPER_CONFIGS
+from mstools.detect.deep.networks import build_model
 model = build_model(PAPER_CONFIGS["coactseg"]).eval()
 x = torch.randn(1, 3, 80, 80, 80)
 times = []

@@ -29,9 +29,9 @@ def main() -> None:
     import torch
 
     from mstools import case_layout as layout
-    from mstools.deep import MODELS
+    from mstools.detect.deep import MODELS
     from mstools.models import packaged_model, read_card, write_card
-    from mstools.deep.predictor import Predictor, lesion_mask
+    from mstools.detect.deep.predictor import Predictor, lesion_mask
     from mstools.io import read_image, read_mask
     from mstools.metrics import evaluate_case
 

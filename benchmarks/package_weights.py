@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mstools.deep.weights import load_weights, save_weights
+from mstools.detect.deep.weights import load_weights, save_weights
 from mstools.io import sha256 as file_sha256
 from mstools.models import card_path, packaged_model, write_card
 

@@ -11,8 +11,8 @@ from mstools.jobs import JobResult
 from mstools.jobs.options import option
 from mstools.models import card_path
 
-#: Defaults written once, from the library (paper 001): mstools.refine.postprocess and
-#: mstools.refine.sampling hold the same figures (a test checks).
+#: Defaults written once, from the library (paper 001): mstools.candidates.refine.postprocess and
+#: mstools.candidates.refine.sampling hold the same figures (a test checks).
 THRESHOLD, MIN_VOXELS, MIN_MINOR_AXIS = 0.2, 27, 2.0
 DILATION_MM, BACKGROUND_FRACTION = 3.0, 0.005
 REGIONS = ("candidates", "brain")
@@ -32,7 +32,7 @@ class RefineOptions:
 
     def postprocessing(self):
         from mstools.errors import InputError
-        from mstools.refine.postprocess import PostProcessing
+        from mstools.candidates.refine.postprocess import PostProcessing
 
         try:
             return PostProcessing(threshold=self.threshold, min_voxels=self.min_voxels,
@@ -69,7 +69,7 @@ def read_case(case: Optional[Path], candidates: str, *, feature_set: str, lesion
     from mstools.detections import read_candidates
     from mstools.errors import InputError
     from mstools.io import check_same_grid, read_mask
-    from mstools.refine.model import CaseInputs
+    from mstools.candidates.refine.model import CaseInputs
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
     b_img, f_img, brain_img = read_pair(*paths)
@@ -107,7 +107,7 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
     from mstools.messages import log
     from mstools.models import load_refine_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
-    from mstools.refine.postprocess import refined_detections
+    from mstools.candidates.refine.postprocess import refined_detections
 
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), lesion_features,
             *output_paths(candidates).values()]
@@ -203,8 +203,8 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     from mstools.errors import InputError
     from mstools.parallel import connect, training_cluster
     from mstools.provenance import check_outputs
-    from mstools.refine.features import feature_names
-    from mstools.refine.sampling import SamplingOptions
+    from mstools.candidates.refine.features import feature_names
+    from mstools.candidates.refine.sampling import SamplingOptions
 
     o = options
     folds = None if o.loo else (o.cv_folds or 0)
@@ -244,9 +244,9 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
     from mstools.messages import log
     from mstools.parallel import stdout_to_stderr
     from mstools.provenance import describe_inputs, sidecar
-    from mstools.refine import model as rm
-    from mstools.refine.features import CONTEXT_BOX_MM, EDGE_CAP_MM, NEIGHBOURS
-    from mstools.refine.postprocess import PostProcessing
+    from mstools.candidates.refine import model as rm
+    from mstools.candidates.refine.features import CONTEXT_BOX_MM, EDGE_CAP_MM, NEIGHBOURS
+    from mstools.candidates.refine.postprocess import PostProcessing
 
     trainer: Callable
     if client is None:

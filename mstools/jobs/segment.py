@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from mstools.deep import MODELS
-from mstools.deep.networks import NETWORKS
+from mstools.detect.deep import MODELS
+from mstools.detect.deep.networks import NETWORKS
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
 
@@ -69,7 +69,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     check_scan(base)
     check_scan(follow)
 
-    from mstools.deep.predictor import PredictOptions, Predictor, lesion_mask
+    from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
 
     try:
         predictor = Predictor.from_file(weights_path, device=o.device, threads=o.threads)
@@ -85,7 +85,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     seconds = time.time() - started
 
     if "all_t2" in outputs:
-        from mstools.deep.predictor import time02_all_lesions
+        from mstools.detect.deep.predictor import time02_all_lesions
 
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
     parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,

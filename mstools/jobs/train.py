@@ -1,7 +1,7 @@
 """Training a learned new-lesion model as a job (``mstools train``): the configurations, the
 case folders, and the training loop with its checkpoints, resume, validation and best model.
 
-The network, sampling, losses and one optimisation step are :mod:`mstools.deep.training`'s;
+The network, sampling, losses and one optimisation step are :mod:`mstools.detect.deep.training`'s;
 this module owns the run folder: ``checkpoint.pt`` (resume), ``model.pt`` +
 ``model.card.json`` (best on validation), ``training_log.tsv``.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from mstools import case_layout as layout
-from mstools.deep import MODELS
+from mstools.detect.deep import MODELS
 from mstools.detections import add_table
 from mstools.errors import InputError
 from mstools.jobs import JobResult
@@ -58,7 +58,7 @@ def _manifest(path: Path) -> tuple[list[Path], list[Path]]:
 
 def load_case(folder: Path, config, *, validation: bool = False):
     """A case folder as a TrainingCase (or ValidationCase) on the model grid."""
-    from mstools.deep.training import prepare_case, prepare_validation
+    from mstools.detect.deep.training import prepare_case, prepare_validation
     from mstools.io import check_same_grid, read_image, read_mask
 
     if layout.is_longitudinal_case(folder):
@@ -91,7 +91,7 @@ def _seed_of(folder: Path):
 
 def _initialise(trainer, weights: Path, model_config) -> dict:
     """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
-    from mstools.deep.weights import as_float32, load_weights
+    from mstools.detect.deep.weights import as_float32, load_weights
     from mstools.io import sha256
 
     config, state_dict, _ = load_weights(weights)
@@ -117,8 +117,8 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
     with the given changes; None keeps the preset's value."""
     import dataclasses
 
-    from mstools.deep.config import DEFAULT_LEARNING_RATE, PAPER_CONFIGS, SMALL_CONFIGS, TrainingConfig
-    from mstools.deep.networks import network
+    from mstools.detect.deep.config import DEFAULT_LEARNING_RATE, PAPER_CONFIGS, SMALL_CONFIGS, TrainingConfig
+    from mstools.detect.deep.networks import network
 
     base = (SMALL_CONFIGS if preset == "small" else PAPER_CONFIGS)[model]
     changes = {k: v for k, v in (("base_filters", base_filters), ("patch_size", patch_size)) if v is not None}
@@ -215,7 +215,7 @@ class _Run:
     def save_model(self, metrics: dict) -> None:
         import torch
 
-        from mstools.deep.weights import save_weights
+        from mstools.detect.deep.weights import save_weights
         from mstools.io import sha256
         from mstools.models import write_card
 
@@ -292,9 +292,9 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     checkpoint = _check_run_folder(output, resume=resume, force=force)
     import torch
 
-    from mstools.deep.inference import select_device
-    from mstools.deep.networks import network
-    from mstools.deep.training import Trainer
+    from mstools.detect.deep.inference import select_device
+    from mstools.detect.deep.networks import network
+    from mstools.detect.deep.training import Trainer
     from mstools.models import card_path
 
     if threads is not None:

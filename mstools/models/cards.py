@@ -5,7 +5,7 @@ scores, sha256): ``M.card.json`` beside a LightGBM text model ``M``, ``<name>.ca
 beside a weight file ``<name>.pt``. The packaged ones are in this folder:
 ``filter/default.txt`` (the learned filter), ``refine/default.txt`` (the refine
 classifier) and ``deep/<network>.pt`` (the networks' default weights; their format is
-:mod:`mstools.deep.weights`).
+:mod:`mstools.detect.deep.weights`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def packaged_model(kind: str, name: str = "default") -> Path:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if kind == "deep":
-        from mstools.deep import MODELS
+        from mstools.detect.deep import MODELS
 
         if name not in MODELS:
             raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -83,10 +83,10 @@ def _read(path: Path, command: str) -> tuple[str, dict]:
 
 
 def load_refine_model(path: Path):
-    """The refine model (:class:`mstools.refine.model.RefineModel`), checked against its card."""
+    """The refine model (:class:`~mstools.candidates.refine.model.RefineModel`), checked against its card."""
+    from mstools.candidates.refine.model import RefineModel
+    from mstools.candidates.refine.trees import check_model_text
     from mstools.io import sha256
-    from mstools.refine.model import RefineModel
-    from mstools.refine.trees import check_model_text
 
     path = Path(path)
     text, card = _read(path, "refine train")
@@ -110,10 +110,10 @@ def load_filter_model(path: Path) -> tuple[str, dict]:
             or isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise InputError(f"{card_path(path)}: not a model card (a JSON object with features and a threshold in "
                          "[0, 1] was expected); keep the card that `mstools filter train` wrote beside the model")
-    from mstools.filtering import MODEL_FEATURES
+    from mstools.candidates.filtering import MODEL_FEATURES
+    from mstools.candidates.lesion_classifier import model_feature_names
+    from mstools.candidates.refine.trees import check_model_text
     from mstools.io import sha256
-    from mstools.lesion_classifier import model_feature_names
-    from mstools.refine.trees import check_model_text
 
     try:  # before LightGBM reads it: a malformed tree crashes LightGBM's reader
         check_model_text(text, card, sha256=sha256(path))

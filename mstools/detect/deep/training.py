@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mstools.deep import inference
-from mstools.deep.augment import AugmentConfig, augment_sample
-from mstools.deep.config import ModelConfig, TrainingConfig
-from mstools.deep.networks import build_model, network
-from mstools.deep.sampling import extract, patch_start
+from mstools.detect.deep import inference
+from mstools.detect.deep.augment import AugmentConfig, augment_sample
+from mstools.detect.deep.config import ModelConfig, TrainingConfig
+from mstools.detect.deep.networks import build_model, network
+from mstools.detect.deep.sampling import extract, patch_start
 
 #: Voxels kept around the head's bounding box when cases are cropped for training.
 CROP_MARGIN = 4
@@ -214,7 +214,7 @@ class Trainer:
     def validate(self, cases: list[ValidationCase], *, threshold: float = 0.5, overlap: float = 0.5,
                  batch_size: int = 2) -> dict[str, float]:
         """Mean Dice and MSSEG-2 lesion-wise F1 (``mstools.metrics``) over validation cases."""
-        from mstools.deep.predictor import PredictOptions, Predictor
+        from mstools.detect.deep.predictor import PredictOptions, Predictor
         from mstools.metrics import evaluate_case
 
         predictor = Predictor(self.model, self.model_config, device=self.device)

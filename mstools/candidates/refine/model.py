@@ -22,9 +22,9 @@ import numpy as np
 
 from mstools.models.boosting import (EARLY_STOPPING_ROUNDS, LGBM_PARAMS, VALIDATION_SHARE, can_stop_early,
                                      fit_grouped, lgbm_params, split_cases)
-from mstools.refine.features import feature_names, normalise_pair, voxel_features
-from mstools.refine.postprocess import PostProcessing, refined_detections
-from mstools.refine.sampling import SamplingOptions, candidate_region, training_voxels
+from mstools.candidates.refine.features import feature_names, normalise_pair, voxel_features
+from mstools.candidates.refine.postprocess import PostProcessing, refined_detections
+from mstools.candidates.refine.sampling import SamplingOptions, candidate_region, training_voxels
 
 #: The learned filter's settings (shared), with larger leaves and a faster rate for the
 #: 10^5-10^6 voxels of a cohort (the filter sees a few hundred candidates).
@@ -84,7 +84,7 @@ def _features_for(case: CaseInputs, voxels, *, feature_set: str, bias_sigma_mm: 
 
 def case_samples(case: CaseInputs, *, feature_set: str, sampling: SamplingOptions = SamplingOptions(),
                  bias_sigma_mm: float = BIAS_SIGMA_MM, seed: int = 0) -> CaseSamples:
-    """Training rows of one case with ground truth (see ``mstools.refine.sampling``)."""
+    """Training rows of one case with ground truth (see ``mstools.candidates.refine.sampling``)."""
     if case.ground_truth is None:
         raise ValueError(f"{case.name or 'case'}: training needs a ground truth")
     region = candidate_region(case.candidates, case.brain, spacing_mm=spacing_of(case.affine),
@@ -202,7 +202,7 @@ class RefineModel:
     _booster: object = field(default=None, repr=False)
 
     def __post_init__(self):
-        from mstools.refine.trees import TreeEnsemble
+        from mstools.candidates.refine.trees import TreeEnsemble
 
         try:  # NumPy prediction: importing lightgbm (and scikit-learn with it) takes seconds
             self._booster = TreeEnsemble.from_text(self.model_text)
@@ -339,7 +339,7 @@ def cross_validate(samples: list[CaseSamples], *, names, folds: int | None = 5, 
 
 
 def _set_of(names) -> str:
-    from mstools.refine.features import FEATURE_SETS
+    from mstools.candidates.refine.features import FEATURE_SETS
 
     for key, value in FEATURE_SETS.items():
         if list(value) == list(names):

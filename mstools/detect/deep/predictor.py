@@ -1,6 +1,6 @@
 """``Predictor``: load a model once, segment many cases (as nnU-Net's predictor class).
 
-    >>> from mstools.deep.predictor import Predictor
+    >>> from mstools.detect.deep.predictor import Predictor
     >>> predictor = Predictor.from_file(packaged_model("deep", "coactseg"))  # doctest: +SKIP
     >>> maps = predictor.predict(baseline, followup, spacing_mm=(1, 1, 1))  # doctest: +SKIP
     >>> maps["new"].shape == baseline.shape                               # doctest: +SKIP
@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from mstools.deep import inference
-from mstools.deep.weights import build_loaded, load_weights
-from mstools.deep.config import ModelConfig
-from mstools.deep.networks import NETWORKS
+from mstools.detect.deep import inference
+from mstools.detect.deep.weights import build_loaded, load_weights
+from mstools.detect.deep.config import ModelConfig
+from mstools.detect.deep.networks import NETWORKS
 from mstools.io import sha256 as file_sha256
 from mstools.models import read_card
 
@@ -54,7 +54,7 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, device: str = "auto", threads: int | None = None) -> "Predictor":
-        """Load a weight file strictly (:func:`mstools.deep.weights.load_weights`)."""
+        """Load a weight file strictly (:func:`mstools.detect.deep.weights.load_weights`)."""
         import torch
 
         if threads is not None:

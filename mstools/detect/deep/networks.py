@@ -23,7 +23,7 @@ class Network:
     single_timepoint: bool   # learns from single-time-point cases too (paper 002)
     difference_input: bool   # a third input channel, follow-up - baseline (paper 002); else (b, f)
     slices_2d: bool          # 2.5D: trained on 2D slices of the three orientations, applied slice by slice
-    loss: str                # its training objective in mstools.deep.losses (see ``objective``)
+    loss: str                # its training objective in mstools.detect.deep.losses (see ``objective``)
     amsgrad: bool = False    # Adam with AMSGrad (paper 000)
 
     def load(self):
@@ -31,15 +31,15 @@ class Network:
 
     def objective(self):
         """``f(outputs, x, y, *, n_longitudinal, config, relation_weight) -> dict`` with ``loss``."""
-        return getattr(importlib.import_module("mstools.deep.losses"), self.loss)
+        return getattr(importlib.import_module("mstools.detect.deep.losses"), self.loss)
 
 
 NETWORKS: dict[str, Network] = {n.name: n for n in (
-    Network("coactseg", "mstools.deep.coactseg", "CoactSeg", ("new", "all_t1", "all_t2"), single_timepoint=True,
+    Network("coactseg", "mstools.detect.deep.coactseg", "CoactSeg", ("new", "all_t1", "all_t2"), single_timepoint=True,
             difference_input=True, slices_2d=False, loss="coactseg_objective"),
-    Network("unet", "mstools.deep.unet", "UNet3D", ("new",), single_timepoint=False, difference_input=False,
+    Network("unet", "mstools.detect.deep.unet", "UNet3D", ("new",), single_timepoint=False, difference_input=False,
             slices_2d=False, loss="segmentation_objective"),
-    Network("multitask", "mstools.deep.multitask", "MultitaskNet2D", ("new",), single_timepoint=False,
+    Network("multitask", "mstools.detect.deep.multitask", "MultitaskNet2D", ("new",), single_timepoint=False,
             difference_input=False, slices_2d=True, loss="segmentation_registration_objective", amsgrad=True),
 )}
 
@@ -51,5 +51,5 @@ def network(name: str) -> Network:
 
 
 def build_model(config):
-    """The torch network of a configuration (:class:`mstools.deep.config.ModelConfig`)."""
+    """The torch network of a configuration (:class:`mstools.detect.deep.config.ModelConfig`)."""
     return network(config.model).load()(config)

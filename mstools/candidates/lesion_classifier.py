@@ -66,11 +66,11 @@ def train(features: np.ndarray, truth: np.ndarray, groups: np.ndarray, *, featur
 def predict(model_text: str, features: np.ndarray) -> np.ndarray:
     """Probabilities of the model's positive class, one per row of ``features``.
 
-    Walked in NumPy by :class:`~mstools.refine.trees.TreeEnsemble` (LightGBM's own split
+    Walked in NumPy by :class:`~mstools.candidates.refine.trees.TreeEnsemble` (LightGBM's own split
     rule, checked against ``lightgbm.Booster.predict`` in the tests): importing LightGBM
     pulls in scikit-learn and cost 4-6 s of a 1 mm `mstools run` for a few hundred trees.
     """
-    from mstools.refine.trees import TreeEnsemble
+    from mstools.candidates.refine.trees import TreeEnsemble
 
     if features.shape[0] == 0:
         return np.zeros(0)
@@ -78,6 +78,6 @@ def predict(model_text: str, features: np.ndarray) -> np.ndarray:
 
 
 def model_feature_names(model_text: str) -> list[str]:
-    from mstools.refine.trees import TreeEnsemble
+    from mstools.candidates.refine.trees import TreeEnsemble
 
     return list(TreeEnsemble.from_text(model_text).feature_names)

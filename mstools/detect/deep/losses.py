@@ -101,7 +101,7 @@ def registration_loss(fixed: torch.Tensor, moving: torch.Tensor, flow: torch.Ten
 
     ``fixed`` = baseline, ``moving`` = follow-up (B, 1, H, W); similarity is MSE (paper 000).
     """
-    from mstools.deep.multitask import warp
+    from mstools.detect.deep.multitask import warp
 
     similarity = F.mse_loss(warp(moving, flow).float(), fixed.float())
     smooth = diffusion_regulariser(flow.float())
@@ -109,7 +109,7 @@ def registration_loss(fixed: torch.Tensor, moving: torch.Tensor, flow: torch.Ten
             "smoothness": smooth.detach()}
 
 
-# -- training objectives: one per network (``mstools.deep.networks``), one signature ---------------
+# -- training objectives: one per network (``mstools.detect.deep.networks``), one signature ---------------
 
 
 def coactseg_objective(outputs, x, y, *, n_longitudinal: int, config, relation_weight: float) -> dict:

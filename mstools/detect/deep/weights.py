@@ -1,7 +1,7 @@
 """Weight files of the networks: their format, writing, strict loading.
 
 A weight file (``.pt``) is a plain dictionary saved by torch: ``format``, the model
-``config`` (:class:`~mstools.deep.config.ModelConfig` as a dict) and the network's
+``config`` (:class:`~mstools.detect.deep.config.ModelConfig` as a dict) and the network's
 ``state_dict``; it is read with ``weights_only=True`` (no code runs on loading) and the
 state dict is loaded strictly: a missing or unexpected key is an error. The default
 weights are packaged models (``mstools.models.packaged_model("deep", network)``); their
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mstools.deep.config import ModelConfig
+from mstools.detect.deep.config import ModelConfig
 from mstools.errors import InputError
 
 WEIGHT_FORMAT = "mstools-deep-weights-1"
@@ -69,7 +69,7 @@ def as_float32(state_dict: dict) -> dict:
 
 def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weights"):
     """The network with ``state_dict`` loaded strictly (key or shape mismatch -> InputError)."""
-    from mstools.deep.networks import build_model
+    from mstools.detect.deep.networks import build_model
 
     model = build_model(config)
     state_dict = as_float32(state_dict)
