@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def cross_validation(args) -> None:
     from mstools.jobs.refine import read_case
-    from mstools.refine import model as rm
-    from mstools.refine.features import feature_names
-    from mstools.refine.postprocess import PostProcessing
-    from mstools.refine.sampling import SamplingOptions
+    from mstools.candidates.refine import model as rm
+    from mstools.candidates.refine.features import feature_names
+    from mstools.candidates.refine.postprocess import PostProcessing
+    from mstools.candidates.refine.sampling import SamplingOptions
 
     started = time.perf_counter()
     cases = sorted(p for p in Path(args.cases).iterdir() if (p / "ground_truth.nii.gz").is_file())[: args.n]

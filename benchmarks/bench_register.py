@@ -6,7 +6,7 @@ Two parts:
     plain subtraction (z-scored follow-up minus z-scored baseline in the brain) versus
     the registered subtraction (the same with the warped baseline) and the
     ``affine-check`` mode, candidates from both by the same rule (threshold sweep, La
-    Rosa's 5 mm3 minimum, ``mstools.registration.detection.candidate_mask``); false-positive
+    Rosa's 5 mm3 minimum, ``mstools.detect.registration.detection.candidate_mask``); false-positive
     lesions at equal lesion sensitivity (MSSEG-2 rule, ``mstools.metrics``); new
     lesions detected at the default threshold for several B-spline grid spacings
     (flexible vs stiff); volume change inside enlarging lesions and elsewhere.
@@ -49,7 +49,7 @@ def _counts(prediction, truth, affine):
 
 
 def _sweep(subtraction, brain, truth, affine, affine_subtraction=None):
-    from mstools.registration.detection import DEFAULT_MIN_MM3, candidate_mask, min_voxels_for
+    from mstools.detect.registration.detection import DEFAULT_MIN_MM3, candidate_mask, min_voxels_for
 
     size = min_voxels_for(DEFAULT_MIN_MM3, float(abs(np.linalg.det(affine[:3, :3]))))
     rows = []
@@ -62,7 +62,7 @@ def _sweep(subtraction, brain, truth, affine, affine_subtraction=None):
 
 def _subtract_sweep(case, brain, truth):
     """`mstools subtract --rule larosa --threshold t` (bias-corrected, z-scored) swept over t."""
-    from mstools.subtraction import LAROSA_MIN_MM3, conditioned_subtraction, min_voxels_for, select_clusters
+    from mstools.detect.subtraction import LAROSA_MIN_MM3, conditioned_subtraction, min_voxels_for, select_clusters
 
     _, _, d, _ = conditioned_subtraction(case.baseline, case.followup, brain, case.affine, 15.0)
     return np.array([_counts(select_clusters(brain & (d > t), min_voxels=min_voxels_for(LAROSA_MIN_MM3, float(abs(np.linalg.det(case.affine[:3, :3]))))) > 0, truth, case.affine)
@@ -70,8 +70,8 @@ def _subtract_sweep(case, brain, truth):
 
 
 def accuracy(args) -> None:
-    from mstools.registration import deformation, detection, parameters
-    from mstools.registration.elastix import register
+    from mstools.detect.registration import deformation, detection, parameters
+    from mstools.detect.registration.elastix import register
     from mstools.simulate import SimulationConfig, simulate_case
 
     grids = [float(g) for g in args.grids.split(",")]

@@ -21,13 +21,13 @@ t0 = time.perf_counter()
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from mstools import case_layout as layout
-from mstools.deep.cards import default_weights
-from mstools.deep.predictor import Predictor, PredictOptions, lesion_mask
+from mstools.models import packaged_model
+from mstools.detect.deep.predictor import Predictor, PredictOptions, lesion_mask
 from mstools.io import read_image
 case, model = sys.argv[1], sys.argv[2]
 b = read_image(f"{case}/{layout.BASELINE}"); f = read_image(f"{case}/{layout.FOLLOWUP}")
 t1 = time.perf_counter()
-p = Predictor.from_file(default_weights(model), device="cpu")
+p = Predictor.from_file(packaged_model("deep", model), device="cpu")
 t2 = time.perf_counter()
 maps = p.predict(b.data, f.data, spacing_mm=b.spacing_mm, options=PredictOptions(overlap=float(sys.argv[4]), batch_size=2))
 mask = lesion_mask(maps["new"], voxel_volume_mm3=b.voxel_volume_mm3)
@@ -42,8 +42,8 @@ PAPER = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from mstools.deep.config import PAPER_CONFIGS
-from mstools.deep.networks import build_model
+from mstools.detect.deep.config import PAPER_CONFIGS
+from mstools.detect.deep.networks import build_model
 model = build_model(PAPER_CONFIGS["coactseg"]).eval()
 x = torch.randn(1, 3, 80, 80, 80)
 times = []

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from mstools import case_layout as layout
-from mstools.filtering import candidate_features, csf_and_white_matter
+from mstools.candidates.filtering import candidate_features, csf_and_white_matter
 from mstools.io import read_image, read_mask
-from mstools.subtraction import RULES, detect
+from mstools.detect.subtraction import RULES, detect
 
 
 def main(case: Path) -> None:

@@ -1,6 +1,6 @@
 """Sweep each subtraction rule's main parameter on simulated cases; print detection figures.
 
-The defaults in mstools/subtraction.py that the papers do not fix (or that depend on a
+The defaults in mstools/detect/subtraction.py that the papers do not fix (or that depend on a
 preprocessing chain we do not reproduce) were chosen from this script's output.
 
 Run: python benchmarks/calibrate_subtract.py CASE_DIR [CASE_DIR ...]
@@ -16,7 +16,7 @@ from pathlib import Path
 from mstools import case_layout as layout
 from mstools.io import read_image, read_mask
 from mstools.metrics import evaluate_case
-from mstools.subtraction import detect
+from mstools.detect.subtraction import detect
 
 SWEEPS = {
     "prados": ("k", (2.5, 3.0, 3.5, 4.0, 4.5)),

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from mstools import case_layout as layout
-from mstools.filtering import (MODEL_FEATURES, FilterRules, candidate_features, candidate_truth, csf_and_white_matter,
-                               decide_by_model, decide_by_rules, feature_matrix, kept_detections)
+from mstools.candidates.filtering import (MODEL_FEATURES, FilterRules, candidate_features, candidate_truth,
+                                          csf_and_white_matter, decide_by_model, decide_by_rules, feature_matrix,
+                                          kept_detections)
 from mstools.io import read_image, read_labels, read_mask
-from mstools.lesion_classifier import train
+from mstools.candidates.lesion_classifier import train
 from mstools.metrics import evaluate_case
-from mstools.subtraction import detect
+from mstools.detect.subtraction import detect
 
 
 #: The variant measured here: enlarging-lesion rims (sphericity <= 0.45 on our cases) go

@@ -29,14 +29,14 @@ def main() -> None:
     import torch
 
     from mstools import case_layout as layout
-    from mstools.deep import MODELS
-    from mstools.deep.cards import default_weights, read_card, write_card
-    from mstools.deep.predictor import Predictor, lesion_mask
+    from mstools.detect.deep import MODELS
+    from mstools.models import packaged_model, read_card, write_card
+    from mstools.detect.deep.predictor import Predictor, lesion_mask
     from mstools.io import read_image, read_mask
     from mstools.metrics import evaluate_case
 
     torch.set_num_threads(args.threads)
-    weights = args.weights or [default_weights(m) for m in MODELS]
+    weights = args.weights or [packaged_model("deep", m) for m in MODELS]
     cases = sorted(c for c in args.test.iterdir() if layout.is_longitudinal_case(c))
     keys = ("dice", "lesion_f1", "lesion_sensitivity", "lesion_ppv", "gt_lesions", "pred_lesions")
     for path in weights:

@@ -15,7 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from mstools.deep.cards import card_path, default_weights, file_sha256, load_weights, save_weights, write_card
+from mstools.detect.deep.weights import load_weights, save_weights
+from mstools.io import sha256 as file_sha256
+from mstools.models import card_path, packaged_model, write_card
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
     config, state_dict, extra = load_weights(args.weights)
     if config.model != args.model:
         raise SystemExit(f"{args.weights} holds a {config.model} network, not {args.model}")
-    target = default_weights(args.model)
+    target = packaged_model("deep", args.model)
     previous = json.loads(card_path(target).read_text())
     save_weights(target, config, state_dict, extra=extra, half=True)
     card = json.loads(card_path(args.weights).read_text())

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperGroup
 
 from mstools_cli import common
 from mstools.jobs.filter import FilterOptions as O
 
 
-class DefaultApplyGroup(TyperGroup):
+class DefaultApplyGroup(common.Group):
     """A group whose bare form is its ``apply`` command: a first argument that is not a
     subcommand goes to ``apply``, and ``--help`` (or no argument) shows apply's options
     (apply's help names the other subcommand)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Optional
 
 import typer
 
@@ -37,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=common.Group,
 )
 
 
@@ -50,8 +50,9 @@ def _version(value: bool) -> None:
 def main_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More logging; tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                           help="Print the version and exit."),
+    # A bool default, not None: Typer coerces a None through pydantic (see common.Group).
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     """Global options."""
     common.STATE.level = 1 if verbose else (-1 if quiet else 0)

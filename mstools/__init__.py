@@ -34,7 +34,7 @@ _API = {
     # algorithms
     "evaluate_case": "mstools.metrics", "EvaluationOptions": "mstools.metrics", "LesionRule": "mstools.metrics",
     "simulate_case": "mstools.simulate", "SimulationConfig": "mstools.simulate",
-    "Predictor": "mstools.deep.predictor",
+    "Predictor": "mstools.detect.deep.predictor",
     # jobs: one command's work, files in and files out
     "subtract_job": "mstools.jobs.subtract", "SubtractOptions": "mstools.jobs.subtract",
     "filter_job": "mstools.jobs.filter", "FilterOptions": "mstools.jobs.filter",

@@ -35,7 +35,7 @@ from scipy import ndimage
 from mstools.lesions import label_components
 
 #: Thickness (mm) of a baseline lesion's outer rim, the band where growth appears:
-#: one 1 mm step of the morphology used by subtract (mstools.subtraction.STEP_MM).
+#: one 1 mm step of the morphology used by subtract (mstools.detect.subtraction.STEP_MM).
 RIM_MM = 1.0
 
 #: Share of a baseline lesion's rim a change must cover to be that lesion's growth.

@@ -33,3 +33,10 @@ def is_longitudinal_case(folder: str | Path) -> bool:
 def is_single_case(folder: str | Path) -> bool:
     folder = Path(folder)
     return (folder / SINGLE_FLAIR).is_file() and not is_longitudinal_case(folder)
+
+
+def case_folders(folder: str | Path, *, single_timepoint: bool = False) -> list[Path]:
+    """The case folders directly inside ``folder``, sorted: two-time-point ones (and
+    single-time-point ones with ``single_timepoint``)."""
+    return [entry for entry in sorted(Path(folder).iterdir()) if entry.is_dir() and (
+        is_longitudinal_case(entry) or (single_timepoint and is_single_case(entry)))]

@@ -11,7 +11,7 @@ Two folders are matched by case name:
   when a threshold is given, a mask otherwise.
 
 A manifest is a TSV with the columns ``case``, ``prediction`` and ``ground_truth``;
-relative paths are relative to the manifest's folder.
+relative paths are relative to the manifest's folder (read by :mod:`mstools.manifest`).
 
 A case found on one side only is kept with ``None`` on the other side, so that the
 caller can report it as missing instead of failing.
@@ -24,11 +24,10 @@ from pathlib import Path
 
 from mstools.case_layout import GROUND_TRUTH
 from mstools.errors import InputError
-from mstools.io import NIFTI_SUFFIXES, read_tsv, strip_nifti_suffix
+from mstools.io import NIFTI_SUFFIXES, strip_nifti_suffix
 from mstools.detections import LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX
+from mstools.manifest import EVALUATE, read_manifest
 from mstools.run_layout import FINAL_PREFIX, RUN_RECORD
-
-MANIFEST_COLUMNS = ("case", "prediction", "ground_truth")
 
 
 @dataclass(frozen=True)
@@ -115,38 +114,6 @@ def pairs_from_folders(prediction_dir: str | Path, ground_truth_dir: str | Path,
 
 
 def pairs_from_manifest(path: str | Path) -> list[CasePair]:
-    """Cases of a manifest TSV (columns ``case``, ``prediction``, ``ground_truth``)."""
-    path = Path(path)
-    rows = read_tsv(path)
-    if not rows:
-        raise InputError(f"{path}: manifest has no case; add rows with the columns {', '.join(MANIFEST_COLUMNS)}")
-    missing = [c for c in MANIFEST_COLUMNS if c not in rows[0]]
-    if missing:
-        raise InputError(f"{path}: manifest lacks the column(s) {', '.join(missing)}; "
-                         f"the columns {', '.join(MANIFEST_COLUMNS)} are required (tab-separated)")
-    return [CasePair(case, manifest_path(path, row.get("prediction")), manifest_path(path, row.get("ground_truth")))
-            for case, row in named_rows(path, rows)]
-
-
-def named_rows(path: Path, rows: list[dict[str, str]]) -> list[tuple[str, dict[str, str]]]:
-    """(case, row) for each manifest row; every row needs a case name, each name once."""
-    named: list[tuple[str, dict[str, str]]] = []
-    seen: set[str] = set()
-    for number, row in enumerate(rows, start=2):
-        case = (row.get("case") or "").strip()
-        if not case:
-            raise InputError(f"{path}: line {number} has no case name")
-        if case in seen:
-            raise InputError(f"{path}: case {case!r} is listed twice (line {number}); keep one row per case")
-        seen.add(case)
-        named.append((case, row))
-    return named
-
-
-def manifest_path(manifest: Path, value: str | None) -> Path | None:
-    """A path cell of a manifest: empty or n/a is None; relative paths start at the manifest's folder."""
-    text = (value or "").strip()
-    if not text or text == "n/a":
-        return None
-    p = Path(text)
-    return p if p.is_absolute() else manifest.parent / p
+    """Cases of a manifest TSV (columns ``case``, ``prediction``, ``ground_truth``: :data:`mstools.manifest.EVALUATE`)."""
+    return [CasePair(row.case, row.path("prediction"), row.path("ground_truth"))
+            for row in read_manifest(path, EVALUATE)]

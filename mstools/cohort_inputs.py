@@ -1,8 +1,9 @@
 """The cases of a cohort: from a manifest, a folder of case folders, or a BIDS dataset.
 
-* Manifest (``.tsv``): a ``case`` column, and either ``folder`` (a case folder, see
-  :mod:`mstools.case_layout`) or ``baseline`` and ``followup`` (raw scans); optional
-  ``ground_truth``. Relative paths are relative to the manifest's folder.
+* Manifest (``.tsv``, read by :mod:`mstools.manifest`): a ``case`` column, and either
+  ``folder`` (a case folder, see :mod:`mstools.case_layout`) or ``baseline`` and
+  ``followup`` (raw scans); optional ``ground_truth``. Relative paths are relative to
+  the manifest's folder.
 * A folder of MSSEG-2-style case folders (``<case>/flair_time01_on_middle_space.nii.gz``
   ...): every sub-folder holding both FLAIRs is a case; others are ignored.
 * A BIDS dataset (``sub-*/[ses-*/]anat/*FLAIR*.nii[.gz]``): per subject, the first and
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from mstools import case_layout as layout
-from mstools.cohort import manifest_path, named_rows
 from mstools.errors import InputError
+from mstools.manifest import RUN, case_name_problem, read_manifest
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,7 @@ def discover_cases(source: str | Path) -> list[CaseInput]:
         return cases_from_manifest(source)
     if any(source.glob("sub-*")):
         return cases_from_bids(source)
-    cases = [CaseInput(entry.name, folder=entry, ground_truth=_truth(entry))
-             for entry in sorted(source.iterdir()) if entry.is_dir() and layout.is_longitudinal_case(entry)]
+    cases = [CaseInput(entry.name, folder=entry, ground_truth=_truth(entry)) for entry in layout.case_folders(source)]
     if not cases:
         raise InputError(f"{source}: no case folder inside (sub-folders holding {layout.BASELINE} and "
                          f"{layout.FOLLOWUP}) and no sub-* BIDS subject; check the path")
@@ -61,40 +61,22 @@ def _truth(folder: Path) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def case_name_problem(name: str) -> str:
-    """Why ``name`` cannot name a run folder inside the derivatives folder ("" when it can):
-    a case name is one plain path component, so that OUT/<case> stays inside OUT."""
-    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute() \
-            or name.startswith(".") or name != name.strip():
-        return ("not a plain folder name (no '/', '\\', leading '.' or spaces); "
-                "name the case with letters, digits, '-' and '_'")
-    return ""
-
-
 def cases_from_manifest(path: Path) -> list[CaseInput]:
-    from mstools.io import read_tsv
-
-    rows = read_tsv(path)
-    if not rows:
-        raise InputError(f"{path}: manifest has no case; add rows with a case column and folder (or baseline and "
-                         "followup) columns, tab-separated")
-    columns = set(rows[0])
-    if "case" not in columns or not ({"folder"} <= columns or {"baseline", "followup"} <= columns):
-        raise InputError(f"{path}: manifest needs the columns case and folder, or case, baseline and followup "
-                         f"(tab-separated); it has {', '.join(sorted(columns))}")
+    """The cases of a run manifest (:data:`mstools.manifest.RUN`); a case whose name cannot
+    name a folder is kept with a ``problem``."""
     cases = []
-    for name, row in named_rows(path, rows):
+    for row in read_manifest(path, RUN):
+        name = row.case
         problem = case_name_problem(name)
         if problem:
             cases.append(CaseInput(name, problem=f"{path}: case {name!r}: {problem}"))
             continue
-        folder = manifest_path(path, row.get("folder"))
-        truth = manifest_path(path, row.get("ground_truth"))
+        folder, truth = row.path("folder"), row.path("ground_truth")
         if folder is not None:
             cases.append(CaseInput(name, folder=folder, ground_truth=truth or _truth(folder)))
         else:
-            cases.append(CaseInput(name, baseline=manifest_path(path, row.get("baseline")),
-                                   followup=manifest_path(path, row.get("followup")), ground_truth=truth))
+            cases.append(CaseInput(name, baseline=row.path("baseline"), followup=row.path("followup"),
+                                   ground_truth=truth))
     return cases
 
 

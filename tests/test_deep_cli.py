@@ -13,10 +13,12 @@ torch = pytest.importorskip("torch")
 
 from mstools_cli.main import app  # noqa: E402
 from mstools import case_layout as layout  # noqa: E402
-from mstools.deep import MODELS  # noqa: E402
-from mstools.deep.cards import card_path, default_weights, file_sha256, read_card, save_weights  # noqa: E402
-from mstools.deep.config import ModelConfig  # noqa: E402
-from mstools.deep.networks import build_model  # noqa: E402
+from mstools.detect.deep import MODELS  # noqa: E402
+from mstools.detect.deep.weights import save_weights  # noqa: E402
+from mstools.io import sha256 as file_sha256  # noqa: E402
+from mstools.models import card_path, packaged_model, read_card  # noqa: E402
+from mstools.detect.deep.config import ModelConfig  # noqa: E402
+from mstools.detect.deep.networks import build_model  # noqa: E402
 from tests.conftest import oblique_affine, save_nifti  # noqa: E402
 
 runner = CliRunner()
@@ -211,9 +213,9 @@ def test_train_from_a_manifest_never_reads_test_rows(tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_default_weights_ship_with_a_card_and_load_strictly(model):
-    from mstools.deep.predictor import Predictor
+    from mstools.detect.deep.predictor import Predictor
 
-    path = default_weights(model)
+    path = packaged_model("deep", model)
     assert path.is_file(), f"default weights missing: {path}"
     assert path.stat().st_size < 5 * 1024 * 1024
     card = read_card(path)
@@ -231,7 +233,7 @@ def test_segment_cli_defaults_are_the_library_defaults():
     import inspect
 
     from mstools_cli.segment import segment_command
-    from mstools.deep import inference, predictor
+    from mstools.detect.deep import inference, predictor
 
     options = inspect.signature(segment_command).parameters
     assert options["threshold"].default.default == predictor.DEFAULT_THRESHOLD
@@ -244,7 +246,7 @@ def test_segment_cli_defaults_are_the_library_defaults():
 def test_time02_all_lesion_map_sources():
     import numpy as np
 
-    from mstools.deep.predictor import time02_all_lesions
+    from mstools.detect.deep.predictor import time02_all_lesions
 
     maps = {"new": np.array([0.9, 0.1, 0.0], np.float32), "all_t1": np.array([0.2, 0.7, 0.0], np.float32),
             "all_t2": np.array([0.5, 0.5, 0.5], np.float32)}
@@ -257,7 +259,7 @@ def test_time02_all_lesion_map_sources():
 def test_train_fine_tunes_from_given_weights_and_refuses_another_network(tmp_path):
     import torch
 
-    from mstools.deep.cards import load_weights
+    from mstools.detect.deep.weights import load_weights
 
     _training_data(tmp_path)
     first = tmp_path / "first"

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mstools.deep import inference  # noqa: E402
+from mstools.detect.deep import inference  # noqa: E402
 
 
 class Pointwise(torch.nn.Module):
@@ -50,8 +50,8 @@ def test_sliding_window_reassembly_equals_whole_volume_forward(overlap, batch):
 
 def test_sliding_window_on_a_volume_smaller_than_the_window_and_real_network():
     """One padded window over the whole volume = CoactSeg's own forward pass on the padded input."""
-    from mstools.deep.config import ModelConfig
-    from mstools.deep.networks import build_model
+    from mstools.detect.deep.config import ModelConfig
+    from mstools.detect.deep.networks import build_model
 
     rng = np.random.default_rng(1)
     net = build_model(ModelConfig("coactseg", base_filters=2, patch_size=16, levels=4)).eval()
@@ -141,8 +141,8 @@ class FollowupBrightness(torch.nn.Module):
 def test_predictor_puts_a_lesion_back_in_place_on_an_anisotropic_grid():
     """Input grid 0.9 x 1.1 x 2.5 mm -> model grid 1.5 mm -> back: the bright follow-up blob is
     found where it is in the input's own grid (an axis swapped or flipped on the way would move it)."""
-    from mstools.deep.config import ModelConfig
-    from mstools.deep.predictor import Predictor
+    from mstools.detect.deep.config import ModelConfig
+    from mstools.detect.deep.predictor import Predictor
 
     rng = np.random.default_rng(5)
     shape = (40, 30, 14)

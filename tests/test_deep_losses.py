@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mstools.deep.losses import (coactseg_loss, dice_loss, diffusion_regulariser, registration_loss,  # noqa: E402
-                                 relation_loss)
+from mstools.detect.deep.losses import (coactseg_loss, dice_loss, diffusion_regulariser,  # noqa: E402
+                                        registration_loss, relation_loss)
 
 
 def test_dice_loss_counts():
@@ -76,7 +76,7 @@ def test_coactseg_loss_uses_each_label_type_on_its_samples():
 
 
 def test_registration_loss_and_warp():
-    from mstools.deep.multitask import warp
+    from mstools.detect.deep.multitask import warp
 
     rng = np.random.default_rng(3)
     image = torch.from_numpy(rng.normal(size=(1, 1, 8, 10)).astype(np.float32))

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mstools.deep.config import PAPER_CONFIGS, SMALL_CONFIGS, ModelConfig, TrainingConfig  # noqa: E402
-from mstools.deep.networks import build_model  # noqa: E402
+from mstools.detect.deep.config import PAPER_CONFIGS, SMALL_CONFIGS, ModelConfig, TrainingConfig  # noqa: E402
+from mstools.detect.deep.networks import build_model  # noqa: E402
 
 TINY = {name: dataclasses.replace(cfg, base_filters=2, patch_size=16, spacing_mm=None, norm="batch")
         for name, cfg in SMALL_CONFIGS.items()}
@@ -78,8 +78,8 @@ def test_paper_configuration_values():
 @pytest.mark.slow
 def test_paper_configuration_trains_one_step_and_infers_one_window():
     """The full CoactSeg configuration (16 filters, 80^3): one training step, one inference window."""
-    from mstools.deep.inference import sliding_window
-    from mstools.deep.training import Trainer, TrainingCase
+    from mstools.detect.deep.inference import sliding_window
+    from mstools.detect.deep.training import Trainer, TrainingCase
 
     rng = np.random.default_rng(0)
     cfg = PAPER_CONFIGS["coactseg"]
@@ -104,7 +104,7 @@ def test_paper_configuration_trains_one_step_and_infers_one_window():
 
 
 def test_weights_load_strictly(tmp_path):
-    from mstools.deep.cards import build_loaded, load_weights, save_weights
+    from mstools.detect.deep.weights import build_loaded, load_weights, save_weights
     from mstools.errors import InputError
 
     cfg = TINY["unet"]
@@ -134,7 +134,7 @@ def test_weights_load_strictly(tmp_path):
 
 
 def test_bad_weight_files(tmp_path):
-    from mstools.deep.cards import load_weights
+    from mstools.detect.deep.weights import load_weights
     from mstools.errors import InputError
 
     with pytest.raises(InputError, match="not found"):

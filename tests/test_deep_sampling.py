@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mstools.deep.augment import AugmentConfig, augment_sample, bias_field, quality
-from mstools.deep.sampling import extract, patch_start
+from mstools.detect.deep.augment import AugmentConfig, augment_sample, bias_field, quality
+from mstools.detect.deep.sampling import extract, patch_start
 
 
 def test_lesion_centred_patches_contain_the_lesion_within_the_shift():

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mstools.deep.config import ModelConfig, TrainingConfig  # noqa: E402
-from mstools.deep.training import Trainer, TrainingCase, prepare_case, prepare_validation  # noqa: E402
+from mstools.detect.deep.config import ModelConfig, TrainingConfig  # noqa: E402
+from mstools.detect.deep.training import Trainer, TrainingCase, prepare_case, prepare_validation  # noqa: E402
 
 SHAPE = (24, 20, 18)
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mstools_cli.main import app
 from mstools import case_layout as layout
-from mstools.filtering import (FilterRules, candidate_features, candidate_truth, decide_by_rules, kept_detections,
-                               rule_reasons)
+from mstools.candidates.filtering import (FilterRules, candidate_features, candidate_truth, decide_by_rules,
+                                          kept_detections, rule_reasons)
 from tests.conftest import oblique_affine, save_nifti
 
 runner = CliRunner()
@@ -210,7 +210,7 @@ def test_learned_filter_probabilities_are_lightgbms():
     import lightgbm as lgb
 
     import mstools
-    from mstools.lesion_classifier import model_feature_names, predict
+    from mstools.candidates.lesion_classifier import model_feature_names, predict
 
     text = (Path(mstools.__file__).parent / "models" / "filter" / "default.txt").read_text()
     booster = lgb.Booster(model_str=text)

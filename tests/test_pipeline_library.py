@@ -53,8 +53,8 @@ def test_a_command_offers_exactly_its_jobs_options_with_the_same_defaults(stage)
 
 
 def test_job_defaults_are_the_library_defaults():
-    from mstools import subtraction
-    from mstools.filtering import FilterRules
+    from mstools.detect import subtraction
+    from mstools.candidates.filtering import FilterRules
     from mstools.jobs import filter as job_filter
     from mstools.jobs import subtract as job_subtract
     from mstools.jobs.preprocess import PreprocessJobOptions
@@ -237,6 +237,30 @@ def test_no_import_loops():
             visit(node, [node])
 
 
+def test_every_mstools_import_names_a_module_of_this_tree():
+    """A stale import of a moved module fails here: an editable install of another checkout
+    would otherwise serve its old copy silently (issue 14 moved modules into role folders)."""
+    from mstools import _API
+    from mstools.detect.deep.networks import NETWORKS
+
+    modules = set()
+    for package, folder in (("mstools", ROOT / "mstools"), ("mstools_cli", ROOT / "cli")):
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    stale = set()
+    for folder in ("mstools", "cli", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                stale |= {f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.split(".")[0] in ("mstools", "mstools_cli") and n not in modules}
+    stale |= {f"mstools._API: {m}" for m in _API.values() if m not in modules}
+    stale |= {f"networks: {n.module}" for n in NETWORKS.values() if n.module not in modules}
+    assert not stale, sorted(stale)
+
+
 def test_import_mstools_is_light_and_the_api_is_lazy():
     code = ("import sys, mstools; light = [m for m in ('numpy', 'scipy', 'nibabel', 'torch') if m in sys.modules]; "
             "f = mstools.run_case; print(light, f.__module__)")
@@ -265,10 +289,10 @@ def test_light_defaults_written_as_literals_are_the_library_defaults():
 
 
 def test_the_network_registry_builds_every_model():
-    from mstools.deep import MODELS
-    from mstools.deep.config import SMALL_CONFIGS
-    from mstools.deep.networks import NETWORKS, build_model
-    from mstools.deep.predictor import OUTPUT_NAMES
+    from mstools.detect.deep import MODELS
+    from mstools.detect.deep.config import SMALL_CONFIGS
+    from mstools.detect.deep.networks import NETWORKS, build_model
+    from mstools.detect.deep.predictor import OUTPUT_NAMES
 
     assert tuple(NETWORKS) == MODELS and set(OUTPUT_NAMES) == set(MODELS)
     for name in MODELS:

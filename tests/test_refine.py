@@ -1,4 +1,4 @@
-"""mstools.refine: voxel features, sampling, post-processing and the voxel classifier."""
+"""mstools.candidates.refine: voxel features, sampling, post-processing and the voxel classifier."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops
 
-from mstools.refine import features as ft
-from mstools.refine.model import (CaseInputs, RefineModel, case_samples, cross_validate, fit, folds_of)
-from mstools.refine.postprocess import (PostProcessing, clean_components, minor_axis_lengths,
-                                        refined_detections)
-from mstools.refine.sampling import SamplingOptions, candidate_region, training_voxels
+from mstools.candidates.refine import features as ft
+from mstools.candidates.refine.model import (CaseInputs, RefineModel, case_samples, cross_validate, fit, folds_of)
+from mstools.candidates.refine.postprocess import (PostProcessing, clean_components, minor_axis_lengths,
+                                                   refined_detections)
+from mstools.candidates.refine.sampling import SamplingOptions, candidate_region, training_voxels
 from tests.conftest import oblique_affine
 
 SPACING = (0.9, 1.1, 2.5)  # the conftest affine's voxel size
@@ -285,7 +285,7 @@ def test_cross_validation_scores_candidates_and_refined_masks(toy_samples):
 def test_numpy_tree_reader_matches_lightgbm_with_missing_values():
     import lightgbm as lgb
 
-    from mstools.refine.trees import TreeEnsemble
+    from mstools.candidates.refine.trees import TreeEnsemble
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(600, 4))
@@ -322,7 +322,7 @@ def test_context_box_widths_are_pinned_for_the_packaged_model():
 
 
 def test_early_stopping_patience_on_a_loss_curve(toy_samples):
-    from mstools.refine.model import _logloss_curve, _stopping_round
+    from mstools.candidates.refine.model import _logloss_curve, _stopping_round
 
     # as LightGBM's callback: stop once 50 rounds passed without improvement on the best
     assert _stopping_round([5, 4, 3] + [3.5] * 50 + [1.0]) == 3

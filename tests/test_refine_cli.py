@@ -11,9 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mstools_cli.main import app
-from mstools.model_cards import REFINE_DEFAULT as DEFAULT_MODEL
+from mstools.models import packaged_model
+
+DEFAULT_MODEL = packaged_model("refine")
 from mstools import case_layout as layout
-from mstools.refine.features import CONTEXT, PUBLISHED
+from mstools.candidates.refine.features import CONTEXT, PUBLISHED
 from tests.conftest import oblique_affine, save_nifti
 from tests.test_refine import _toy_case
 
@@ -198,7 +200,7 @@ def test_training_on_a_local_dask_cluster(cases, tmp_path):
 def test_training_on_an_existing_dask_cluster_leaves_it_running(cases, tmp_path):
     from dask.distributed import Client, LocalCluster
 
-    from mstools.refine.trees import TreeEnsemble
+    from mstools.candidates.refine.trees import TreeEnsemble
 
     model = tmp_path / "sched.txt"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
@@ -215,7 +217,7 @@ def test_training_on_an_existing_dask_cluster_leaves_it_running(cases, tmp_path)
 
 def test_cli_defaults_are_the_library_defaults():
     from mstools.jobs import refine as cli_refine
-    from mstools.refine import postprocess, sampling
+    from mstools.candidates.refine import postprocess, sampling
 
     assert (cli_refine.THRESHOLD, cli_refine.MIN_VOXELS, cli_refine.MIN_MINOR_AXIS) == (
         postprocess.PROBABILITY_THRESHOLD, postprocess.MIN_VOXELS, postprocess.MIN_MINOR_AXIS_VOXELS)

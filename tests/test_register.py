@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mstools_cli.main import app
 from mstools.io import OutputBatch, new_reference, read_vector_field
-from mstools.registration import deformation, detection, parameters
+from mstools.detect.registration import deformation, detection, parameters
 from tests.conftest import oblique_affine
 
 runner = CliRunner()
@@ -456,7 +456,7 @@ def test_elastix_progress_follows_the_stages_and_resolutions_of_its_log(tmp_path
     The watcher reads it while it grows (here written by the test) and says where it is."""
     import time
 
-    from mstools.registration import elastix
+    from mstools.detect.registration import elastix
 
     monkeypatch.setattr(elastix, "LOG_POLL_SECONDS", 0.02)
     maps = [{"Transform": ("EulerTransform",), "NumberOfResolutions": ("3",)},

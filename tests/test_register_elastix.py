@@ -139,7 +139,7 @@ def test_unrelated_images_are_reported_as_a_failed_registration(registered, tmp_
 
 
 def test_itk_image_round_trip_on_an_oblique_grid(rng):
-    from mstools.registration.elastix import from_itk, itk_mask, to_itk
+    from mstools.detect.registration.elastix import from_itk, itk_mask, to_itk
 
     affine = oblique_affine()
     data = rng.normal(0, 1, (7, 6, 5)).astype(np.float32)

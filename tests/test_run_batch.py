@@ -17,7 +17,7 @@ from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools import run_layout as rl
 from mstools.cohort_inputs import discover_cases
-from mstools.subtraction import PRADOS_K_SD
+from mstools.detect.subtraction import PRADOS_K_SD
 
 runner = CliRunner()
 NO_REPORT = "report: false\n"

@@ -218,8 +218,9 @@ def _edit_first_tree(text, key, values):
 def test_a_model_whose_nodes_do_not_form_a_tree_is_refused(tmp_path):
     """A child index in range can still make a cycle, on which LightGBM's prediction loops
     for ever (filter hung); or a node reached twice and another never."""
-    from mstools.model_cards import FILTER_DEFAULT, load_filter_model
+    from mstools.models import load_filter_model, packaged_model
 
+    FILTER_DEFAULT = packaged_model("filter")
     text = FILTER_DEFAULT.read_text()
     card = json.loads(Path(str(FILTER_DEFAULT) + ".card.json").read_text())
     plain = {"features": card["features"], "threshold": 0.5}   # no sha256: the structure is what is checked
@@ -407,7 +408,7 @@ def test_an_output_path_that_is_a_folder_and_a_card_of_the_wrong_shape(cases, tm
 
 
 def test_a_deep_model_card_that_is_not_one_is_one_line(tmp_path):
-    from mstools.deep.cards import card_path, read_card
+    from mstools.models import card_path, read_card
 
     weights = tmp_path / "model.pt"
     for text in ("{broken", "[1, 2]"):
@@ -454,7 +455,7 @@ def test_a_one_voxel_candidates_shape_features_warn_nothing():
     warning that came before a failing run's one line (and in every filter's output)."""
     import warnings
 
-    from mstools.filtering import candidate_features
+    from mstools.candidates.filtering import candidate_features
 
     shape = (12, 12, 8)
     labels = np.zeros(shape, np.int32)

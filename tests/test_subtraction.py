@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mstools.intensity import differential_bias_correction, match_histogram, normalised_mutual_information
-from mstools.subtraction import RULES, ball, detect, keep_larger_than, larosa_threshold, survives_erosion
+from mstools.detect.subtraction import RULES, ball, detect, keep_larger_than, larosa_threshold, survives_erosion
 from tests.conftest import oblique_affine
 
 SHAPE = (32, 32, 24)
@@ -133,7 +133,7 @@ def test_the_conditioned_pair_is_remembered_only_for_the_same_inputs():
     """subtract and refine of one run condition the same pair once; a changed input or a
     caller's change to the result never leaks into another call."""
     from mstools.intensity import differential_bias_correction
-    from mstools.subtraction import DIFFERENTIAL_BIAS_SIGMA_MM, condition_pair
+    from mstools.detect.subtraction import DIFFERENTIAL_BIAS_SIGMA_MM, condition_pair
 
     rng = np.random.default_rng(5)
     baseline = rng.uniform(50, 100, (40, 36, 30)).astype(np.float32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mstools import subtraction as sub
+from mstools.detect import subtraction as sub
 from tests.conftest import oblique_affine
 
 FIELD_MM = np.array([40.0, 40.0, 30.0])

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
 
-#: La Rosa et al.'s thresholds (paper 001) = mstools.filtering.FilterRules' defaults (a test checks).
+#: La Rosa et al.'s thresholds (paper 001) = mstools.candidates.filtering.FilterRules' defaults (a test checks).
 MIN_LEAST_AXIS_MM, MIN_SPHERICITY, MIN_NEIGHBOUR_CONTRAST, MIN_WM_FRACTION = 1.2, 0.2, 0.9, 0.1
 
 
@@ -27,7 +27,7 @@ class FilterOptions:
     keep_touching_lesions: bool = option(False, kind="bool", help="Do not drop candidates touching a baseline lesion.")
 
     def rules(self):
-        from mstools.filtering import FilterRules
+        from mstools.candidates.filtering import FilterRules
 
         return FilterRules(min_least_axis_mm=self.min_least_axis_mm or None, min_sphericity=self.min_sphericity or None,
                            min_neighbour_contrast=self.min_contrast or None,
@@ -53,7 +53,7 @@ def compute_features(case: Optional[Path], candidates: str, *, baseline: Optiona
     """Read a case and a detector's candidates; return (reference image, labels, rows, inputs used)."""
     from mstools.case import read_pair, resolve_case_inputs
     from mstools.detections import read_candidates
-    from mstools.filtering import candidate_features, csf_and_white_matter
+    from mstools.candidates.filtering import candidate_features, csf_and_white_matter
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
     b_img, f_img, brain_img = read_pair(*paths)
@@ -75,10 +75,10 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     """Keep the candidates that pass the rules (or the learned model); write them and a feature table."""
     from mstools.case import resolve_case_inputs
     from mstools.detections import add_detections, add_table, output_paths
-    from mstools.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
+    from mstools.candidates.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
-    from mstools.model_cards import FILTER_DEFAULT, load_filter_model
+    from mstools.models import load_filter_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), tissues, baseline_lesions,
@@ -87,7 +87,7 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
     if model is None and options.learned:
-        model = FILTER_DEFAULT
+        model = packaged_model("filter")
     model_text, card = load_filter_model(model) if model is not None else (None, None)
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
@@ -126,13 +126,14 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
     from mstools import __version__
     from mstools import case_layout as layout
     from mstools.errors import InputError
-    from mstools.filtering import MODEL_FEATURES, candidate_truth, feature_matrix
+    from mstools.candidates.filtering import MODEL_FEATURES, candidate_truth, feature_matrix
     from mstools.io import OutputBatch, check_same_grid, read_mask
-    from mstools.lesion_classifier import train
+    from mstools.candidates.lesion_classifier import train
     from mstools.messages import log
+    from mstools.models import card_path as card_of
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
-    card_path = Path(str(out) + ".card.json")
+    card_path = card_of(out)
     check_outputs([out, card_path], force=force, sidecars=False)   # before minutes of work, not after
     all_rows, truth, groups, inputs = [], [], [], []
     for n, case in enumerate(cases):

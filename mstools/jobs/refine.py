@@ -9,9 +9,10 @@ from typing import Callable, Optional, Sequence
 
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
+from mstools.models import card_path
 
-#: Defaults written once, from the library (paper 001): mstools.refine.postprocess and
-#: mstools.refine.sampling hold the same figures (a test checks).
+#: Defaults written once, from the library (paper 001): mstools.candidates.refine.postprocess and
+#: mstools.candidates.refine.sampling hold the same figures (a test checks).
 THRESHOLD, MIN_VOXELS, MIN_MINOR_AXIS = 0.2, 27, 2.0
 DILATION_MM, BACKGROUND_FRACTION = 3.0, 0.005
 REGIONS = ("candidates", "brain")
@@ -31,7 +32,7 @@ class RefineOptions:
 
     def postprocessing(self):
         from mstools.errors import InputError
-        from mstools.refine.postprocess import PostProcessing
+        from mstools.candidates.refine.postprocess import PostProcessing
 
         try:
             return PostProcessing(threshold=self.threshold, min_voxels=self.min_voxels,
@@ -68,7 +69,7 @@ def read_case(case: Optional[Path], candidates: str, *, feature_set: str, lesion
     from mstools.detections import read_candidates
     from mstools.errors import InputError
     from mstools.io import check_same_grid, read_mask
-    from mstools.refine.model import CaseInputs
+    from mstools.candidates.refine.model import CaseInputs
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
     b_img, f_img, brain_img = read_pair(*paths)
@@ -104,15 +105,15 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
     from mstools.errors import InputError
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
-    from mstools.model_cards import REFINE_DEFAULT, load_refine_model
+    from mstools.models import load_refine_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
-    from mstools.refine.postprocess import refined_detections
+    from mstools.candidates.refine.postprocess import refined_detections
 
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), lesion_features,
             *output_paths(candidates).values()]
     check_outputs(output_paths(out).values(), inputs=read, force=force)   # before the work, not after it
     post = options.postprocessing()
-    path = REFINE_DEFAULT if options.model is None else Path(options.model)
+    path = packaged_model("refine") if options.model is None else Path(options.model)
     refiner = load_refine_model(path)
     case_inputs, reference, inputs = read_case(case, candidates, feature_set=refiner.feature_set,
                                                lesion_features=lesion_features, baseline=baseline,
@@ -150,20 +151,17 @@ class RefineTrainOptions:
 
 
 def manifest_cases(manifest: Path) -> list[tuple[Path, str, Optional[Path]]]:
-    """(case folder, candidates prefix, lesion feature table) rows of a manifest TSV."""
+    """(case folder, candidates prefix, lesion feature table) rows of a manifest TSV (:data:`mstools.manifest.REFINE_TRAIN`)."""
     from mstools.errors import InputError
-    from mstools.io import read_tsv
+    from mstools.manifest import REFINE_TRAIN, read_manifest
 
-    rows = read_tsv(manifest)
-    if not rows or "case" not in rows[0] or "candidates" not in rows[0]:
-        raise InputError(f"{manifest}: a TSV with columns case, candidates (optional lesion_features) was expected")
-    base = manifest.parent
-
-    def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else str(base / value)
-
-    return [(Path(resolve(r["case"])), resolve(r["candidates"]),
-             Path(resolve(r["lesion_features"])) if r.get("lesion_features") else None) for r in rows]
+    entries = []
+    for row in read_manifest(manifest, REFINE_TRAIN):
+        candidates = row.path("candidates")
+        if candidates is None:
+            raise InputError(f"{manifest}: line {row.line} has no candidates (a detector's output prefix)")
+        entries.append((row.path("case"), str(candidates), row.path("lesion_features")))
+    return entries
 
 
 def _simulation(case: Path) -> Optional[dict]:
@@ -205,14 +203,14 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     from mstools.errors import InputError
     from mstools.parallel import connect, training_cluster
     from mstools.provenance import check_outputs
-    from mstools.refine.features import feature_names
-    from mstools.refine.sampling import SamplingOptions
+    from mstools.candidates.refine.features import feature_names
+    from mstools.candidates.refine.sampling import SamplingOptions
 
     o = options
     folds = None if o.loo else (o.cv_folds or 0)
     if (o.loo or o.cv_folds) and len(entries) < 2:
         raise InputError("cross-validation needs at least 2 cases; add cases or pass --cv-folds 0")
-    targets = [out, Path(str(out) + ".card.json")] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
+    targets = [out, card_path(out)] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
     check_outputs(targets, force=force, sidecars=False)  # before minutes of work, not after
     sampling = SamplingOptions(dilation_mm=o.dilation_mm, background_fraction=o.background_fraction)
     names = list(feature_names(o.feature_set))
@@ -246,9 +244,9 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
     from mstools.messages import log
     from mstools.parallel import stdout_to_stderr
     from mstools.provenance import describe_inputs, sidecar
-    from mstools.refine import model as rm
-    from mstools.refine.features import CONTEXT_BOX_MM, EDGE_CAP_MM, NEIGHBOURS
-    from mstools.refine.postprocess import PostProcessing
+    from mstools.candidates.refine import model as rm
+    from mstools.candidates.refine.features import CONTEXT_BOX_MM, EDGE_CAP_MM, NEIGHBOURS
+    from mstools.candidates.refine.postprocess import PostProcessing
 
     trainer: Callable
     if client is None:
@@ -313,7 +311,7 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
                      inputs=describe_inputs(inputs))
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         batch.text(out, text)
-        batch.json(Path(str(out) + ".card.json"), {**card, "provenance": record})
+        batch.json(card_path(out), {**card, "provenance": record})
         if cv is not None:
             columns = list(cv["cases"][0].keys()) if cv["cases"] else ["case"]
             batch.table(Path(str(out) + ".cv.tsv"), cv["cases"], columns)

@@ -51,9 +51,9 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     from mstools.io import OutputBatch, check_same_grid, read_mask, read_scan
     from mstools.messages import log
     from mstools.provenance import check_outputs, describe_inputs, sidecar, sidecar_path
-    from mstools.registration import detection
-    from mstools.registration.detector import detect, parameter_maps
-    from mstools.registration.parameters import parameter_text
+    from mstools.detect.registration import detection
+    from mstools.detect.registration.detector import detect, parameter_maps
+    from mstools.detect.registration.parameters import parameter_text
 
     o = options
     clock = {"start": time.perf_counter()}
@@ -142,7 +142,7 @@ def warp_job(image: Path, displacement: Path, output: Path, *, interpolation: st
     from mstools.errors import InputError
     from mstools.io import Image, OutputBatch, read_image, read_labels, read_vector_field
     from mstools.provenance import check_outputs, describe_inputs, sidecar
-    from mstools.registration.deformation import warp
+    from mstools.detect.registration.deformation import warp
 
     check_outputs([output], inputs=[image, displacement], force=force)
     field = read_vector_field(displacement)

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from mstools.detect.deep import MODELS
+from mstools.detect.deep.networks import NETWORKS
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
 
-MODELS = ("coactseg", "unet", "multitask")
 TIME02_SOURCES = ("union", "head")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-#: Extra outputs of CoactSeg: all-lesion maps of both time points (paper 002, three heads).
+#: Extra outputs of a network with all-lesion heads (CoactSeg, paper 002): maps of both time points.
 ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
 
 
@@ -25,7 +26,7 @@ def progress_unit(model: str) -> str:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    # Literals, not imports: `mstools --help` must not import the predictor (a test checks they agree).
+    # Literals or the light registry, not the predictor: `mstools --help` must not import torch.
     model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (its default weights ship with mstools).")
     weights: Optional[str] = option(None, kind="path", help="Weight file from mstools train (model.pt) instead of the default weights.")
     threshold: float = option(0.5, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks.")
@@ -46,12 +47,12 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     import time
 
     from mstools.case import resolve_pair
-    from mstools.deep.cards import default_weights
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, check_same_grid, check_scan, read_image
     from mstools.lesions import detections_from_mask
     from mstools.messages import log
+    from mstools.models import packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     o = options
@@ -61,11 +62,12 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         if case is None:
             raise InputError("give --output PREFIX when the images are given with --baseline/--followup")
         output = str(case / model)
-    weights_path = Path(o.weights) if o.weights is not None else default_weights(model)
+    weights_path = Path(o.weights) if o.weights is not None else packaged_model("deep", model)
+    outputs = NETWORKS[model].outputs if model in NETWORKS else ()
 
     paths = output_paths(output)
     extra = {name: {"score": output + suffix + "_score.nii.gz", "mask": output + suffix + "_mask.nii.gz"}
-             for name, suffix in ALL_LESION_OUTPUTS.items()} if model == "coactseg" else {}
+             for name, suffix in ALL_LESION_OUTPUTS.items() if name in outputs}
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
     check_outputs(targets, inputs=[baseline_path, followup_path], force=force)  # fail before the work
     base = read_image(baseline_path)
@@ -74,7 +76,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     check_scan(base)
     check_scan(follow)
 
-    from mstools.deep.predictor import PredictOptions, Predictor, lesion_mask
+    from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
 
     try:
         predictor = Predictor.from_file(weights_path, device=o.device, threads=o.threads)
@@ -89,12 +91,12 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     maps = predictor.predict(base.data, follow.data, spacing_mm=base.spacing_mm, options=predict, progress=progress)
     seconds = time.time() - started
 
-    if model == "coactseg":
-        from mstools.deep.predictor import time02_all_lesions
+    if "all_t2" in outputs:
+        from mstools.detect.deep.predictor import time02_all_lesions
 
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
     parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,
-                  "all_time02": o.all_time02 if model == "coactseg" else None,
+                  "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
                   "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict()}
     record = sidecar(command="segment", parameters=parameters,

@@ -9,7 +9,7 @@ from typing import Optional
 from mstools.jobs import JobResult
 from mstools.jobs.options import option
 
-#: Defaults written once (mstools.subtraction holds the papers' figures; a test checks they agree).
+#: Defaults written once (mstools.detect.subtraction holds the papers' figures; a test checks they agree).
 PRADOS_K_SD = 3.0
 PRADOS_CORE_EROSION_MM = 1.0
 HAMZAOUI_RATIO = 1.15
@@ -36,7 +36,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
     import numpy as np
 
     from mstools import case_layout as layout
-    from mstools import subtraction as sub
+    from mstools.detect import subtraction as sub
     from mstools.case import read_pair, resolve_case_inputs
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError

@@ -1,7 +1,7 @@
 """Training a learned new-lesion model as a job (``mstools train``): the configurations, the
 case folders, and the training loop with its checkpoints, resume, validation and best model.
 
-The network, sampling, losses and one optimisation step are :mod:`mstools.deep.training`'s;
+The network, sampling, losses and one optimisation step are :mod:`mstools.detect.deep.training`'s;
 this module owns the run folder: ``checkpoint.pt`` (resume), ``model.pt`` +
 ``model.card.json`` (best on validation), ``training_log.tsv``.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from mstools import case_layout as layout
+from mstools.detect.deep import MODELS
 from mstools.detections import add_table
 from mstools.errors import InputError
 from mstools.jobs import JobResult
@@ -25,7 +26,6 @@ LOG = "training_log.tsv"
 LOG_COLUMNS = ("iteration", "seconds", "loss", "dice_all", "dice_new", "relation", "bce", "registration",
                "similarity", "smoothness", "relation_weight", "val_dice", "val_lesion_f1",
                "val_lesion_sensitivity", "val_lesion_ppv")
-MODELS = ("coactseg", "unet", "multitask")
 PRESETS = ("small", "paper")
 
 
@@ -38,7 +38,7 @@ def _expand(paths: List[Path], what: str) -> list[Path]:
         if layout.is_longitudinal_case(p) or layout.is_single_case(p):
             cases.append(p)
             continue
-        inner = sorted(c for c in p.iterdir() if c.is_dir() and (layout.is_longitudinal_case(c) or layout.is_single_case(c)))
+        inner = layout.case_folders(p, single_timepoint=True)
         if not inner:
             raise InputError(f"{p}: no case folder found (expected {layout.BASELINE} + {layout.FOLLOWUP}, or "
                              f"{layout.SINGLE_FLAIR}); make some with mstools simulate")
@@ -48,31 +48,17 @@ def _expand(paths: List[Path], what: str) -> list[Path]:
 
 
 def _manifest(path: Path) -> tuple[list[Path], list[Path]]:
-    """Train and validation folders of a manifest TSV (columns ``case``, ``split`` = train|val|test)."""
-    from mstools.io import read_tsv
+    """Train and validation folders of a manifest TSV (:data:`mstools.manifest.TRAIN`; test rows are never read)."""
+    from mstools.manifest import TRAIN, read_manifest
 
-    rows = read_tsv(path)
-    if not rows or "case" not in rows[0] or "split" not in rows[0]:
-        raise InputError(f"{path}: a manifest needs the columns 'case' and 'split' (train, val or test)")
-    train, val = [], []
-    for n, row in enumerate(rows, start=2):
-        split = (row.get("split") or "").strip()
-        if split not in ("train", "val", "test"):
-            raise InputError(f"{path}: line {n}: split must be train, val or test, not {split!r}")
-        folder = Path(row["case"])
-        if not folder.is_absolute():
-            folder = path.parent / folder
-        if split == "train":
-            train.append(folder)
-        elif split == "val":
-            val.append(folder)
-    return train, val
-
+    rows = read_manifest(path, TRAIN)
+    return ([r.path("case") for r in rows if r.text("split") == "train"],
+            [r.path("case") for r in rows if r.text("split") == "val"])
 
 
 def load_case(folder: Path, config, *, validation: bool = False):
     """A case folder as a TrainingCase (or ValidationCase) on the model grid."""
-    from mstools.deep.training import prepare_case, prepare_validation
+    from mstools.detect.deep.training import prepare_case, prepare_validation
     from mstools.io import check_same_grid, read_image, read_mask
 
     if layout.is_longitudinal_case(folder):
@@ -105,7 +91,7 @@ def _seed_of(folder: Path):
 
 def _initialise(trainer, weights: Path, model_config) -> dict:
     """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
-    from mstools.deep.cards import as_float32, load_weights
+    from mstools.detect.deep.weights import as_float32, load_weights
     from mstools.io import sha256
 
     config, state_dict, _ = load_weights(weights)
@@ -131,8 +117,8 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
     with the given changes; None keeps the preset's value."""
     import dataclasses
 
-    from mstools.deep.config import DEFAULT_LEARNING_RATE, PAPER_CONFIGS, SMALL_CONFIGS, TrainingConfig
-    from mstools.deep.networks import network
+    from mstools.detect.deep.config import DEFAULT_LEARNING_RATE, PAPER_CONFIGS, SMALL_CONFIGS, TrainingConfig
+    from mstools.detect.deep.networks import network
 
     base = (SMALL_CONFIGS if preset == "small" else PAPER_CONFIGS)[model]
     changes = {k: v for k, v in (("base_filters", base_filters), ("patch_size", patch_size)) if v is not None}
@@ -234,12 +220,14 @@ class _Run:
     def save_model(self, metrics: dict) -> None:
         import torch
 
-        from mstools.deep.cards import file_sha256, save_weights, write_card
+        from mstools.detect.deep.weights import save_weights
+        from mstools.io import sha256
+        from mstools.models import write_card
 
         path, trainer = self.output / MODEL, self.trainer
         save_weights(path, self.model_config, trainer.model.state_dict(), extra={"iteration": trainer.iteration})
         write_card(path, {
-            "model": self.model_config.model, "weights": path.name, "sha256": file_sha256(path),
+            "model": self.model_config.model, "weights": path.name, "sha256": sha256(path),
             "configuration": self.model_config.as_dict(), "training": self.train_config.as_dict(),
             "iterations": trainer.iteration, "relation_on_from_iteration": trainer.relation_start_iteration,
             "training_data": {
@@ -309,9 +297,10 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=() if resume else (init_weights,))
     import torch
 
-    from mstools.deep.inference import select_device
-    from mstools.deep.networks import network
-    from mstools.deep.training import Trainer
+    from mstools.detect.deep.inference import select_device
+    from mstools.detect.deep.networks import network
+    from mstools.detect.deep.training import Trainer
+    from mstools.models import card_path
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -347,5 +336,5 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
         run.best = {"iteration": trainer.iteration}
         run.save_model(run.best)
     run.save_checkpoint()
-    written = [output / MODEL, output / (MODEL.removesuffix(".pt") + ".card.json"), output / LOG, checkpoint]
+    written = [output / MODEL, card_path(output / MODEL), output / LOG, checkpoint]
     return JobResult(written, {"written": [str(p) for p in written], "best": run.best, "iterations": trainer.iteration})

@@ -180,7 +180,7 @@ def check_config(config: dict) -> None:
 
 def check_config_files(config: dict, base: Path) -> None:
     """The files a configuration names exist, and models match their cards (before any stage)."""
-    from mstools.model_cards import load_filter_model, load_refine_model
+    from mstools.models import load_filter_model, load_refine_model
 
     for stage, names in PATH_OPTIONS.items():
         if not enabled(config, stage):
@@ -201,7 +201,7 @@ def check_config_files(config: dict, base: Path) -> None:
                 elif (stage, name) == ("segment", "weights"):
                     _check_weights(path, config["segment"]["model"])
     if enabled(config, "register") and config["register"].get("parameters"):
-        from mstools.registration.detector import parameter_maps
+        from mstools.detect.registration.detector import parameter_maps
 
         value = config["register"]["parameters"]
         parameter_maps([resolve(base, v) for v in (value if isinstance(value, list) else [value])],
@@ -210,7 +210,8 @@ def check_config_files(config: dict, base: Path) -> None:
 
 def _check_weights(path: Path, model: str) -> None:
     """A segment weight file is an mstools weight file of the configured network (its card readable)."""
-    from mstools.deep.cards import load_weights, read_card
+    from mstools.detect.deep.weights import load_weights
+    from mstools.models import read_card
 
     weights, _, _ = load_weights(path)
     read_card(path)

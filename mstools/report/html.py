@@ -162,7 +162,7 @@ def score_display(lesions: Sequence[Mapping], final_stage: str | None) -> ScoreD
     """Score columns that say something about the final lesions.
 
     The filter stage writes as each kept lesion's score its learned filter's probability,
-    or 1 under La Rosa's rules (:func:`mstools.filtering.kept_detections`): constant over
+    or 1 under La Rosa's rules (:func:`mstools.candidates.filtering.kept_detections`): constant over
     the lesion, so its mean and max are one number. Such a score gets one column (the
     filter's probability); a score that is 1 for every lesion of the filter says nothing
     and is left out, with a note. Other stages' scores vary inside a lesion: mean and max.

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mstools.deep import inference
-from mstools.deep.augment import AugmentConfig, augment_sample
-from mstools.deep.config import ModelConfig, TrainingConfig
-from mstools.deep.networks import build_model, network
-from mstools.deep.sampling import extract, patch_start
+from mstools.detect.deep import inference
+from mstools.detect.deep.augment import AugmentConfig, augment_sample
+from mstools.detect.deep.config import ModelConfig, TrainingConfig
+from mstools.detect.deep.networks import build_model, network
+from mstools.detect.deep.sampling import extract, patch_start
 
 #: Voxels kept around the head's bounding box when cases are cropped for training.
 CROP_MARGIN = 4
@@ -111,9 +111,10 @@ class Trainer:
 
         if not longitudinal:
             raise ValueError("training needs at least one two-time-point case")
-        mixes_single = network(model_config.model).single_timepoint   # CoactSeg (paper 002)
+        self.network = network(model_config.model)
+        mixes_single = self.network.single_timepoint   # CoactSeg (paper 002)
         if mixes_single and config.batch_single > 0 and not single:
-            raise ValueError("coactseg mixes single-time-point cases into every batch (paper 002); "
+            raise ValueError(f"{model_config.model} mixes single-time-point cases into every batch (paper 002); "
                              "give some or set batch_single to 0")
         self.model_config = model_config
         self.config = config
@@ -125,7 +126,7 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.model = build_model(model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          amsgrad=model_config.model == "multitask")  # paper 000: AMSGrad
+                                          amsgrad=self.network.amsgrad)
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.iteration = 0
@@ -155,7 +156,7 @@ class Trainer:
         if self.single and self.config.batch_single:
             plan += [self.single[i] for i in self.rng.integers(len(self.single), size=self.config.batch_single)]
         for case in plan:
-            if name == "multitask":
+            if self.network.slices_2d:   # a slice of one of the three orientations
                 axis = int(self.rng.integers(3))
                 patch = [p, p, p]
                 patch[axis] = SLAB
@@ -183,17 +184,9 @@ class Trainer:
         return self.config.lambda_relation if on else 0.0
 
     def losses(self, outputs, x, y, n_long: int) -> dict:
-        from mstools.deep import losses
-
-        name = self.model_config.model
-        if name == "coactseg":
-            return losses.coactseg_loss(outputs, y, n_long, lambda_new=self.config.lambda_new,
-                                        lambda_relation=self.relation_weight())
-        seg = losses.segmentation_loss(outputs["new"], y)
-        if name == "unet":
-            return seg
-        reg = losses.registration_loss(x[:, :1], x[:, 1:2], outputs["flow"], lambda_smooth=self.config.lambda_smooth)
-        return {**seg, **reg, "loss": seg["loss"] + reg["registration"]}
+        """The network's training objective (its registry entry's ``loss``) on one batch."""
+        return self.network.objective()(outputs, x, y, n_longitudinal=n_long, config=self.config,
+                                        relation_weight=self.relation_weight())
 
     def step(self) -> dict[str, float]:
         import torch
@@ -221,7 +214,7 @@ class Trainer:
     def validate(self, cases: list[ValidationCase], *, threshold: float = 0.5, overlap: float = 0.5,
                  batch_size: int = 2) -> dict[str, float]:
         """Mean Dice and MSSEG-2 lesion-wise F1 (``mstools.metrics``) over validation cases."""
-        from mstools.deep.predictor import PredictOptions, Predictor
+        from mstools.detect.deep.predictor import PredictOptions, Predictor
         from mstools.metrics import evaluate_case
 
         predictor = Predictor(self.model, self.model_config, device=self.device)

@@ -200,7 +200,7 @@ def normalise_pair(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray
     deviation", paper 001), the follow-up first freed of the smooth bias difference to the
     baseline as ``mstools subtract`` does (``bias_sigma_mm`` = 0: off)."""
     from mstools.intensity import zscore_in_mask
-    from mstools.subtraction import condition_pair
+    from mstools.detect.subtraction import condition_pair
 
     brain = np.asarray(brain) > 0
     corrected = condition_pair(baseline, followup, brain, spacing_mm=spacing_mm, bias_sigma_mm=bias_sigma_mm)

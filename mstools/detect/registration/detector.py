@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from mstools.errors import InputError
-from mstools.registration import detection
+from mstools.detect.registration import detection
 
 
 @dataclass
@@ -44,7 +44,7 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
     """
     from mstools.detections import LESION_COLUMNS
     from mstools.lesions import detections_from_mask
-    from mstools.registration.deformation import jacobian_determinant, warp
+    from mstools.detect.registration.deformation import jacobian_determinant, warp
 
     result = _run_elastix(fixed, moving, maps, fixed_brain if register_in_mask else None, moving_brain, threads,
                           progress)
@@ -75,7 +75,7 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
 
 
 def _run_elastix(fixed, moving, maps, fixed_brain, moving_brain, threads, progress=None):
-    from mstools.registration.elastix import RegistrationError, register
+    from mstools.detect.registration.elastix import RegistrationError, register
 
     try:
         return register(fixed.data, moving.data, followup_affine=fixed.affine, baseline_affine=moving.affine,
@@ -93,7 +93,7 @@ def parameter_maps(files, grid_spacing_mm, bending_weight):
     """The elastix stages: the user's parameter files, or the defaults with these settings."""
     from pathlib import Path
 
-    from mstools.registration import parameters as params
+    from mstools.detect.registration import parameters as params
 
     if files:
         if grid_spacing_mm is not None or bending_weight:

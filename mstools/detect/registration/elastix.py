@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mstools.registration.parameters import ParameterMap, is_linear, needs_single_thread, with_mask_sampler
+from mstools.detect.registration.parameters import ParameterMap, is_linear, needs_single_thread, with_mask_sampler
 from mstools.sitk_bridge import RAS_TO_LPS, affine_to_geometry
 
 
@@ -161,7 +161,7 @@ def register(followup: np.ndarray, baseline: np.ndarray, *, followup_affine: np.
 
     Returns the displacement field of the whole chain on the follow-up grid and that of
     its leading linear (rigid/affine) stages. With a follow-up mask, samplers that
-    miss oblique masks are replaced (:func:`~mstools.registration.parameters.with_mask_sampler`).
+    miss oblique masks are replaced (:func:`~mstools.detect.registration.parameters.with_mask_sampler`).
     Raises :class:`RegistrationError` when
     elastix fails (e.g. too few samples inside both images). ``progress(message)`` hears
     each stage and resolution as elastix's log reports them, and the loading of ITK.

@@ -9,7 +9,7 @@ with shared weights for the three orientations; at inference every voxel gets th
 mean of the probabilities of its axial, coronal and sagittal slices.
 
 Paper 000 uses FC-DenseNet57 (Tiramisu, ~2 M parameters) blocks; here both decoders
-and the encoder are plain 2D U-Net blocks (as :mod:`mstools.deep.unet`), which keep
+and the encoder are plain 2D U-Net blocks (as :mod:`mstools.detect.deep.unet`), which keep
 the shared-encoder / two-decoder structure at a fraction of the CPU cost.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mstools.deep.config import ModelConfig
-from mstools.deep.unet import Decoder, Encoder, widths
+from mstools.detect.deep.config import ModelConfig
+from mstools.detect.deep.unet import Decoder, Encoder, widths
 
 OUTPUTS = ("new",)
 

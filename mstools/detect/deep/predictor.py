@@ -1,7 +1,7 @@
 """``Predictor``: load a model once, segment many cases (as nnU-Net's predictor class).
 
-    >>> from mstools.deep.predictor import Predictor
-    >>> predictor = Predictor.from_file(default_weights("coactseg"))     # doctest: +SKIP
+    >>> from mstools.detect.deep.predictor import Predictor
+    >>> predictor = Predictor.from_file(packaged_model("deep", "coactseg"))  # doctest: +SKIP
     >>> maps = predictor.predict(baseline, followup, spacing_mm=(1, 1, 1))  # doctest: +SKIP
     >>> maps["new"].shape == baseline.shape                               # doctest: +SKIP
 
@@ -20,10 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from mstools.deep import inference
-from mstools.deep.cards import build_loaded, file_sha256, load_weights, read_card
-from mstools.deep.config import ModelConfig
-from mstools.deep.networks import NETWORKS
+from mstools.detect.deep import inference
+from mstools.detect.deep.weights import build_loaded, load_weights
+from mstools.detect.deep.config import ModelConfig
+from mstools.detect.deep.networks import NETWORKS
+from mstools.io import sha256 as file_sha256
+from mstools.models import read_card
 
 #: Output names per model: the new-lesion map always; CoactSeg's all-lesion maps too.
 OUTPUT_NAMES = {name: network.outputs for name, network in NETWORKS.items()}
@@ -52,7 +54,7 @@ class Predictor:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, device: str = "auto", threads: int | None = None) -> "Predictor":
-        """Load a weight file strictly (:func:`mstools.deep.cards.load_weights`)."""
+        """Load a weight file strictly (:func:`mstools.detect.deep.weights.load_weights`)."""
         import torch
 
         if threads is not None:
@@ -75,7 +77,7 @@ class Predictor:
                            progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Probabilities for two already-normalised volumes on the model's grid."""
         volume = inference.model_channels(self.config.model, baseline, followup)
-        if self.config.model == "multitask":
+        if NETWORKS[self.config.model].slices_2d:
             forward = inference.flip_tta(self._forward, (2, 3)) if options.tta else self._forward
             return inference.slice_inference(forward, volume, divisor=self.config.divisor,
                                              batch_size=max(1, options.batch_size * 4), device=self.device,

@@ -63,8 +63,11 @@ def normalise(image: np.ndarray, stats: tuple[float, float] | None = None) -> np
 
 
 def model_channels(model: str, baseline: np.ndarray, followup: np.ndarray) -> np.ndarray:
-    """Network input from normalised images: coactseg (b, f, f - b) (paper 002), others (b, f)."""
-    if model == "coactseg":
+    """Network input from normalised images: (b, f), and f - b for a network whose registry
+    entry has ``difference_input`` (CoactSeg, paper 002)."""
+    from mstools.detect.deep.networks import network
+
+    if network(model).difference_input:
         return np.stack([baseline, followup, followup - baseline]).astype(np.float32)
     return np.stack([baseline, followup]).astype(np.float32)
 

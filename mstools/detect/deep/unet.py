@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mstools.deep.coactseg import _norm
-from mstools.deep.config import ModelConfig
+from mstools.detect.deep.coactseg import _norm
+from mstools.detect.deep.config import ModelConfig
 
 OUTPUTS = ("new",)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mstools.deep.config import ModelConfig
+from mstools.detect.deep.config import ModelConfig
 
 OUTPUTS = ("all_t1", "all_t2", "new")
 

@@ -3,8 +3,8 @@
 Prados & Kanber trained a LightGBM voxel classifier, evaluated it by leave-one-out
 cross-validation, and stopped boosting after 50 rounds without improvement on an
 inner validation split. Here the inner split holds out whole cases
-(``VALIDATION_SHARE`` of the training cases, as the learned filter of
-``mstools.lesion_classifier`` does), the number of rounds found there is refitted on
+(``VALIDATION_SHARE`` of the training cases, with the trainer the learned filter uses:
+:func:`mstools.models.boosting.fit_grouped`), the number of rounds found there is refitted on
 every training case, and the outer cross-validation is grouped by case (k-fold or
 leave-one-out). Scores come from ``mstools.metrics.evaluate_case``, on the whole
 volumes, after the paper's post-processing.
@@ -20,19 +20,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mstools.lesion_classifier import EARLY_STOPPING_ROUNDS, LGBM_PARAMS, VALIDATION_SHARE, _split_cases
-from mstools.refine.features import feature_names, normalise_pair, voxel_features
-from mstools.refine.postprocess import PostProcessing, refined_detections
-from mstools.refine.sampling import SamplingOptions, candidate_region, training_voxels
+from mstools.models.boosting import (EARLY_STOPPING_ROUNDS, LGBM_PARAMS, VALIDATION_SHARE, can_stop_early,
+                                     fit_grouped, lgbm_params, split_cases)
+from mstools.candidates.refine.features import feature_names, normalise_pair, voxel_features
+from mstools.candidates.refine.postprocess import PostProcessing, refined_detections
+from mstools.candidates.refine.sampling import SamplingOptions, candidate_region, training_voxels
 
 #: The learned filter's settings (shared), with larger leaves and a faster rate for the
 #: 10^5-10^6 voxels of a cohort (the filter sees a few hundred candidates).
 VOXEL_PARAMS = {**LGBM_PARAMS, "learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 100}
 MAX_ROUNDS = 500
-#: "none": the candidate-region sampling is the only rebalancing, so probabilities stay
-#: calibrated for the paper's 0.2 threshold; "balanced": positives weighted by
-#: negatives / positives (LightGBM ``scale_pos_weight``).
-CLASS_WEIGHTS = ("none", "balanced")
+#: Of ``mstools.models.boosting.CLASS_WEIGHTS``: "none", the candidate-region sampling is the only rebalancing, so
+#: probabilities stay calibrated for the paper's 0.2 threshold.
 DEFAULT_CLASS_WEIGHT = "none"
 #: Normalisation: the follow-up's bias difference to the baseline removed as `mstools subtract` does.
 BIAS_SIGMA_MM = 15.0
@@ -85,7 +84,7 @@ def _features_for(case: CaseInputs, voxels, *, feature_set: str, bias_sigma_mm: 
 
 def case_samples(case: CaseInputs, *, feature_set: str, sampling: SamplingOptions = SamplingOptions(),
                  bias_sigma_mm: float = BIAS_SIGMA_MM, seed: int = 0) -> CaseSamples:
-    """Training rows of one case with ground truth (see ``mstools.refine.sampling``)."""
+    """Training rows of one case with ground truth (see ``mstools.candidates.refine.sampling``)."""
     if case.ground_truth is None:
         raise ValueError(f"{case.name or 'case'}: training needs a ground truth")
     region = candidate_region(case.candidates, case.brain, spacing_mm=spacing_of(case.affine),
@@ -101,13 +100,7 @@ def case_samples(case: CaseInputs, *, feature_set: str, sampling: SamplingOption
 
 
 def _params(seed: int, class_weight: str, truth: np.ndarray) -> dict:
-    if class_weight not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, not {class_weight!r}")
-    params = {**VOXEL_PARAMS, "seed": seed}
-    if class_weight == "balanced":
-        positives = max(int(truth.sum()), 1)
-        params["scale_pos_weight"] = float(len(truth) - positives) / positives
-    return params
+    return lgbm_params(VOXEL_PARAMS, seed=seed, class_weight=class_weight, truth=truth)
 
 
 def _check_classes(truth: np.ndarray) -> None:
@@ -129,25 +122,15 @@ def _stopping_round(curve: list[float]) -> int:
 def fit(features: np.ndarray, truth: np.ndarray, groups: np.ndarray, *, names, seed: int = 0,
         class_weight: str = DEFAULT_CLASS_WEIGHT, max_rounds: int = MAX_ROUNDS) -> tuple[str, dict]:
     """(LightGBM model text, training facts): early stopping on held-out cases, then a refit on all."""
-    import lightgbm as lgb
-
     truth = np.asarray(truth, dtype=np.uint8)
     _check_classes(truth)
-    val = _split_cases(np.asarray(groups), VALIDATION_SHARE, seed)
-    rounds = max_rounds
-    if val.any() and not val.all() and len(np.unique(truth[val])) == 2 and len(np.unique(truth[~val])) == 2:
-        params = _params(seed, class_weight, truth[~val])
-        train_set = lgb.Dataset(features[~val], truth[~val], feature_name=list(names), free_raw_data=True)
-        valid_set = lgb.Dataset(features[val], truth[val], reference=train_set)
-        booster = lgb.train(params, train_set, num_boost_round=max_rounds, valid_sets=[valid_set],
-                            callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
-        rounds = int(booster.best_iteration or booster.current_iteration())
-    params = _params(seed, class_weight, truth)
-    final = lgb.train(params, lgb.Dataset(features, truth, feature_name=list(names)), num_boost_round=rounds)
-    info = {"rounds": rounds, "params": params, "voxels": int(len(truth)), "positives": int(truth.sum()),
-            "cases": int(len(np.unique(groups))), "validation_cases": int(len(np.unique(np.asarray(groups)[val]))),
-            "feature_importance_gain": _importance(final, names)}
-    return final.model_to_string(), info
+    fitted = fit_grouped(features, truth, groups, names=names, base_params=VOXEL_PARAMS, seed=seed,
+                         class_weight=class_weight, max_rounds=max_rounds)
+    info = {"rounds": fitted.rounds, "params": fitted.params, "voxels": int(len(truth)),
+            "positives": int(truth.sum()), "cases": int(len(np.unique(groups))),
+            "validation_cases": int(len(np.unique(np.asarray(groups)[fitted.held_out]))),
+            "feature_importance_gain": _importance(fitted.booster, names)}
+    return fitted.model_text, info
 
 
 def _importance(booster, names) -> dict:
@@ -178,9 +161,9 @@ def fit_dask(features: np.ndarray, truth: np.ndarray, groups: np.ndarray, *, cli
         # threads per worker come from the Dask workers themselves (lightgbm.dask sets them)
         return DaskLGBMClassifier(client=client, n_estimators=rounds, **settings)
 
-    val = _split_cases(np.asarray(groups), VALIDATION_SHARE, seed)
+    val = split_cases(np.asarray(groups), VALIDATION_SHARE, seed)
     rounds = max_rounds
-    if val.any() and not val.all() and len(np.unique(truth[val])) == 2 and len(np.unique(truth[~val])) == 2:
+    if can_stop_early(truth, val):
         x_train, y_train = arrays(~val)
         probe = model(_params(seed, class_weight, truth[~val]), max_rounds)
         probe.fit(x_train, y_train, feature_name=list(names))
@@ -219,7 +202,7 @@ class RefineModel:
     _booster: object = field(default=None, repr=False)
 
     def __post_init__(self):
-        from mstools.refine.trees import TreeEnsemble
+        from mstools.candidates.refine.trees import TreeEnsemble
 
         try:  # NumPy prediction: importing lightgbm (and scikit-learn with it) takes seconds
             self._booster = TreeEnsemble.from_text(self.model_text)
@@ -368,7 +351,7 @@ def cross_validate(samples: list[CaseSamples], *, names, folds: int | None = 5, 
 
 
 def _set_of(names) -> str:
-    from mstools.refine.features import FEATURE_SETS
+    from mstools.candidates.refine.features import FEATURE_SETS
 
     for key, value in FEATURE_SETS.items():
         if list(value) == list(names):

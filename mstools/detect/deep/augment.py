@@ -101,7 +101,7 @@ def augment_sample(images: np.ndarray, labels: np.ndarray, rng: np.random.Genera
     """Augment raw patches (T, I, J, K) and labels (L, I, J, K); returns normalised images.
 
     ``stats`` (T, 2) holds each time point's foreground mean and standard deviation
-    (:func:`mstools.deep.inference.normalisation_stats` of the whole volume), applied
+    (:func:`mstools.detect.deep.inference.normalisation_stats` of the whole volume), applied
     after the quality and bias changes and before intensity scaling and noise.
     """
     images = np.array(images, dtype=np.float32, copy=True)

@@ -101,9 +101,30 @@ def registration_loss(fixed: torch.Tensor, moving: torch.Tensor, flow: torch.Ten
 
     ``fixed`` = baseline, ``moving`` = follow-up (B, 1, H, W); similarity is MSE (paper 000).
     """
-    from mstools.deep.multitask import warp
+    from mstools.detect.deep.multitask import warp
 
     similarity = F.mse_loss(warp(moving, flow).float(), fixed.float())
     smooth = diffusion_regulariser(flow.float())
     return {"registration": similarity + lambda_smooth * smooth, "similarity": similarity.detach(),
             "smoothness": smooth.detach()}
+
+
+# -- training objectives: one per network (``mstools.detect.deep.networks``), one signature ---------------
+
+
+def coactseg_objective(outputs, x, y, *, n_longitudinal: int, config, relation_weight: float) -> dict:
+    """CoactSeg (paper 002): :func:`coactseg_loss` with the relation weight of this iteration."""
+    return coactseg_loss(outputs, y, n_longitudinal, lambda_new=config.lambda_new, lambda_relation=relation_weight)
+
+
+def segmentation_objective(outputs, x, y, **_) -> dict:
+    """A new-lesion segmentation network: :func:`segmentation_loss` of its ``new`` output."""
+    return segmentation_loss(outputs["new"], y)
+
+
+def segmentation_registration_objective(outputs, x, y, *, config, **_) -> dict:
+    """The multitask network (paper 000, eq. 1): L = L_seg + L_reg, the follow-up slice
+    registered onto the baseline slice by the predicted ``flow``."""
+    seg = segmentation_loss(outputs["new"], y)
+    reg = registration_loss(x[:, :1], x[:, 1:2], outputs["flow"], lambda_smooth=config.lambda_smooth)
+    return {**seg, **reg, "loss": seg["loss"] + reg["registration"]}

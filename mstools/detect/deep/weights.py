@@ -1,41 +1,23 @@
-"""Weight files and model cards.
+"""Weight files of the networks: their format, writing, strict loading.
 
 A weight file (``.pt``) is a plain dictionary saved by torch: ``format``, the model
-``config`` (:class:`~mstools.deep.config.ModelConfig` as a dict) and the network's
+``config`` (:class:`~mstools.detect.deep.config.ModelConfig` as a dict) and the network's
 ``state_dict``; it is read with ``weights_only=True`` (no code runs on loading) and the
 state dict is loaded strictly: a missing or unexpected key is an error. The default
-weights live in ``mstools/deep/weights/<model>.pt`` with ``<model>.card.json``
-(configuration, training data and its generator seeds, iterations, held-out metrics).
+weights are packaged models (``mstools.models.packaged_model("deep", network)``); their
+cards (configuration, training data and its generator seeds, iterations, held-out
+metrics) are read and written by :mod:`mstools.models.cards`, as the LightGBM models' are.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from mstools.deep import MODELS
-from mstools.deep.config import ModelConfig
+from mstools.detect.deep.config import ModelConfig
 from mstools.errors import InputError
-from mstools.io import sha256
 
 WEIGHT_FORMAT = "mstools-deep-weights-1"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def default_weights(model: str) -> Path:
-    if model not in MODELS:
-        raise InputError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    return WEIGHTS_DIR / f"{model}.pt"
-
-
-def card_path(weights: str | os.PathLike) -> Path:
-    p = Path(weights)
-    return p.with_name(p.name.removesuffix(".pt") + ".card.json")
-
-
-#: The sha256 of a file (the model cards' and sidecars' hash): mstools.io's.
-file_sha256 = sha256
 
 
 def save_weights(path: str | os.PathLike, config: ModelConfig, state_dict: dict, *, extra: dict | None = None,
@@ -87,7 +69,7 @@ def as_float32(state_dict: dict) -> dict:
 
 def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weights"):
     """The network with ``state_dict`` loaded strictly (key or shape mismatch -> InputError)."""
-    from mstools.deep.networks import build_model
+    from mstools.detect.deep.networks import build_model
 
     model = build_model(config)
     state_dict = as_float32(state_dict)
@@ -97,30 +79,3 @@ def build_loaded(config: ModelConfig, state_dict: dict, *, source: str = "weight
         first = " ".join(str(exc).split())[:300]
         raise InputError(f"{source}: weights do not match the {config.model} network: {first}") from None
     return model
-
-
-def read_card(weights: str | os.PathLike) -> dict | None:
-    """The card beside a weight file (None when there is none); an unreadable one is an InputError."""
-    p = card_path(weights)
-    if not p.is_file():
-        return None
-    try:
-        with open(p, encoding="utf-8") as handle:
-            card = json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{p}: unreadable model card ({' '.join(str(exc).split())}); keep the card that "
-                         "mstools train wrote beside the weights, or remove it") from None
-    if not isinstance(card, dict):
-        raise InputError(f"{p}: not a model card (a JSON object was expected); keep the card that mstools train "
-                         "wrote beside the weights, or remove it")
-    return card
-
-
-def write_card(weights: str | os.PathLike, card: dict) -> Path:
-    p = card_path(weights)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(card, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, p)
-    return p

@@ -9,13 +9,13 @@ thresholded into candidates that carry the local volume change and displacement.
 
 Modules:
 
-* :mod:`~mstools.registration.parameters` -- the elastix parameter maps (defaults,
+* :mod:`~mstools.detect.registration.parameters` -- the elastix parameter maps (defaults,
   parsing and validation of user files); pure Python.
-* :mod:`~mstools.registration.deformation` -- displacement fields: warping, Jacobian
+* :mod:`~mstools.detect.registration.deformation` -- displacement fields: warping, Jacobian
   determinant, volume change, folding; pure NumPy/SciPy.
-* :mod:`~mstools.registration.detection` -- normalised subtractions, candidates and
+* :mod:`~mstools.detect.registration.detection` -- normalised subtractions, candidates and
   their features, the registration-failure check; pure NumPy.
-* :mod:`~mstools.registration.elastix` -- the only module that imports ``itk``
+* :mod:`~mstools.detect.registration.elastix` -- the only module that imports ``itk``
   (inside its functions, so that importing this package stays light).
 
 Conventions: arrays have axes (i, j, k) of their NIfTI grid; displacement fields are

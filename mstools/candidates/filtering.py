@@ -109,7 +109,7 @@ def candidate_features(labels: np.ndarray, *, baseline: np.ndarray, followup: np
 
     edge_distance = DistanceToMask(~brain, spacing)   # as distance_transform_edt(brain)
     csf_distance = DistanceToMask(csf, spacing) if csf.any() else None
-    from mstools.subtraction import ball  # the physical structuring element
+    from mstools.detect.subtraction import ball  # the physical structuring element
 
     shell_element = ball(SHELL_MM, spacing)
     touch_element = structure(6)
@@ -229,7 +229,7 @@ def decide_by_rules(rows: list[dict], rules: FilterRules, *, have_tissues: bool,
 
 def decide_by_model(rows: list[dict], model_text: str, features: list[str], threshold: float) -> None:
     """Set each row's ``probability`` (learned filter) and ``decision`` at ``threshold``."""
-    from mstools.lesion_classifier import predict
+    from mstools.candidates.lesion_classifier import predict
 
     probabilities = predict(model_text, feature_matrix(rows, features))
     for row, p in zip(rows, probabilities):

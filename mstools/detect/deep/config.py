@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from mstools.deep import MODELS
+from mstools.detect.deep import MODELS
 
 
 @dataclass(frozen=True)
