@@ -91,7 +91,7 @@ def evaluate_command(
       mstools evaluate --activity --pred-dir derivatives --gt-dir cases --out-dir results
     """
     from mstools.jobs.evaluate import case_pairs, evaluate_job
-    from mstools.metrics import EvaluationOptions, LesionRule
+    from mstools.metrics import EvaluationOptions
 
     mode = _input_mode(prediction, ground_truth, pred_dir, gt_dir, manifest)
     if out is not None and out_dir is not None:
@@ -99,21 +99,27 @@ def evaluate_command(
     if activity:
         _activity(mode, pred_dir, gt_dir, out, out_dir, force, as_json)
         return
-    if connectivity not in (6, 18, 26):
-        raise typer.BadParameter(f"must be 6, 18 or 26, not {connectivity}", param_hint="--connectivity")
-    if threshold is not None and not math.isfinite(threshold):
-        raise typer.BadParameter("must be a finite number", param_hint="--threshold")
-    try:
-        rule = LesionRule(connectivity=connectivity, min_lesion_mm3=min_lesion_mm3, alpha=alpha, beta=beta,
-                          gamma=gamma)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    rule = _lesion_rule(connectivity, min_lesion_mm3, alpha, beta, gamma, threshold)
     pairs = case_pairs(mode, prediction, ground_truth, pred_dir, gt_dir, manifest, threshold)
     with _progress(len(pairs) if mode != "pair" else 0) as on_case:
         rows, lesion_rows, summary, written = evaluate_job(
             pairs, EvaluationOptions(rule=rule, hd95=hd95.value), threshold, cohort=mode != "pair", out=out,
             out_dir=out_dir, manifest=manifest, force=force, on_case=on_case)
     _report(rows, lesion_rows, summary, written, as_json)
+
+
+def _lesion_rule(connectivity, min_lesion_mm3, alpha, beta, gamma, threshold):
+    from mstools.metrics import LesionRule
+
+    if connectivity not in (6, 18, 26):
+        raise typer.BadParameter(f"must be 6, 18 or 26, not {connectivity}", param_hint="--connectivity")
+    if threshold is not None and not math.isfinite(threshold):
+        raise typer.BadParameter("must be a finite number", param_hint="--threshold")
+    try:
+        return LesionRule(connectivity=connectivity, min_lesion_mm3=min_lesion_mm3, alpha=alpha, beta=beta,
+                          gamma=gamma)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _activity(mode, pred_dir, gt_dir, out, out_dir, force, as_json) -> None:
