@@ -29,6 +29,7 @@ def activity_command(
     A change that wraps round a baseline lesion is its growth (enlarging); one that does
     not is new; a baseline lesion that darkens is shrinking. Needs the baseline lesions
     (--baseline-lesions, or the case's lesions_time01.nii.gz, or the run's CoactSeg map).
+    With --run, register's Jacobian (when the run has one) is reported per lesion.
 
     Example: mstools activity data_samples/sim-001 --run out/sim-001 -o out/sim-001_activity/activity
     """
@@ -41,8 +42,9 @@ def activity_command(
     if new is None or candidates is None:
         raise InputError("give --run RUN, or both --new PREFIX and --candidates PREFIX")
     segment = str(run / "segment" / "segment") if run is not None else None
+    register = str(run / "register" / "register") if run is not None else None
     result = activity_job(case, new, candidates, out, common.options(O, locals()), segment_prefix=segment,
-                          force=force)
+                          register_prefix=register, force=force)
     common.report(result, as_json=as_json)
 
 

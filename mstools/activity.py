@@ -63,6 +63,13 @@ MIN_CHANGE_MM3 = 5.0
 #: they lose 49-78 % of their volume; 0.2 leaves room for partial volume at the rim.
 SHRINK_FRACTION_MIN = 0.2
 
+#: Why register's Jacobian is reported, not used for the kind: at register's default B-spline
+#: grid (10 mm) the volume change inside simulated enlarging lesions measured 0.99-1.01
+#: (1.00-1.13 at 20 mm; mstools/detect/registration/parameters.py): the registration does
+#: not follow a growth of a few mm, so it cannot tell enlarging from stable; the rim rule
+#: found 43 of 45 enlarging lesions without it (benchmarks/lesion_activity.py).
+JACOBIAN_NOTE = "volume change (follow-up / baseline) from register, mean over the lesion"
+
 #: Lesion kinds, in the order of the table.
 KINDS = ("new", "enlarging", "shrinking")
 
@@ -107,7 +114,7 @@ class ActivityResult:
 
 CHANGE_COLUMNS = ("label", "kind", "baseline_label", "baseline_volume_mm3", "followup_volume_mm3",
                   "growth_mm3", "growth_percent", "location", "centroid_x_mm", "centroid_y_mm",
-                  "centroid_z_mm", "score_max")
+                  "centroid_z_mm", "score_max", "jacobian_mean")
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -139,6 +146,7 @@ def decrease_mask(subtraction: np.ndarray, brain: np.ndarray, *, k: float) -> np
 def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_lesions: np.ndarray,
                      decrease: np.ndarray, *, affine: np.ndarray, score: np.ndarray | None = None,
                      locate=None, lesion_labels: np.ndarray | None = None,
+                     jacobian: np.ndarray | None = None,
                      rim_coverage_min: float = RIM_COVERAGE_MIN,
                      centroid_offset_max: float = CENTROID_OFFSET_MAX,
                      min_change_mm3: float = MIN_CHANGE_MM3,
@@ -150,7 +158,9 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
     baseline; ``decrease``: voxels that darkened (:func:`decrease_mask`); ``score``: the
     final probability map (for ``score_max``); ``locate``: region -> location class (a
     :class:`Locator`; without it every row says ``unknown``); ``lesion_labels``: the
-    detector's own labels of ``new_mask`` (new lesions then keep its lesions' shapes).
+    detector's own labels of ``new_mask`` (new lesions then keep its lesions' shapes);
+    ``jacobian``: register's volume change map, reported per lesion (``jacobian_mean``, see
+    :data:`JACOBIAN_NOTE`), not used to decide the kind.
     """
     new_mask, increase_mask = new_mask > 0, increase_mask > 0
     baseline_lesions, decrease = baseline_lesions > 0, decrease > 0
@@ -202,6 +212,8 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
             if score is not None and len(voxels) and score[tuple(voxels.T)].max() > 0 else "")
     centroid = (lambda voxels: matrix[:3, :3] @ voxels.mean(axis=0) + matrix[:3, 3])
     where = (lambda voxels: locate(voxels) if locate is not None else "unknown")
+    volume_change = (lambda voxels: round(float(jacobian[tuple(voxels.T)].mean()), 4)
+                     if jacobian is not None and len(voxels) else "")
 
     lookup = np.zeros(n_change + 1, dtype=np.int32)
     for number, label in enumerate(new_parts, start=1):
@@ -217,7 +229,7 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
         new_labels = kept[lesion_labels].astype(np.int32)
     for number, voxels in voxels_by_label(new_labels).items():
         rows.append(_row(number, "new", "", 0.0, len(voxels) * voxel_mm3, centroid(voxels), where(voxels),
-                         peak(voxels)))
+                         peak(voxels), volume_change(voxels)))
 
     lookup[:] = 0
     for b, labels in grown_by.items():
@@ -231,18 +243,19 @@ def classify_changes(new_mask: np.ndarray, increase_mask: np.ndarray, baseline_l
         growth, before = len(grown) * voxel_mm3, base_sizes[b] * voxel_mm3
         if len(grown) and growth >= min_change_mm3:
             after = before + growth - lost[b] * voxel_mm3
-            rows.append(_row(b, "enlarging", b, before, after, centroid(grown),
-                             where(np.vstack([grown, base_voxels[b]])), peak(grown)))
+            both = np.vstack([grown, base_voxels[b]])
+            rows.append(_row(b, "enlarging", b, before, after, centroid(grown), where(both), peak(grown),
+                             volume_change(both)))
             continue
         if len(grown):                                  # a growth too small to report
             enlarging_labels[tuple(grown.T)] = 0
         if lost[b] >= shrink_fraction_min * base_sizes[b] and lost[b] * voxel_mm3 >= min_change_mm3:
             rows.append(_row(b, "shrinking", b, before, before - lost[b] * voxel_mm3, centroid(base_voxels[b]),
-                             where(base_voxels[b]), ""))
+                             where(base_voxels[b]), "", volume_change(base_voxels[b])))
     return ActivityResult(new_labels, enlarging_labels, base_labels.astype(np.int32), rows)
 
 
-def _row(label, kind, baseline_label, before, after, centre, location, score_max) -> dict:
+def _row(label, kind, baseline_label, before, after, centre, location, score_max, jacobian_mean="") -> dict:
     growth = after - before
     return {"label": int(label), "kind": kind, "baseline_label": baseline_label,
             "baseline_volume_mm3": round(float(before), 3), "followup_volume_mm3": round(float(after), 3),
@@ -250,7 +263,7 @@ def _row(label, kind, baseline_label, before, after, centre, location, score_max
             "growth_percent": round(100.0 * growth / before, 1) if before > 0 else "",
             "location": location,
             "centroid_x_mm": round(float(centre[0]), 2), "centroid_y_mm": round(float(centre[1]), 2),
-            "centroid_z_mm": round(float(centre[2]), 2), "score_max": score_max}
+            "centroid_z_mm": round(float(centre[2]), 2), "score_max": score_max, "jacobian_mean": jacobian_mean}
 
 
 # ----------------------------------------------------------------------------- location

@@ -248,3 +248,17 @@ def test_config_refuses_activity_without_its_inputs(case, tmp_path):
     config.write_text("activity:\n  lesions: activity\n")
     result = runner.invoke(app, ["run", str(case / "case"), "-o", str(tmp_path / "r"), "-c", str(config)])
     assert result.exit_code == 1 and "activity.lesions must be" in result.stderr
+
+
+def test_registers_jacobian_is_reported_per_lesion_and_does_not_change_the_kinds():
+    affine = oblique_affine()
+    baseline, followup, growth, beside, lone, lost = lesion_pair()
+    increase = followup & ~baseline
+    jacobian = np.ones(SHAPE, np.float32)
+    jacobian[ndimage.binary_dilation(growth | ball((10, 10, 8), (3.0, 3.0, 5.0)))] = 1.5
+    plain = act.classify_changes(beside | lone, increase, baseline, lost, affine=affine)
+    with_j = act.classify_changes(beside | lone, increase, baseline, lost, affine=affine, jacobian=jacobian)
+    assert [r["kind"] for r in plain.changes] == [r["kind"] for r in with_j.changes]
+    values = {r["kind"]: r["jacobian_mean"] for r in with_j.changes}
+    assert values["enlarging"] == pytest.approx(1.5) and values["new"] == pytest.approx(1.0)
+    assert all(r["jacobian_mean"] == "" for r in plain.changes)

@@ -51,12 +51,13 @@ def baseline_lesion_source(case: Path, options: ActivityOptions, segment_prefix:
 
 def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,
                  options: ActivityOptions = ActivityOptions(), *, segment_prefix: Optional[str] = None,
-                 force: bool = False) -> JobResult:
+                 register_prefix: Optional[str] = None, force: bool = False) -> JobResult:
     """New, enlarging and shrinking lesions of a case (``mstools activity``).
 
     ``new_prefix``: a detector's outputs whose mask holds the reported new lesions (the
     run's final stage); ``candidates_prefix``: subtract's outputs (its candidates and its
-    ``_subtraction`` image)."""
+    ``_subtraction`` image); ``register_prefix``: register's outputs, whose Jacobian is
+    reported per lesion when it exists."""
     import numpy as np
 
     from mstools import activity as act
@@ -108,10 +109,17 @@ def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,
     else:
         csf, grey = csf_from_flair(b_img.data, brain), None
     locate = act.Locator(brain, affine=b_img.affine, csf=csf, grey_matter=grey)
+    jacobian = None
+    if register_prefix is not None and Path(register_prefix + "_jacobian.nii.gz").is_file():
+        jacobian_img = read_image(register_prefix + "_jacobian.nii.gz")
+        check_same_grid(b_img, jacobian_img)
+        jacobian = jacobian_img.data
+        inputs.append(register_prefix + "_jacobian.nii.gz")
     decrease = act.decrease_mask(subtraction.data, brain, k=options.k)
     result = act.classify_changes(new.data > 0, candidates.data > 0, baseline_map, decrease,
                                   affine=b_img.affine, score=score.data, locate=locate,
                                   lesion_labels=new_labels.data if new_labels is not None else None,
+                                  jacobian=jacobian,
                                   rim_coverage_min=options.rim_coverage,
                                   shrink_fraction_min=options.shrink_fraction)
     n_candidates = len(read_tsv(candidates_prefix + TABLE_SUFFIX))

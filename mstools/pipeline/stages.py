@@ -132,8 +132,10 @@ def _activity(ctx: StageContext):
     from mstools.jobs.activity import activity_job
 
     segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
+    register = ctx.prefix("register") if enabled(ctx.config, "register") else None
     return activity_job(ctx.case_dir, ctx.prefix(ctx.config["activity"]["lesions"]), ctx.prefix("subtract"),
-                        ctx.prefix("activity"), ctx.options, segment_prefix=segment, force=True)
+                        ctx.prefix("activity"), ctx.options, segment_prefix=segment, register_prefix=register,
+                        force=True)
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -175,7 +177,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("activity", ("activity",), ActivityOptions, _activity,
           lambda c: [str(c.case_dir), "--new", c.prefix(c.config["activity"]["lesions"]), "--candidates",
                      c.prefix("subtract"), "-o", c.prefix("activity")],
-          lambda config: ["preprocess", "subtract", config["activity"]["lesions"]],
+          lambda config: ["preprocess", "subtract", config["activity"]["lesions"], "segment", "register"],
           own={"enabled": (True, "Lesion activity: new / enlarging / shrinking lesions and whether the patient "
                                  "is active (needs subtract and a baseline lesion map; without a map every "
                                  "change is new)."),
