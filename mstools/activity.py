@@ -64,10 +64,11 @@ MIN_CHANGE_MM3 = 5.0
 SHRINK_FRACTION_MIN = 0.2
 
 #: Why register's Jacobian is reported, not used for the kind: at register's default B-spline
-#: grid (10 mm) the volume change inside simulated enlarging lesions measured 0.99-1.01
-#: (1.00-1.13 at 20 mm; mstools/detect/registration/parameters.py): the registration does
-#: not follow a growth of a few mm, so it cannot tell enlarging from stable; the rim rule
-#: found 43 of 45 enlarging lesions without it (benchmarks/lesion_activity.py).
+#: grid (20 mm) the volume change inside simulated enlarging lesions measured 1.00-1.13
+#: (mstools/detect/registration/parameters.py) while their volume grew 1.95-3.4 times: the
+#: registration follows a growth only partly, for some not at all, so it cannot tell every
+#: enlarging lesion from a stable one; the rim rule found 43 of 45 without it
+#: (benchmarks/lesion_activity.py). A rule using it was not measured (elastix runs).
 JACOBIAN_NOTE = "volume change (follow-up / baseline) from register, mean over the lesion"
 
 #: Lesion kinds, in the order of the table.
