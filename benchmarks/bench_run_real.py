@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("preprocess", "subtract", "refine", "filter")
+STAGES = ("preprocess", "subtract", "refine", "filter", "activity")
 
 
 def _pairs(work: Path) -> dict[str, tuple[Path, Path]]:
@@ -68,14 +68,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Runs per pair (the median is printed).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    print("| pair | common grid (mm) | voxels | preprocess | subtract | refine | filter | whole run | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| pair | common grid (mm) | voxels | preprocess | subtract | refine | filter | activity | whole run | "
+          "peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (baseline, followup) in _pairs(args.work).items():
         runs = [_one_run(baseline, followup, args.work / "run") for _ in range(args.repeats)]
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
         median = {k: statistics.median(r[k] for r in runs) for k in ("wall", *STAGES)}
         print(f"| {name} | {runs[0]['spacing']} | {runs[0]['grid']} | {median['preprocess']:.1f} s | "
               f"{median['subtract']:.1f} s | {median['refine']:.1f} s | {median['filter']:.1f} s | "
+              f"{median['activity']:.1f} s | "
               f"{median['wall']:.1f} s | {peak_gb:.2f} GB (largest so far) |", flush=True)
 
 
