@@ -164,21 +164,15 @@ def main() -> None:
         return
     results = [(name, t, p, classify(p, rim=act.RIM_COVERAGE_MIN, shrink=act.SHRINK_FRACTION_MIN))
                for name, t, p in data]
-    features, labels = [], []
-    for _, t, p, r in results:
-        reported = [row for row in r.changes if row["kind"] in ("new", "enlarging")]
-        top = max((float(row["score_max"]) for row in reported if row["score_max"] != ""), default=0.0)
-        features.append(act.activity_features(top, len(reported), p["n_candidates"]))
-        labels.append(t["active"])
-    features, labels = np.array(features), np.array(labels)
+    features = np.array([act.patient_features(r, p["n_candidates"]) for _, _, p, r in results])
+    labels = np.array([t["active"] for _, t, _, _ in results])
     if args.action == "fit":
         w = act.fit_logistic(features, labels)
         print("coefficients (intercept, top score, log1p changes, log1p candidates):",
               ", ".join(f"{v:.3f}" for v in w))
         return
     rows = [score_case(t, p, r) for _, t, p, r in results]
-    probabilities = [act.activity_probability(x[1], int(round(np.expm1(x[2]))), int(round(np.expm1(x[3]))))
-                     for x in features]
+    probabilities = [act.probability_of(x) for x in features]
     for (name, t, p, r), row, prob in zip(results, rows, probabilities):
         print(f"{name}: active {t['active']!s:5} p {prob:.3f} | enlarging {row['enlarging_detected']}/"
               f"{row['enlarging']} (reported {row['reported_enlarging']}) | as new: enlarging "

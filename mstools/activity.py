@@ -334,11 +334,24 @@ def activity_features(top_score: float, n_changes: int, n_candidates: int) -> np
     return np.array([1.0, float(top_score), np.log1p(n_changes), np.log1p(n_candidates)])
 
 
+def patient_features(result: ActivityResult, n_candidates: int) -> np.ndarray:
+    """The model's features of a classified pair: the top score of its new and enlarging
+    lesions, their number, and the number of subtract candidates."""
+    reported = [row for row in result.changes if row["kind"] in ("new", "enlarging")]
+    top = max((float(row["score_max"]) for row in reported if row["score_max"] != ""), default=0.0)
+    return activity_features(top, len(reported), n_candidates)
+
+
+def probability_of(features: np.ndarray, *, coefficients=ACTIVITY_COEFFICIENTS) -> float:
+    """Calibrated probability that the patient is radiologically active."""
+    z = float(np.asarray(features, dtype=np.float64) @ np.asarray(coefficients, dtype=np.float64))
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
 def activity_probability(top_score: float, n_changes: int, n_candidates: int, *,
                          coefficients=ACTIVITY_COEFFICIENTS) -> float:
-    """Calibrated probability that the patient is radiologically active."""
-    z = float(activity_features(top_score, n_changes, n_candidates) @ np.asarray(coefficients, dtype=np.float64))
-    return float(1.0 / (1.0 + np.exp(-z)))
+    """:func:`probability_of` the features of these numbers."""
+    return probability_of(activity_features(top_score, n_changes, n_candidates), coefficients=coefficients)
 
 
 def fit_logistic(features: np.ndarray, active: np.ndarray, *, ridge: float = 1e-2,

@@ -44,8 +44,13 @@ def baseline_lesion_source(case: Path, options: ActivityOptions, segment_prefix:
         return Path(options.baseline_lesions)
     if (case / layout.LESIONS_BASELINE).is_file():
         return case / layout.LESIONS_BASELINE
-    if segment_prefix is not None and Path(segment_prefix + "_all_time01_mask.nii.gz").is_file():
-        return Path(segment_prefix + "_all_time01_mask.nii.gz")
+    from mstools.detections import MASK_SUFFIX
+    from mstools.jobs.segment import ALL_LESION_OUTPUTS
+
+    if segment_prefix is not None:
+        coactseg_map = Path(segment_prefix + ALL_LESION_OUTPUTS["all_t1"] + MASK_SUFFIX)
+        if coactseg_map.is_file():
+            return coactseg_map
     return None
 
 
@@ -63,32 +68,35 @@ def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,
     from mstools import activity as act
     from mstools import case_layout as layout
     from mstools.case import read_pair, resolve_case_inputs
-    from mstools.detections import (LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX, TABLE_SUFFIX, add_detections, add_image, add_table,
-                                     output_paths)
-    from mstools.lesions import detections_from_labels
+    from mstools.detections import (LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX, TABLE_SUFFIX, add_detections,
+                                     add_image, add_table, output_paths)
     from mstools.errors import InputError
     from mstools.intensity import csf_from_flair
     from mstools.io import OutputBatch, check_same_grid, read_image, read_labels, read_mask, read_tsv
+    from mstools.jobs.register import EXTRA_SUFFIXES as REGISTER_SUFFIXES
+    from mstools.jobs.subtract import SUBTRACTION_SUFFIX
+    from mstools.lesions import detections_from_labels
     from mstools.messages import log
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     paths = resolve_case_inputs(case, None, None, None)
     names = output_names(out)
     source = baseline_lesion_source(case, options, segment_prefix)
+    subtraction_path = candidates_prefix + SUBTRACTION_SUFFIX
     inputs = [*paths, new_prefix + MASK_SUFFIX, new_prefix + SCORE_SUFFIX, candidates_prefix + MASK_SUFFIX,
-              candidates_prefix + TABLE_SUFFIX, candidates_prefix + "_subtraction.nii.gz"]
+              candidates_prefix + TABLE_SUFFIX, subtraction_path]
     for path in inputs[3:]:
         if not Path(path).is_file():
             raise InputError(f"{path}: not found; activity reads the new lesions' and subtract's outputs "
                              "(run `mstools subtract` first, or give the prefixes of a run's stages)")
     check_outputs([*output_paths(out).values(), *names.values()], inputs=[*inputs, source], force=force)
-    b_img, f_img, brain_img = read_pair(*paths)
+    b_img, _, brain_img = read_pair(*paths)     # the follow-up is read to be checked
     brain = brain_img.data > 0
     new = read_mask(new_prefix + MASK_SUFFIX)
     new_labels = read_labels(new_prefix + LABELS_SUFFIX) if Path(new_prefix + LABELS_SUFFIX).is_file() else None
     score = read_image(new_prefix + SCORE_SUFFIX)
     candidates = read_mask(candidates_prefix + MASK_SUFFIX)
-    subtraction = read_image(candidates_prefix + "_subtraction.nii.gz")
+    subtraction = read_image(subtraction_path)
     for image in (new, score, candidates, subtraction, *([new_labels] if new_labels is not None else [])):
         check_same_grid(b_img, image)
     if source is not None:
@@ -110,11 +118,12 @@ def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,
         csf, grey = csf_from_flair(b_img.data, brain), None
     locate = act.Locator(brain, affine=b_img.affine, csf=csf, grey_matter=grey)
     jacobian = None
-    if register_prefix is not None and Path(register_prefix + "_jacobian.nii.gz").is_file():
-        jacobian_img = read_image(register_prefix + "_jacobian.nii.gz")
+    jacobian_path = register_prefix + REGISTER_SUFFIXES["jacobian"] if register_prefix is not None else None
+    if jacobian_path is not None and Path(jacobian_path).is_file():
+        jacobian_img = read_image(jacobian_path)
         check_same_grid(b_img, jacobian_img)
         jacobian = jacobian_img.data
-        inputs.append(register_prefix + "_jacobian.nii.gz")
+        inputs.append(jacobian_path)
     decrease = act.decrease_mask(subtraction.data, brain, k=options.k)
     result = act.classify_changes(new.data > 0, candidates.data > 0, baseline_map, decrease,
                                   affine=b_img.affine, score=score.data, locate=locate,
@@ -123,12 +132,11 @@ def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,
                                   rim_coverage_min=options.rim_coverage,
                                   shrink_fraction_min=options.shrink_fraction)
     n_candidates = len(read_tsv(candidates_prefix + TABLE_SUFFIX))
-    reported = [row for row in result.changes if row["kind"] in ("new", "enlarging")]
-    top = max((float(row["score_max"]) for row in reported if row["score_max"] != ""), default=0.0)
-    probability = act.activity_probability(top, len(reported), n_candidates)
+    features = act.patient_features(result, n_candidates)
+    probability = act.probability_of(features)
     patient = {"active": probability >= 0.5, "activity_probability": round(probability, 4),
                "new_lesions": result.count("new"), "enlarging_lesions": result.count("enlarging"),
-               "shrinking_lesions": result.count("shrinking"), "top_lesion_score": round(top, 4),
+               "shrinking_lesions": result.count("shrinking"), "top_lesion_score": round(float(features[1]), 4),
                "candidates": n_candidates,
                "baseline_lesions": str(source) if source is not None else None,
                "model": {"coefficients": list(act.ACTIVITY_COEFFICIENTS),

@@ -16,6 +16,9 @@ HAMZAOUI_RATIO = 1.15
 DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 RULES = ("prados", "larosa", "hamzaoui")
 
+#: The subtraction image written after the output prefix (read by activity and the report).
+SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
+
 
 @dataclass(frozen=True)
 class SubtractOptions:
@@ -46,7 +49,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
 
     paths = resolve_case_inputs(case, baseline, followup, brain_mask)
     prefix = out if out is not None else str((case or Path(".")) / "subtract")
-    check_outputs([*output_paths(prefix).values(), prefix + "_subtraction.nii.gz", prefix + "_ratio.nii.gz"],
+    check_outputs([*output_paths(prefix).values(), prefix + SUBTRACTION_SUFFIX, prefix + "_ratio.nii.gz"],
                   inputs=[*paths, tissues], force=force)   # before the work, not after it
     b_img, f_img, brain_img = read_pair(*paths)
     csf = None
@@ -74,7 +77,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
                      extra={"details": result.details})
     detections = result.detections
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
-        add_image(batch, prefix + "_subtraction.nii.gz", result.subtraction, b_img, np.float32, record)
+        add_image(batch, prefix + SUBTRACTION_SUFFIX, result.subtraction, b_img, np.float32, record)
         add_image(batch, prefix + "_ratio.nii.gz", result.ratio, b_img, np.float32, record)
         add_detections(batch, prefix, detections, b_img, record)
     log(f"{len(detections.table)} candidates")

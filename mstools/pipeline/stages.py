@@ -61,6 +61,8 @@ class Stage:
     #: Pipeline-only keys: name -> (default, comment).
     own: Mapping[str, tuple[object, str]] = field(default_factory=dict)
     about: str = ""
+    #: Files the stage writes beside the detector outputs, for a prefix (checked on reuse).
+    extra_outputs: Callable[[str], list[str]] = lambda prefix: []
 
     @property
     def path_options(self) -> frozenset[str]:
@@ -74,12 +76,7 @@ class Stage:
             folder = run_dir / rl.CASE_DIR
             return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
         prefix = str(rl.stage_prefix(run_dir, self.name))
-        extra = []
-        if self.name == "activity":
-            from mstools.jobs.activity import output_names
-
-            extra = [Path(p) for p in output_names(prefix).values()]
-        return [Path(p) for p in output_paths(prefix).values()] + extra
+        return [Path(p) for p in [*output_paths(prefix).values(), *self.extra_outputs(prefix)]]
 
     def folder(self, run_dir: Path) -> Path:
         return run_dir / (self.name if self.name != "preprocess" else rl.CASE_DIR)
@@ -126,6 +123,12 @@ def _filter(ctx: StageContext):
 
     return filter_job(ctx.case_dir, ctx.prefix(ctx.config["filter"]["candidates"]), ctx.prefix("filter"),
                       ctx.options, force=True)
+
+
+def _activity_outputs(prefix: str) -> list[str]:
+    from mstools.jobs.activity import output_names
+
+    return list(output_names(prefix).values())
 
 
 def _activity(ctx: StageContext):
@@ -184,7 +187,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                "lesions": ("filter", "The stage whose new lesions are classified: subtract, register, segment, "
                                      "refine or filter.")},
           about="New, enlarging and shrinking lesions (mstools.activity); its new lesions are the run's final "
-                "ones by default."),
+                "ones by default.",
+          extra_outputs=_activity_outputs),
 )}
 
 #: Which stage's candidates refine and filter may read.

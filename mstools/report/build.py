@@ -21,6 +21,7 @@ import numpy as np
 from mstools import __version__
 from mstools import case_layout
 from mstools import run_layout as layout
+from mstools.jobs.subtract import SUBTRACTION_SUFFIX   # the subtract stage's z-scored subtraction map
 from mstools.errors import InputError
 from mstools.lesions import LABELS_SUFFIX, MASK_SUFFIX, SCORE_SUFFIX, TABLE_SUFFIX
 from mstools.report.figures import DEFAULT_MAX_LESIONS
@@ -33,9 +34,6 @@ QC_GLOB = "qc*.png"
 #: orientation, whatever orientation the file was drawn in (older versions drew the
 #: stored array order: anterior at the bottom for an LPI scan).
 PREPROCESS_QC = "qc_preprocess.png"
-#: What a subtraction map is called next to the subtract stage's prefix (``mstools subtract``:
-#: z-scored follow-up minus z-scored baseline, 0 outside the brain).
-SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
 
 
 @dataclass(frozen=True)
