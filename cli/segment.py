@@ -1,4 +1,4 @@
-"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask) of a case."""
+"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask, multiseq) of a case."""
 
 from __future__ import annotations
 
