@@ -2,18 +2,32 @@
 dropout, evaluated with every input subset, and the FLAIR-only model of the same network,
 data and iterations.
 
-Run: python benchmarks/bench_sequences.py --dropout RUN_A/model.pt --flair-only RUN_B/model.pt
+Run: python benchmarks/bench_sequences.py [--dropout RUN_A/model.pt] [--flair-only RUN_B/model.pt]
      --cases HELD_OUT_FOLDER [--cases REAL_CASE_FOLDER ...] [--overlap 0.25] [--threads 1]
 
 Each case folder needs both FLAIRs, the ground truth and the T1/T2 files of
 :data:`mstools.case_layout.SEQUENCE_FILES`. Every case is segmented as `mstools segment
 --model multiseq` does (threshold 0.5, components > 4 mm3) with FLAIR only, FLAIR+T1,
-FLAIR+T2 and all (the dropout model), and FLAIR only (the FLAIR-only model), and scored
+FLAIR+T2 and all (the dropout model; ``--no-dropout``: a model trained with every sequence
+always there, mean imputation without sequence dropout), and FLAIR only (the FLAIR-only
+model), and scored
 with `mstools.metrics` (MSSEG-2 lesion-wise F1, Dice). Prints one table per group of cases
 (mean over its cases) and the per-case rows. ``--contrast CASE`` also prints the realised
 median T1/T2 intensities of tissues and lesions relative to white matter of a simulated
 case (its tissues.nii.gz and lesions_time01.nii.gz); ``--lesion-contrast CASE`` the new
 lesions' median over the brain's at follow-up of FLAIR, T1 and T2 (simulated or real).
+
+The README's figures (single thread each, OMP_NUM_THREADS=1):
+
+    mstools simulate train --seed 9000 --cases 16 --t1 --t2 --voxel-mm 1.5 --dtype int16
+    mstools simulate heldout --seed 9100 --cases 6 --t1 --t2 --dtype int16          # 1 mm
+    mstools import-open-ms open_ms_data -o real --patient 01                        # with its T1W/T2W
+    for p in 0.5 0 1; do   # dropout (the default), no dropout, FLAIR only
+      mstools train runs/p$p --model multiseq --cases train --iterations 500 --batch-longitudinal 2 \
+          --p-random-patch 0.33 --sequence-dropout $p --threads 1 --seed 0
+    done
+    python benchmarks/bench_sequences.py --dropout runs/p0.5/model.pt --no-dropout runs/p0/model.pt \
+        --flair-only runs/p1/model.pt --cases heldout --cases real/patient01 --overlap 0
 """
 
 from __future__ import annotations
@@ -61,8 +75,9 @@ def new_lesion_contrast(case: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dropout", type=Path, required=True, help="model.pt trained with sequence dropout")
-    parser.add_argument("--flair-only", type=Path, required=True, help="model.pt trained on FLAIR only")
+    parser.add_argument("--dropout", type=Path, help="model.pt trained with sequence dropout")
+    parser.add_argument("--flair-only", type=Path, help="model.pt trained on FLAIR only")
+    parser.add_argument("--no-dropout", type=Path, help="model.pt trained with every sequence, no dropout")
     parser.add_argument("--cases", type=Path, action="append", required=True,
                         help="a case folder or a folder of case folders (one table each)")
     parser.add_argument("--overlap", type=float, default=0.25)
@@ -86,9 +101,10 @@ def main() -> None:
     from mstools.metrics import evaluate_case
 
     torch.set_num_threads(args.threads)
-    models = {"dropout": Predictor.from_file(args.dropout, device="cpu"),
-              "flair-only": Predictor.from_file(args.flair_only, device="cpu")}
-    runs = [("dropout", subset) for subset in SUBSETS] + [("flair-only", "FLAIR")]
+    given = (("dropout", args.dropout), ("no-dropout", args.no_dropout), ("flair-only", args.flair_only))
+    models = {name: Predictor.from_file(path, device="cpu") for name, path in given if path is not None}
+    runs = [(name, subset) for name in ("dropout", "no-dropout") if name in models for subset in SUBSETS]
+    runs += [("flair-only", "FLAIR")] if "flair-only" in models else []
     options = PredictOptions(overlap=args.overlap, batch_size=2)
     for group in args.cases:
         cases = [group] if layout.is_longitudinal_case(group) else layout.case_folders(group)
