@@ -97,7 +97,7 @@ def main() -> None:
     from mstools.detect.deep.multisequence import predict_sequences
     from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
     from mstools.io import read_image, read_mask
-    from mstools.jobs.segment import read_sequences
+    from mstools.case import read_sequences
     from mstools.metrics import evaluate_case
 
     torch.set_num_threads(args.threads)

@@ -14,8 +14,8 @@ from mstools import case_layout as layout
 from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 
-__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "check_case_input", "input_files",
-           "given_truth"]
+__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "read_sequences", "check_case_input",
+           "input_files", "given_truth"]
 
 
 def resolve_case_inputs(case: Optional[Path], baseline: Optional[Path], followup: Optional[Path],
@@ -57,6 +57,21 @@ def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
     check_scan(baseline, brain_mask=brain.data)
     check_scan(followup, brain_mask=brain.data)
     return baseline, followup, brain
+
+
+def read_sequences(paths: dict, reference) -> dict:
+    """The optional T1/T2 scans of ``paths`` ({(sequence, visit): path}, e.g.
+    :func:`mstools.case_layout.sequence_files`), each checked to be on the FLAIR ``reference``'s
+    grid and not empty: {(sequence, visit): Image}."""
+    from mstools.io import check_same_grid, check_scan, read_image
+
+    images = {}
+    for key, path in sorted(paths.items()):
+        image = read_image(path)
+        check_same_grid(reference, image)
+        check_scan(image)
+        images[key] = image
+    return images
 
 
 def check_case_input(case: CaseInput) -> None:

@@ -65,19 +65,6 @@ def sequence_paths(case: Optional[Path], model: str, given: Optional[dict] = Non
     return paths
 
 
-def read_sequences(paths: dict, reference) -> dict:
-    """The T1/T2 scans of ``paths``, each checked to be on the FLAIR ``reference``'s grid and not empty."""
-    from mstools.io import check_same_grid, check_scan, read_image
-
-    images = {}
-    for key, path in sorted(paths.items()):
-        image = read_image(path)
-        check_same_grid(reference, image)
-        check_scan(image)
-        images[key] = image
-    return images
-
-
 def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOptions = SegmentOptions(), *,
                 baseline: Optional[Path] = None, followup: Optional[Path] = None, force: bool = False,
                 sequences: Optional[dict] = None,
@@ -88,7 +75,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     are read when not given)."""
     import time
 
-    from mstools.case import resolve_pair
+    from mstools.case import read_sequences, resolve_pair
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, check_same_grid, check_scan, read_image

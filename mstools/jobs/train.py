@@ -83,21 +83,9 @@ def load_case(folder: Path, config, *, validation: bool = False):
 
 
 
-def read_sequences(folder: Path, reference) -> dict:
-    """The optional T1/T2 files of a case folder, read and checked to be on ``reference``'s grid:
-    {(sequence, visit): Image}."""
-    from mstools.io import check_same_grid, read_image
-
-    images = {}
-    for key, path in layout.sequence_files(folder).items():
-        image = read_image(path)
-        check_same_grid(reference, image)
-        images[key] = image
-    return images
-
-
 def load_multisequence_case(folder: Path, config):
     """A two-time-point case folder with whichever T1/T2 it holds, as a multi-sequence training case."""
+    from mstools.case import read_sequences
     from mstools.detect.deep.multisequence import prepare_multisequence_case
     from mstools.io import check_same_grid, read_image, read_mask
 
@@ -109,7 +97,7 @@ def load_multisequence_case(folder: Path, config):
     truth = read_mask(folder / layout.GROUND_TRUTH)
     check_same_grid(baseline, followup)
     check_same_grid(baseline, truth)
-    seq = read_sequences(folder, baseline)
+    seq = read_sequences(layout.sequence_files(folder), baseline)
 
     def pair(sequence):
         return tuple(seq[(sequence, v)].data if (sequence, v) in seq else None for v in (0, 1))

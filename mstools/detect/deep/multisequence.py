@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mstools.case_layout import OPTIONAL_SEQUENCES
 from mstools.detect.deep.config import ModelConfig, TrainingConfig
 from mstools.detect.deep.training import Trainer, TrainingCase, prepare_case
 from mstools.detect.deep.unet import Decoder, Encoder, widths
@@ -43,8 +44,8 @@ OUTPUTS = ("new",)
 #: initialisation: 1 %, Lin et al.'s value (their pi = 0.01); a 32^3 patch on the 1.5 mm
 #: grid holds 3-120 voxels of a simulated new lesion of 10-400 mm3 (0.01-0.4 %).
 LESION_PRIOR = 0.01
-#: Sequences in input order; FLAIR always first and required.
-SEQUENCES = ("flair", "t1", "t2")
+#: Sequences in input order; FLAIR always first and required, then the case folder's optional ones.
+SEQUENCES = ("flair", *OPTIONAL_SEQUENCES)
 #: Input channels: each sequence's baseline then follow-up.
 CHANNELS = tuple((s, v) for s in SEQUENCES for v in (0, 1))
 
@@ -153,7 +154,8 @@ class MultiSequenceCase(TrainingCase):
 
 class MultiSequenceTrainer(Trainer):
     """The shared training loop (:class:`mstools.detect.deep.training.Trainer`) with batches
-    that carry each sample's sequences after sequence dropout (``config.sequence_dropout``, paper 003)."""
+    that carry each sample's sequences after sequence dropout (``config.sequence_dropout``, paper 003).
+    Validation cases (``--val``) are scored on FLAIR alone (the shared validation)."""
 
     def __init__(self, model_config, config, cases, single=(), *, device=None, **kwargs):
         if not 0 <= config.sequence_dropout <= 1:
