@@ -108,7 +108,15 @@ def _register(ctx: StageContext):
 def _segment(ctx: StageContext):
     from mstools.jobs.segment import segment_job
 
-    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count)
+    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count,
+                       sequences=dict(getattr(ctx.case, "sequences", ())) or None)
+
+
+def _segment_arguments(c: StageContext) -> list[str]:
+    """segment's command line: the case folder, the prefix, and T1/T2 given beside the folder."""
+    options = [(f"--{'baseline' if visit == 0 else 'followup'}-{sequence}", str(path))
+               for (sequence, visit), path in sorted(getattr(c.case, "sequences", ()))]
+    return [str(c.case_dir), "-o", c.prefix("segment"), *(item for pair in options for item in pair)]
 
 
 def _refine(ctx: StageContext):
@@ -157,7 +165,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           own={"enabled": (False, "Registration-based detection with elastix (slower: ~45 s on a 1 mm pair).")},
           about="Candidates from the subtraction after deformable registration."),
     Stage("segment", ("segment",), SegmentOptions, _segment,
-          lambda c: [str(c.case_dir), "-o", c.prefix("segment")],
+          _segment_arguments,
           lambda config: ["preprocess"],
           own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores).")},
           about="Deep-learning new-lesion segmentation."),
