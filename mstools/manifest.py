@@ -9,7 +9,8 @@ Each command takes its own columns, declared here once (:class:`ManifestFormat`)
   the multi-sequence model; :data:`mstools.cohort_inputs.SEQUENCE_COLUMNS`);
 * ``evaluate`` (:data:`EVALUATE`): ``case``, ``prediction``, ``ground_truth``;
 * ``refine train`` (:data:`REFINE_TRAIN`): ``case`` (a case folder), ``candidates`` (a
-  detector's output prefix), optional ``lesion_features``;
+  detector's output prefix), optional ``lesion_features``, and for the cascade optional
+  ``baseline_lesions`` and ``followup_lesions`` (all-lesion masks of both visits);
 * ``train`` (:data:`TRAIN`): ``case`` (a case folder or a folder of case folders) and
   ``split`` (train, val or test).
 

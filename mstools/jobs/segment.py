@@ -18,6 +18,27 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
 
 
+def all_lesion_source(case: Optional[Path], head: str, *, given: Optional[Path] = None,
+                      segment_prefix: Optional[str] = None) -> Optional[Path]:
+    """Where a visit's all-lesion mask comes from (``head``: ``all_t1`` baseline, ``all_t2``
+    follow-up): ``given``, else the case folder's ``lesions_time01/02.nii.gz``, else CoactSeg's
+    mask of that head written by ``segment`` at ``segment_prefix``; None when there is none.
+    Read by ``activity`` (the baseline lesions) and ``refine`` (the cascade's inputs)."""
+    from mstools import case_layout as layout
+    from mstools.detections import MASK_SUFFIX
+
+    if given is not None:
+        return Path(given)
+    case_file = {"all_t1": layout.LESIONS_BASELINE, "all_t2": layout.LESIONS_FOLLOWUP}[head]
+    if case is not None and (Path(case) / case_file).is_file():
+        return Path(case) / case_file
+    if segment_prefix is not None:
+        coactseg_map = Path(segment_prefix + ALL_LESION_OUTPUTS[head] + MASK_SUFFIX)
+        if coactseg_map.is_file():
+            return coactseg_map
+    return None
+
+
 def progress_unit(model: str) -> str:
     """What ``segment_job``'s ``progress(done, total)`` counts: slices for the 2.5D multitask
     network, windows for the 3D ones."""

@@ -122,8 +122,11 @@ def _segment_arguments(c: StageContext) -> list[str]:
 def _refine(ctx: StageContext):
     from mstools.jobs.refine import refine_job
 
+    # a cascade model (paper 001) reads the segment stage's CoactSeg all-lesion maps when the
+    # case has no lesions_time01/02 and none are given (mstools.jobs.segment.all_lesion_source)
+    segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
     return refine_job(ctx.case_dir, ctx.prefix(ctx.config["refine"]["candidates"]), ctx.prefix("refine"),
-                      ctx.options, force=True)
+                      ctx.options, segment_prefix=segment, force=True)
 
 
 def _filter(ctx: StageContext):
@@ -171,7 +174,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           about="Deep-learning new-lesion segmentation."),
     Stage("refine", ("refine", "apply"), RefineOptions, _refine,
           lambda c: [str(c.case_dir), "-c", c.prefix(c.config["refine"]["candidates"]), "-o", c.prefix("refine")],
-          lambda config: ["preprocess", config["refine"]["candidates"]],
+          lambda config: ["preprocess", config["refine"]["candidates"], "segment"],
           own={"enabled": (True, "LightGBM voxel-wise refinement (Prados & Kanber, paper 001)."),
                "candidates": ("subtract", "The stage whose candidates are refined: subtract, filter, register "
                                           "or segment.")},
