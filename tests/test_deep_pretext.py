@@ -225,3 +225,17 @@ def test_transfer_refuses_an_encoder_that_does_not_fit():
     network = build_model(other)
     copied = transfer_encoder(network, other, CONFIG, t.encoder_state_dict())   # patch size may differ
     assert copied and torch.equal(network.state_dict()[copied[0]], t.encoder_state_dict()[copied[0]])
+
+
+def test_unlabelled_scans_are_files_case_folders_and_their_brain_masks(tmp_path):
+    from mstools.jobs.pretrain import unlabelled_scans
+
+    flairs = _pretrain_data(tmp_path)
+    case = tmp_path / "data" / "two-0"
+    save_nifti(case / layout.BRAIN_MASK, np.ones((22, 18, 9), np.uint8), oblique_affine())
+    scans = unlabelled_scans([case, flairs / "f0.nii.gz", tmp_path / "data"])
+    assert [s.flair.name for s in scans] == [layout.BASELINE, layout.FOLLOWUP, "f0.nii.gz",
+                                             layout.BASELINE, layout.FOLLOWUP, layout.BASELINE, layout.FOLLOWUP]
+    assert scans[0].brain_mask == case / layout.BRAIN_MASK and scans[2].brain_mask is None
+    assert scans[5].brain_mask is None                       # two-1 has no brain mask: its own foreground
+    assert all(s.flair != case / layout.GROUND_TRUTH for s in scans)   # labels are never read
