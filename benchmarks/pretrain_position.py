@@ -2,7 +2,7 @@
 
 Run:
   python benchmarks/pretrain_position.py --work W --train sim/train --test sim/test --real real/patient01 \
-      --unlabelled FLAIR_OR_FOLDER ... [--sizes 5 20] [--iterations 400] [--pretrain-iterations 400] [--jobs 3]
+      --unlabelled FLAIR_OR_FOLDER ... [--sizes 5 20] [--iterations 1000] [--pretrain-iterations 400] [--jobs 4]
 
 One pretraining run (`mstools train W/pretrain --pretrain position --unlabelled ...`), then for
 each training-set size N (the first N case folders of --train, sorted) two fine-tuning runs of
@@ -32,17 +32,33 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mstools_cli.main", *args]
 
 
-def _run_all(commands: list[tuple[Path, list[str]]], jobs: int) -> None:
-    """Run the commands whose run folder has no model.pt/encoder.pt yet, --jobs at a time."""
+def _done(out: Path, name: str) -> int:
+    """Iterations of the model/encoder a run folder holds (0: none yet)."""
+    card = out / f"{name}.card.json"
+    return int(json.loads(card.read_text()).get("iterations", 0)) if card.is_file() else 0
+
+
+def _plan(out: Path, cmd: list[str], name: str, target: int):
+    """The command to run: none when ``out`` has reached ``target`` iterations; --resume (same
+    result as one run: the loop resumes exactly) when it has a checkpoint of fewer."""
+    done = _done(out, name)
+    if done >= target:
+        return None
+    if done and (out / "checkpoint.pt").is_file():
+        return out, [a for a in cmd if a != "--force"] + ["--resume"]
+    return out, cmd
+
+
+def _run_all(commands: list, jobs: int) -> None:
+    """Run the planned commands, --jobs at a time."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    pending = [(out, cmd) for out, cmd in commands
-               if not ((out / "model.pt").is_file() or (out / "encoder.pt").is_file() and "--cases" not in cmd)]
+    pending = [c for c in commands if c is not None]
     running: list[tuple[Path, subprocess.Popen, float]] = []
     while pending or running:
         while pending and len(running) < jobs:
             out, cmd = pending.pop(0)
             out.parent.mkdir(parents=True, exist_ok=True)
-            log = open(out.parent / f"{out.name}.log", "w")
+            log = open(out.parent / f"{out.name}.log", "a")
             print(f"start {out}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             running.append((out, subprocess.Popen(cmd, stdout=log, stderr=log, env=env), time.time()))
         time.sleep(2)
@@ -91,12 +107,12 @@ def main() -> None:
     parser.add_argument("--real", type=Path, nargs="*", default=[], help="real development case folder(s)")
     parser.add_argument("--unlabelled", type=Path, nargs="+", required=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 20])
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--pretrain-iterations", type=int, default=400)
     parser.add_argument("--model", default="unet")
     parser.add_argument("--p-random-patch", default="0.33", help="as the packaged U-Net's card")
     parser.add_argument("--seed", default="0")
-    parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=4)
     args = parser.parse_args()
 
     from mstools import case_layout as layout
@@ -119,8 +135,15 @@ def main() -> None:
         arms[(n, "pretrained")] = (work / f"n{n}-pretrained", _cli(
             "train", str(work / f"n{n}-pretrained"), *common, *fine, "--init-weights", str(pre / "encoder.pt")))
     # the random-init arms do not need the encoder: they run beside the pretraining
-    _run_all([(pre, pre_cmd)] + [arms[k] for k in arms if k[1] == "random init"], args.jobs)
-    _run_all([arms[k] for k in arms if k[1] == "pretrained"], args.jobs)
+    def fine(key):
+        return _plan(*arms[key], "model", args.iterations)
+
+    pre_plan = _plan(pre, pre_cmd, "encoder", args.pretrain_iterations)
+    if pre_plan is None:   # the encoder is there: every arm at once
+        _run_all([fine(k) for k in arms], args.jobs)
+    else:
+        _run_all([pre_plan] + [fine(k) for k in arms if k[1] == "random init"], args.jobs)
+        _run_all([fine(k) for k in arms if k[1] == "pretrained"], args.jobs)
 
     pre_log = (pre / "training_log.tsv").read_text().splitlines()
     print(f"pretraining: {args.pretrain_iterations} iterations; last log row {pre_log[-1]!r} "

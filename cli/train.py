@@ -44,7 +44,7 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
     pretrain: Optional[Pretext] = typer.Option(None, "--pretrain", help="Self-supervised pretraining (paper 003): position = the encoder first learns each patch's place in the brain from --unlabelled scans (in OUTPUT/pretrain), then every layer is fine-tuned on --cases; without --cases, only pretrain into OUTPUT (its encoder.pt goes to --init-weights)."),
     unlabelled: Optional[List[Path]] = typer.Option(None, "--unlabelled", help="With --pretrain: FLAIR files, case folders or folders of them, used without labels; repeatable."),
-    pretrain_iterations: Optional[int] = typer.Option(None, min=1, help="With --pretrain: pretraining iterations (default: the benchmark's 600)."),
+    pretrain_iterations: Optional[int] = typer.Option(None, min=1, help="With --pretrain: pretraining iterations (default: the benchmark's 400)."),
     pretrain_batch: Optional[int] = typer.Option(None, min=1, help="With --pretrain: patches per pretraining batch, all from one scan (default: paper 003's 12)."),
 ) -> None:
     """Train a new-lesion segmentation network on case folders; write weights usable by mstools segment.
