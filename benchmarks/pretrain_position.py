@@ -72,6 +72,22 @@ def _run_all(commands: list, jobs: int) -> None:
 
 
 def _evaluate(weights: Path, cases: list[Path]) -> dict:
+    """Mean lesion-wise F1 and Dice of ``weights`` over ``cases``; kept in WEIGHTS.eval-<hash>.json
+    for the same weights and cases (so that a rerun only scores what changed)."""
+    import hashlib
+
+    from mstools.io import sha256
+
+    key = hashlib.sha256(json.dumps([sha256(weights), [str(c.resolve()) for c in cases]]).encode()).hexdigest()[:12]
+    cache = weights.with_name(f"{weights.stem}.eval-{key}.json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = _score(weights, cases)
+    cache.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _score(weights: Path, cases: list[Path]) -> dict:
     import torch
 
     from mstools import case_layout as layout
@@ -113,6 +129,7 @@ def main() -> None:
     parser.add_argument("--p-random-patch", default="0.33", help="as the packaged U-Net's card")
     parser.add_argument("--seed", default="0")
     parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--no-train", action="store_true", help="only score the runs that are finished")
     args = parser.parse_args()
 
     from mstools import case_layout as layout
@@ -139,7 +156,9 @@ def main() -> None:
         return _plan(*arms[key], "model", args.iterations)
 
     pre_plan = _plan(pre, pre_cmd, "encoder", args.pretrain_iterations)
-    if pre_plan is None:   # the encoder is there: every arm at once
+    if args.no_train:
+        arms = {k: v for k, v in arms.items() if fine(k) is None}
+    elif pre_plan is None:   # the encoder is there: every arm at once
         _run_all([fine(k) for k in arms], args.jobs)
     else:
         _run_all([pre_plan] + [fine(k) for k in arms if k[1] == "random init"], args.jobs)
