@@ -36,7 +36,9 @@ def main() -> None:
     from mstools.metrics import evaluate_case
 
     torch.set_num_threads(args.threads)
-    weights = args.weights or [packaged_model("deep", m) for m in MODELS]
+    from mstools.detect.deep.networks import NETWORKS
+
+    weights = args.weights or [packaged_model("deep", m) for m in MODELS if NETWORKS[m].default_weights]
     cases = sorted(c for c in args.test.iterdir() if layout.is_longitudinal_case(c))
     keys = ("dice", "lesion_f1", "lesion_sensitivity", "lesion_ppv", "gt_lesions", "pred_lesions")
     for path in weights:

@@ -40,6 +40,8 @@ def refine_apply(
     brain_mask: Optional[Path] = typer.Option(None, help="Brain mask."),
     model: Optional[Path] = common.opt(O, "model"),
     lesion_features: Optional[Path] = typer.Option(None, help="For 'lesion' models: the `mstools filter` _features.tsv of these candidates' labels (default: PREFIX_features.tsv, keyed by output_label)."),
+    baseline_lesions: Optional[Path] = common.opt(O, "baseline_lesions"),
+    followup_lesions: Optional[Path] = common.opt(O, "followup_lesions"),
     region: Region = common.opt(O, "region", Region),
     threshold: float = common.opt(O, "threshold"),
     min_voxels: int = common.opt(O, "min_voxels"),
@@ -67,7 +69,7 @@ def refine_apply(
 def refine_train(
     cases: Optional[List[Path]] = typer.Argument(None, help="Case folders holding ground_truth.nii.gz (or use --manifest)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file (LightGBM text); the card goes to OUT.card.json, the per-case cross-validation to OUT.cv.tsv."),
-    manifest: Optional[Path] = typer.Option(None, help="TSV with columns case, candidates (prefix) and optionally lesion_features, instead of CASES."),
+    manifest: Optional[Path] = typer.Option(None, help="TSV with columns case, candidates (prefix) and optionally lesion_features, baseline_lesions and followup_lesions, instead of CASES."),
     candidates_name: str = typer.Option("subtract", help="Detector prefix name of each case's candidates (CASE/NAME_labels.nii.gz)."),
     candidates_root: Optional[Path] = typer.Option(None, help="Read candidates from ROOT/<case folder name>/NAME instead of the case folder."),
     feature_set: FeatureSet = typer.Option(FeatureSet.published, help="published: the paper's 21 features; context: + local statistics, score, brain-edge distance; lesion: + `mstools filter` lesion features."),
@@ -83,14 +85,17 @@ def refine_train(
     dask_workers: int = typer.Option(2, min=1, help="Workers of the local Dask cluster (one thread each)."),
     scheduler_timeout: float = typer.Option(30.0, min=0.1, help="Seconds to wait for --scheduler to answer."),
     seed: int = typer.Option(0, help="Random seed (sampling, folds, validation split, bagging)."),
+    cascade: Optional[str] = typer.Option(None, help="Paper 001's cascade: add the all-lesion masks of both visits as features. SOURCE: the output name of `mstools segment --model coactseg` in each case folder (or under --candidates-root), e.g. coactseg; or 'case' for the case's lesions_time01/02 (on simulated cases their difference is the truth: train on what you will apply to). Manifest columns baseline_lesions/followup_lesions win."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model."),
     as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON."),
 ) -> None:
     """Fit a refinement model on cases with ground truth; cross-validate it by case; write it with its card.
 
     Example: mstools refine train sims/train/sim-* --candidates-name subtract --loo -o refine_model.txt
+
+    Cascade: mstools refine train sims/train/sim-* --cascade coactseg -o refine_cascade.txt
     """
-    from mstools.jobs.refine import manifest_cases, refine_train_job
+    from mstools.jobs.refine import cascade_entry_maps, manifest_cases, refine_train_job
 
     if manifest is not None and cases:
         raise InputError("give case folders or --manifest, not both")
@@ -98,15 +103,19 @@ def refine_train(
         entries = manifest_cases(manifest)
     elif cases:
         root = candidates_root
-        entries = [(c, str((root / c.name if root is not None else c) / candidates_name), None) for c in cases]
+        entries = [(c, str((root / c.name if root is not None else c) / candidates_name), None, None) for c in cases]
     else:
         raise InputError("no cases; give case folders or --manifest")
+    if cascade is not None:
+        entries = [(c, prefix, table, maps if maps is not None
+                    else cascade_entry_maps(c, cascade, root=candidates_root))
+                   for c, prefix, table, maps in entries]
     if dask and scheduler:
         raise InputError("give --dask (local cluster) or --scheduler ADDRESS, not both")
     options = RefineTrainOptions(feature_set=feature_set.value, dilation_mm=dilation_mm,
                                  background_fraction=background_fraction, class_weight=class_weight.value,
                                  bias_sigma_mm=bias_sigma_mm, cv_folds=cv_folds, loo=loo, max_rounds=max_rounds,
-                                 seed=seed)
+                                 seed=seed, cascade=cascade is not None)
     result = refine_train_job(entries, out, options, dask=dask, scheduler=scheduler, dask_workers=dask_workers,
                               scheduler_timeout=scheduler_timeout, force=force)
     common.report(result, as_json=as_json)

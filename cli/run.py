@@ -45,6 +45,10 @@ def run_command(
     followup: Optional[Path] = typer.Option(None, help="Raw follow-up FLAIR (with --baseline)."),
     ground_truth: Optional[Path] = typer.Option(None, help="New-lesion mask to evaluate against (on the case "
                                                            "grid, or on the raw follow-up's grid with --followup)."),
+    baseline_t1: Optional[Path] = typer.Option(None, help="T1-weighted baseline on the case folder's grid (segment with model multiseq; default: the folder's, if any)."),
+    followup_t1: Optional[Path] = typer.Option(None, help="T1-weighted follow-up (as --baseline-t1)."),
+    baseline_t2: Optional[Path] = typer.Option(None, help="T2-weighted baseline (as --baseline-t1)."),
+    followup_t2: Optional[Path] = typer.Option(None, help="T2-weighted follow-up (as --baseline-t1)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration (only the keys you "
                                                                        "change; see --print-config)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the default configuration and exit."),
@@ -59,6 +63,8 @@ def run_command(
     printed (OUT/evaluation.tsv).
 
     Example: mstools run data_samples/sim-001 -o out/sim-001
+
+    With T1/T2 (config: segment: {enabled: true, model: multiseq, weights: ms/model.pt}): mstools run sim/case04 -o out/case04 -c ms.yaml
     """
     from mstools import pipeline
 
@@ -69,14 +75,23 @@ def run_command(
         raise InputError("no run folder; give -o OUT")
     if case is not None and (baseline is not None or followup is not None):
         raise InputError("give a case folder or --baseline/--followup, not both")
+    sequences = tuple((key, path) for key, path in ((("t1", 0), baseline_t1), (("t1", 1), followup_t1),
+                                                    (("t2", 0), baseline_t2), (("t2", 1), followup_t2))
+                      if path is not None)
+    if sequences and case is None:
+        raise InputError("--baseline-t1/--followup-t1/--baseline-t2/--followup-t2 need a case folder (scans on the "
+                         "FLAIRs' grid); with raw scans leave them out")
     if case is not None:
-        spec = pipeline.CaseInput(case.name, folder=case, ground_truth=ground_truth)
+        spec = pipeline.CaseInput(case.name, folder=case, ground_truth=ground_truth, sequences=sequences)
     elif baseline is not None and followup is not None:
         name = out.name   # the run's own name, not the follow-up file's (the report is titled with it)
         spec = pipeline.CaseInput(name, baseline=baseline, followup=followup, ground_truth=ground_truth)
     else:
         raise InputError("no input; give a case folder, or both --baseline and --followup")
     settings, base = pipeline.load_config(config)
+    if sequences and not (settings["segment"]["enabled"] and settings["segment"]["model"] == "multiseq"):
+        raise InputError("T1/T2 scans are read by the segment stage with model multiseq; enable it in the config "
+                         "(segment: {enabled: true, model: multiseq, weights: RUN/model.pt}) or leave them out")
     from mstools.jobs.segment import progress_unit
 
     # each stage as it starts and ends, and the steps inside it, on stderr (nothing with -q);

@@ -1,4 +1,4 @@
-"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask) of a case."""
+"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask, multiseq) of a case."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def segment_command(
     case: Optional[Path] = typer.Argument(None, help=f"Case folder with {layout.BASELINE} and {layout.FOLLOWUP}."),
     baseline: Optional[Path] = typer.Option(None, help="Baseline FLAIR (instead of the case folder's)."),
     followup: Optional[Path] = typer.Option(None, help="Follow-up FLAIR, on the baseline's grid."),
+    baseline_t1: Optional[Path] = typer.Option(None, help="multiseq: baseline T1-weighted scan on the FLAIRs' grid (default: the case folder's, if any)."),
+    followup_t1: Optional[Path] = typer.Option(None, help="multiseq: follow-up T1-weighted scan."),
+    baseline_t2: Optional[Path] = typer.Option(None, help="multiseq: baseline T2-weighted scan."),
+    followup_t2: Optional[Path] = typer.Option(None, help="multiseq: follow-up T2-weighted scan."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output prefix P (P_score.nii.gz, P_mask.nii.gz, ...); default CASE/<model>, i.e. inside the input case folder."),
     model: ModelChoice = common.opt(O, "model", ModelChoice),
     weights: Optional[Path] = common.opt(O, "weights"),
@@ -37,12 +41,16 @@ def segment_command(
     """Segment new lesions with a learned model; writes the common detector outputs (and CoactSeg's all-lesion maps).
 
     Example: mstools segment data_samples/sim-001 --model coactseg -o /tmp/sim-001_coactseg
+
+    With T1/T2 (any subset): mstools segment sim/case04 --model multiseq --weights runs/ms/model.pt --baseline-t1 t1a.nii.gz --followup-t1 t1b.nii.gz
     """
     from mstools.jobs.segment import progress_unit, segment_job
 
     with common.progress_bar("segment", progress_unit(model.value)) as progress:
         result = segment_job(case, output, common.options(O, locals()), baseline=baseline, followup=followup,
-                             force=force, progress=progress)
+                             force=force, progress=progress,
+                             sequences={("t1", 0): baseline_t1, ("t1", 1): followup_t1, ("t2", 0): baseline_t2,
+                                        ("t2", 1): followup_t2})
     common.report(result, as_json=as_json)
 
 

@@ -49,6 +49,8 @@ def simulate_command(
     background_lesions: Path | None = typer.Option(None, help="The background's own lesion mask: new lesions avoid it and copy its contrast."),
     background_new_lesions: Path | None = typer.Option(None, help="Lesions of --background-flair that are new (e.g. a real follow-up's new lesions): filled in at baseline, they join the ground truth (those not brighter than their fill by 0.10 of brain median are left alone)."),
     lesion_library: Path | None = typer.Option(None, help="Folder of real binary lesion masks (NIfTI, searched recursively): new lesion shapes for --background-flair."),
+    t1: bool = typer.Option(False, "--t1", help="Also write a T1-weighted scan of each visit (lesions dark) on the case grid."),
+    t2: bool = typer.Option(False, "--t2", help="Also write a T2-weighted scan of each visit (lesions bright) on the case grid."),
     dtype: StorageType = typer.Option(StorageType.float32, help="Storage type of the FLAIR images (int16 is scanner-like and smaller)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
@@ -58,6 +60,8 @@ def simulate_command(
     Example: mstools simulate sim/case01 --seed 1 --n-new 4 --followup-slice-mm 3
 
     Clinical pair: mstools simulate sim/case02 --baseline-acquisition 2d:0.72x0.72x3 --followup-acquisition 2d:0.9x0.9x3,coronal
+
+    With T1 and T2: mstools simulate sim/case04 --seed 4 --t1 --t2
 
     Real anatomy: mstools simulate sim/case03 --background-flair flair.nii.gz --background-brain-mask brain.nii.gz --lesion-library masks/
     """
@@ -75,6 +79,10 @@ def simulate_command(
         raise InputError(f"{exc}; see mstools simulate --help") from None
     if clinical and (baseline_acquisition or followup_acquisition):
         raise InputError("--clinical draws the acquisitions itself; drop --baseline/--followup-acquisition")
+    sequences = tuple(name for name, wanted in (("t1", t1), ("t2", t2)) if wanted)
+    if sequences and (single_timepoint or clinical or any(protocols.values()) or background_flair):
+        raise InputError("--t1/--t2 are simulated for two-time-point cases on the default grid; drop "
+                         "--single-timepoint, --clinical, acquisitions, protocol contrasts and --background-flair")
     if single_timepoint and (clinical or any(protocols.values()) or background_flair):
         raise InputError("--single-timepoint takes no acquisitions, protocol contrasts or background")
     background = background_options(background_flair, background_followup, background_brain_mask,
@@ -85,7 +93,7 @@ def simulate_command(
             n_shrinking=n_shrinking, n_new=n_new, new_volume_mm3=tuple(new_volume_mm3), snr_baseline=snr_baseline, snr_followup=snr_followup,
             bias_strength=bias, gain_change=gain_change, contrast_change=contrast_change,
             misalignment_mm=misalign_mm, misalignment_deg=misalign_deg, blur_mm=blur_mm,
-            followup_slice_mm=followup_slice_mm, atrophy_mm=atrophy_mm, **protocols)
+            followup_slice_mm=followup_slice_mm, atrophy_mm=atrophy_mm, sequences=sequences, **protocols)
     except ValueError as exc:
         raise InputError(f"{exc}; see mstools simulate --help") from None
     result = simulate_job(output, base, cases=cases, single_timepoint=single_timepoint, clinical=clinical,

@@ -1,4 +1,4 @@
-"""`mstools train`: train a learned new-lesion model (coactseg, unet, multitask) on case folders."""
+"""`mstools train`: train a learned new-lesion model (coactseg, unet, multitask, multiseq) on case folders."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def train_command(
     learning_rate: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Adam learning rate (default per model; paper 002: 1e-2)."),
     relation_start: float = typer.Option(0.5, min=0.0, max=1.0, help="Fraction of iterations after which the relation regulariser is on (paper 002: 0.5)."),
     p_random_patch: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a random patch in a case with lesions (paper 002: 0)."),
+    sequence_dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="multiseq: probability of dropping each of T1 and T2 from a training sample (paper 003's sequence dropout; default 0.5: the four subsets equally often; 1 = a FLAIR-only model)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, rotations, intensity, bias field, noise, image quality (paper 001)."),
     seed: int = typer.Option(0, help="Seed of every random draw (weights, sampling, augmentation)."),
     validate_every: int = typer.Option(250, min=1, help="Validate every N iterations."),
@@ -51,6 +52,8 @@ def train_command(
 
     Example: mstools train runs/coact --model coactseg --cases sim/train --cases sim/single --val sim/val --iterations 500 --threads 2
 
+    FLAIR with optional T1/T2 (case folders from mstools simulate --t1 --t2): mstools train runs/ms --model multiseq --cases sim/train --iterations 300
+
     Pretrained: mstools train runs/unet-pre --model unet --pretrain position --unlabelled flairs/ --cases sim/train --iterations 300
     """
     from mstools.jobs.train import train_job, training_configs, training_folders
@@ -64,7 +67,7 @@ def train_command(
         model.value, preset=preset.value, base_filters=base_filters, patch_size=patch_size, spacing_mm=spacing_mm,
         iterations=iterations, batch_longitudinal=batch_longitudinal, batch_single=batch_single,
         learning_rate=learning_rate, relation_start=relation_start, p_random_patch=p_random_patch, augment=augment,
-        seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every)
+        seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every, sequence_dropout=sequence_dropout)
     if pretrain is not None:
         _pretrain(output, model_config, train_config, cases, val, manifest, unlabelled, pretrain_iterations,
                   pretrain_batch, threads=threads, device=device, resume=resume, force=force, as_json=as_json,

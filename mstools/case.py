@@ -14,8 +14,8 @@ from mstools import case_layout as layout
 from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 
-__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "check_case_input", "input_files",
-           "given_truth"]
+__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "read_sequences", "check_case_input",
+           "input_files", "given_truth"]
 
 
 def resolve_case_inputs(case: Optional[Path], baseline: Optional[Path], followup: Optional[Path],
@@ -59,6 +59,21 @@ def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
     return baseline, followup, brain
 
 
+def read_sequences(paths: dict, reference) -> dict:
+    """The optional T1/T2 scans of ``paths`` ({(sequence, visit): path}, e.g.
+    :func:`mstools.case_layout.sequence_files`), each checked to be on the FLAIR ``reference``'s
+    grid and not empty: {(sequence, visit): Image}."""
+    from mstools.io import check_same_grid, check_scan, read_image
+
+    images = {}
+    for key, path in sorted(paths.items()):
+        image = read_image(path)
+        check_same_grid(reference, image)
+        check_scan(image)
+        images[key] = image
+    return images
+
+
 def check_case_input(case: CaseInput) -> None:
     """Files exist; a case folder holds the layout's images."""
     if case.problem:
@@ -77,14 +92,22 @@ def check_case_input(case: CaseInput) -> None:
                 raise InputError(f"no {what} scan; give a case folder or both scans")
             if not Path(path).is_file():
                 raise InputError(f"{path}: {what} scan not found")
+    for (sequence, visit), path in case.sequences:
+        if case.folder is None:
+            raise InputError("T1/T2 scans need a case folder (on the FLAIRs' grid); with raw scans leave them out")
+        if not Path(path).is_file():
+            raise InputError(f"{path}: {sequence.upper()} scan of time point {visit + 1} not found; check the path")
     if case.ground_truth is not None and not Path(case.ground_truth).is_file():
         raise InputError(f"{case.ground_truth}: ground truth not found")
 
 
 def input_files(case: CaseInput) -> list[Path]:
-    """The images a case is made of: the folder's three, or the two raw scans."""
+    """The images a case is made of: the folder's three (and its T1/T2 files, or the given
+    ones), or the two raw scans."""
     if case.folder is not None:
-        return [case.folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
+        sequences = {**layout.sequence_files(case.folder), **{key: Path(p) for key, p in case.sequences}}
+        return [case.folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)] + [
+            sequences[key] for key in sorted(sequences)]
     return [Path(case.baseline), Path(case.followup)]  # type: ignore[arg-type]
 
 

@@ -2,7 +2,9 @@
 
 * Manifest (``.tsv``, read by :mod:`mstools.manifest`): a ``case`` column, and either
   ``folder`` (a case folder, see :mod:`mstools.case_layout`) or ``baseline`` and
-  ``followup`` (raw scans); optional ``ground_truth``. Relative paths are relative to
+  ``followup`` (raw scans); optional ``ground_truth``; optional T1/T2 scans on the case
+  folder's grid (``baseline_t1``, ``followup_t1``, ``baseline_t2``, ``followup_t2``), read by the
+  multi-sequence model (:data:`SEQUENCE_COLUMNS`). Relative paths are relative to
   the manifest's folder.
 * A folder of MSSEG-2-style case folders (``<case>/flair_time01_on_middle_space.nii.gz``
   ...): every sub-folder holding both FLAIRs is a case; others are ignored.
@@ -34,10 +36,18 @@ class CaseInput:
     ground_truth: Optional[Path] = None
     #: Set when the case cannot run (e.g. a BIDS subject with one session).
     problem: str = ""
+    #: Optional T1/T2 scans given beside a case folder: ((sequence, visit), path) pairs
+    #: (a case folder's own files, mstools.case_layout.SEQUENCE_FILES, need not be listed).
+    sequences: tuple = ()
 
     @property
     def raw(self) -> bool:
         return self.folder is None
+
+
+#: Manifest columns of the optional sequences: column -> (sequence, visit).
+SEQUENCE_COLUMNS = {"baseline_t1": ("t1", 0), "followup_t1": ("t1", 1), "baseline_t2": ("t2", 0),
+                    "followup_t2": ("t2", 1)}
 
 
 def discover_cases(source: str | Path) -> list[CaseInput]:
@@ -72,8 +82,14 @@ def cases_from_manifest(path: Path) -> list[CaseInput]:
             cases.append(CaseInput(name, problem=f"{path}: case {name!r}: {problem}"))
             continue
         folder, truth = row.path("folder"), row.path("ground_truth")
+        sequences = tuple((key, row.path(column)) for column, key in SEQUENCE_COLUMNS.items()
+                          if row.path(column) is not None)
+        if sequences and folder is None:
+            cases.append(CaseInput(name, problem=f"{path}: line {row.line}: T1/T2 columns need a case folder (scans on "
+                                                 "the FLAIRs' grid); give the folder column"))
+            continue
         if folder is not None:
-            cases.append(CaseInput(name, folder=folder, ground_truth=truth or _truth(folder)))
+            cases.append(CaseInput(name, folder=folder, ground_truth=truth or _truth(folder), sequences=sequences))
         else:
             cases.append(CaseInput(name, baseline=row.path("baseline"), followup=row.path("followup"),
                                    ground_truth=truth))

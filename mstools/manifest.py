@@ -4,10 +4,13 @@ Cells that name files are relative to the manifest's folder (empty or ``n/a``: n
 Each command takes its own columns, declared here once (:class:`ManifestFormat`):
 
 * ``run`` / ``batch`` (:data:`RUN`): ``case`` and ``folder`` (a case folder), or ``case``,
-  ``baseline`` and ``followup`` (raw scans); optional ``ground_truth``;
+  ``baseline`` and ``followup`` (raw scans); optional ``ground_truth``; with a folder, optional
+  ``baseline_t1``, ``followup_t1``, ``baseline_t2``, ``followup_t2`` (T1/T2 on its grid, read by
+  the multi-sequence model; :data:`mstools.cohort_inputs.SEQUENCE_COLUMNS`);
 * ``evaluate`` (:data:`EVALUATE`): ``case``, ``prediction``, ``ground_truth``;
 * ``refine train`` (:data:`REFINE_TRAIN`): ``case`` (a case folder), ``candidates`` (a
-  detector's output prefix), optional ``lesion_features``;
+  detector's output prefix), optional ``lesion_features``, and for the cascade optional
+  ``baseline_lesions`` and ``followup_lesions`` (all-lesion masks of both visits);
 * ``train`` (:data:`TRAIN`): ``case`` (a case folder or a folder of case folders) and
   ``split`` (train, val or test).
 

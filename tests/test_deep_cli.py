@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from mstools_cli.main import app  # noqa: E402
 from mstools import case_layout as layout  # noqa: E402
 from mstools.detect.deep import MODELS  # noqa: E402
+from mstools.detect.deep.networks import NETWORKS  # noqa: E402
 from mstools.detect.deep.weights import save_weights  # noqa: E402
 from mstools.io import sha256 as file_sha256  # noqa: E402
 from mstools.models import card_path, packaged_model, read_card  # noqa: E402
@@ -211,7 +212,7 @@ def test_train_from_a_manifest_never_reads_test_rows(tmp_path):
     assert card["training_data"]["longitudinal"] == ["two-0"] and card["validation_data"] == ["v-0"]
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [m for m in MODELS if NETWORKS[m].default_weights])
 def test_default_weights_ship_with_a_card_and_load_strictly(model):
     from mstools.detect.deep.predictor import Predictor
 

@@ -48,7 +48,8 @@ def test_a_command_offers_exactly_its_jobs_options_with_the_same_defaults(stage)
         assert params[name].default.help == spec.help
     inputs = {"case", "candidates", "out", "output", "baseline", "followup", "brain_mask", "tissues",
               "baseline_mask", "followup_mask", "baseline_lesions", "followup_lesions", "lesion_features",
-              "force", "as_json", "run", "new"} - set(specs(options))    # an input may be a job option
+              "force", "as_json", "run", "new", "baseline_t1", "followup_t1", "baseline_t2",
+              "followup_t2"} - set(specs(options))    # an input may be a job option
     assert set(params) - inputs == set(specs(options))
 
 

@@ -279,8 +279,8 @@ def test_deepbet_finds_the_brain_on_a_simulated_flair(misaligned):
     assert dice > 0.95  # measured 0.988 at 3 mm (seed 0), although deepbet was trained on T1
 
 
-def test_common_grid_of_two_2d_scans_of_one_orientation_is_the_followups_voxel_size():
-    from mstools.preprocess.pipeline import _default_spacing
+def test_common_grid_of_a_pair_with_a_2d_scan_is_1mm_isotropic_else_the_scans_own_or_the_finest():
+    from mstools.preprocess.pipeline import MULTISLICE_GRID_MM, _default_spacing
     from mstools.preprocess.rigid import Grid
 
     def grid(spacing, axes=np.eye(3)):
@@ -288,12 +288,15 @@ def test_common_grid_of_two_2d_scans_of_one_orientation_is_the_followups_voxel_s
         affine[:3, :3] = axes @ np.diag(spacing)
         return Grid((8, 8, 8), affine)
 
-    # the Ljubljana database's pairs: 4 mm then 3 mm slices, 0.57 then 0.72 mm in-plane
-    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 3.0)
-    assert _default_spacing(grid((0.57, 0.57, 3.3)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 3.0)
-    # the follow-up's axes stored in another order: sizes follow the world axes
+    iso = (MULTISLICE_GRID_MM,) * 3
+    # the Ljubljana database's pairs: 4 mm then 3 mm slices, 0.57 then 0.72 mm in-plane; one protocol twice
+    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((0.72, 0.72, 3.0))) == iso
+    assert _default_spacing(grid((0.57, 0.57, 3.3)), grid((0.72, 0.72, 3.0))) == iso
+    assert _default_spacing(grid((0.9, 0.9, 3.3)), grid((0.9, 0.9, 3.3))) == iso
+    # a sagittal 2D follow-up of an axial one, or of a 3D baseline
     swapped = np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]])
-    assert _default_spacing(grid((0.7, 0.7, 4.0)), grid((3.0, 0.6, 0.6), swapped)) == (0.6, 0.6, 3.0)
-    # a sagittal follow-up of an axial baseline, or a 3D baseline: isotropic at the finest edge
-    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((0.72, 0.72, 3.0), swapped)) == (0.72, 0.72, 0.72)
-    assert _default_spacing(grid((1.0, 1.0, 1.0)), grid((0.72, 0.72, 3.0))) == (0.72, 0.72, 0.72)
+    assert _default_spacing(grid((0.72, 0.72, 4.0)), grid((3.0, 0.6, 0.6), swapped)) == iso
+    assert _default_spacing(grid((0.8, 0.8, 0.8)), grid((0.72, 0.72, 3.0))) == iso
+    # 3D scans: their own voxel size when they share it (in any axis order), else the finest edge
+    assert _default_spacing(grid((1.0, 1.0, 1.2)), grid((1.2, 1.0, 1.0), swapped)) == (1.0, 1.0, 1.2)
+    assert _default_spacing(grid((1.0, 1.0, 1.0)), grid((0.9, 0.9, 1.0))) == (0.9, 0.9, 0.9)

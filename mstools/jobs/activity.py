@@ -38,20 +38,9 @@ def output_names(prefix: str) -> dict[str, str]:
 
 def baseline_lesion_source(case: Path, options: ActivityOptions, segment_prefix: Optional[str]) -> Optional[Path]:
     """Where the baseline all-lesion map comes from (see ``ActivityOptions.baseline_lesions``)."""
-    from mstools import case_layout as layout
+    from mstools.jobs.segment import all_lesion_source
 
-    if options.baseline_lesions is not None:
-        return Path(options.baseline_lesions)
-    if (case / layout.LESIONS_BASELINE).is_file():
-        return case / layout.LESIONS_BASELINE
-    from mstools.detections import MASK_SUFFIX
-    from mstools.jobs.segment import ALL_LESION_OUTPUTS
-
-    if segment_prefix is not None:
-        coactseg_map = Path(segment_prefix + ALL_LESION_OUTPUTS["all_t1"] + MASK_SUFFIX)
-        if coactseg_map.is_file():
-            return coactseg_map
-    return None
+    return all_lesion_source(case, "all_t1", given=options.baseline_lesions, segment_prefix=segment_prefix)
 
 
 def activity_job(case: Path, new_prefix: str, candidates_prefix: str, out: str,

@@ -34,6 +34,8 @@ def import_open_ms_job(clone: Path, out: Path, patients: Optional[list[str]] = N
     folders = [out / f"patient{found.patient}" for found in located]
     # before any work: OUT and its missing parents are created; an existing file needs --force
     check_outputs([folder / name for folder in folders for name in images], force=force)
+    check_outputs([folder / layout.SEQUENCE_FILES[sequence][visit] for folder, found in zip(folders, located)
+                   for sequence, visit in found.sequences], force=force)
     check_outputs([folder / name for folder in folders for name in (COMPONENTS, SOURCE, ATTRIBUTION_FILE)],
                   force=force, sidecars=False)
     summary = []
@@ -61,7 +63,8 @@ def _write_cases(out: Path, located: list, force: bool, summary: list) -> list[P
             log(f"import-open-ms: patient {found.patient} -> {folder}")
             reference, case = omd.read_patient(found)
             inputs = [found.baseline_raw, found.followup_raw, found.baseline_transform, found.followup_transform,
-                      found.brain_mask, found.change_mask]
+                      found.brain_mask, found.change_mask,
+                      *(path for key in sorted(found.sequences) for path in found.sequences[key])]
             batch.inputs.extend(inputs)
             record = sidecar(command="import-open-ms", parameters={"patient": found.patient},
                              inputs=describe_inputs(inputs), extra={"licence": "CC-BY", "held_out": found.held_out})
@@ -72,11 +75,16 @@ def _write_cases(out: Path, located: list, force: bool, summary: list) -> list[P
                                       (CHANGE_MASK, case.change_mask, "uint8"),
                                       (layout.GROUND_TRUTH, case.ground_truth, "uint8")):
                 add_image(batch, folder / name, data, reference, dtype, record)
+            for (sequence, visit), data in sorted(case.sequences.items()):
+                add_image(batch, folder / layout.SEQUENCE_FILES[sequence][visit], data, reference, "float32", record)
             batch.table(folder / COMPONENTS, case.components, ("component", "voxels", "mean_difference", "kind"))
             batch.json(folder / SOURCE, {
                 "dataset": "open_ms_data longitudinal (Lesjak et al. 2016)", "patient": found.patient,
                 "held_out": found.held_out, "raw_baseline": str(found.baseline_raw),
-                "raw_followup": str(found.followup_raw), "change_components": len(case.components),
+                "raw_followup": str(found.followup_raw),
+                "sequences": {f"{sequence}_time0{visit + 1}": {"raw": str(scan), "intrastudy_transform": str(transform)}
+                              for (sequence, visit), (scan, transform) in sorted(found.sequences.items())},
+                "change_components": len(case.components),
                 "increase_components": increases, "provenance": record})
             batch.text(folder / ATTRIBUTION_FILE, omd.ATTRIBUTION)
             summary.append({"patient": found.patient, "case": str(folder), "held_out": found.held_out,

@@ -32,7 +32,7 @@ class PreprocessJobOptions:
     n4_shrink: int = option(4, kind="int", min=1, max=8, help="N4 fits the field on images shrunk by this factor (speed).")
     registration: bool = option(True, "--registration", secondary="--no-registration", kind="bool", help="Rigid registration; --no-registration needs a pair already on one grid.")
     space: str = option("halfway", kind="choice", choices=SPACES, help="Common space: halfway (MSSEG-2: half the transform on each scan), or the baseline/follow-up grid.")
-    spacing_mm: Optional[str] = option(None, kind="str", help="Voxel size of the common grid, e.g. 1 or 1,1,3 (default: the scans' own if equal; two 2D scans of one slice orientation: the follow-up's; else isotropic at the finest).")
+    spacing_mm: Optional[str] = option(None, kind="str", help="Voxel size of the common grid, e.g. 1 or 1,1,3 (default: 1 mm isotropic when a scan is 2D multi-slice; else the scans' own if equal, or isotropic at the finest).")
     harmonisation: str = option("histogram", kind="choice", choices=HARMONISATIONS, help="Intensity harmonisation inside the brain: histogram (Nyul landmarks onto the baseline), linear (Masson et al.'s joint-histogram fit), zscore, none. The default was chosen by measurement on simulated pairs.")
     qc: bool = option(True, "--qc", secondary="--no-qc", kind="bool", help="Write the QC picture (PNG).")
 

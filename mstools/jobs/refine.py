@@ -29,6 +29,8 @@ class RefineOptions:
     min_minor_axis: float = option(MIN_MINOR_AXIS, kind="float", min=0, help="Drop components whose minor axis is shorter, in voxels (paper 001: 2).")
     min_volume_mm3: Optional[float] = option(None, kind="float", min=0, help="Drop components smaller than this (mm3); replaces --min-voxels.")
     min_minor_axis_mm: Optional[float] = option(None, kind="float", min=0, help="Minor-axis limit in mm; replaces --min-minor-axis.")
+    baseline_lesions: Optional[Path] = option(None, kind="path", help="Cascade models only: all lesions at baseline (mask on the case grid). Default: the case's lesions_time01.nii.gz, else CoactSeg's time-1 map of the run's segment stage.")
+    followup_lesions: Optional[Path] = option(None, kind="path", help="Cascade models only: all lesions at follow-up (mask on the case grid). Default: the case's lesions_time02.nii.gz, else CoactSeg's time-2 map of the run's segment stage.")
 
     def postprocessing(self):
         from mstools.errors import InputError
@@ -63,8 +65,10 @@ def lesion_rows(table: Path, key: str) -> dict:
 
 def read_case(case: Optional[Path], candidates: str, *, feature_set: str, lesion_features: Optional[Path] = None,
               baseline: Optional[Path] = None, followup: Optional[Path] = None,
-              brain_mask: Optional[Path] = None, ground_truth: Optional[Path] = None, name: str = ""):
-    """(CaseInputs, reference image, inputs used) for one case and one detector's candidates."""
+              brain_mask: Optional[Path] = None, ground_truth: Optional[Path] = None, name: str = "",
+              all_lesions: Optional[tuple[Path, Path]] = None):
+    """(CaseInputs, reference image, inputs used) for one case and one detector's candidates;
+    ``all_lesions``: the (baseline, follow-up) all-lesion masks of the cascade, on the case grid."""
     from mstools.case import read_pair, resolve_case_inputs
     from mstools.detections import read_candidates
     from mstools.errors import InputError
@@ -91,15 +95,33 @@ def read_case(case: Optional[Path], candidates: str, *, feature_set: str, lesion
         check_same_grid(b_img, gt_img)
         gt = gt_img.data
         inputs.append(ground_truth)
+    maps = None
+    if all_lesions is not None:
+        maps = []
+        for path in all_lesions:
+            if not Path(path).is_file():
+                raise InputError(f"{path}: all-lesion mask not found; the cascade reads both visits' all-lesion "
+                                 "masks (`mstools segment --model coactseg` writes them)")
+            image = read_mask(path)
+            check_same_grid(b_img, image)
+            maps.append(image.data > 0)
+            inputs.append(Path(path))
+        maps = tuple(maps)
     return (CaseInputs(baseline=b_img.data, followup=f_img.data, brain=brain_img.data, candidates=labels,
-                       affine=b_img.affine, score=score, lesion_rows=rows, ground_truth=gt, name=name),
+                       affine=b_img.affine, score=score, lesion_rows=rows, ground_truth=gt, name=name,
+                       all_lesions=maps),
             b_img, inputs)
 
 
 def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineOptions = RefineOptions(), *,
                baseline: Optional[Path] = None, followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
-               lesion_features: Optional[Path] = None, force: bool = False) -> JobResult:
-    """Refine a detector's candidates: probability map, threshold and the paper's component clean-up."""
+               lesion_features: Optional[Path] = None, segment_prefix: Optional[str] = None,
+               force: bool = False) -> JobResult:
+    """Refine a detector's candidates: probability map, threshold and the paper's component clean-up.
+
+    A cascade model (``refine train --cascade``) also reads the all-lesion masks of both visits
+    (``options.baseline_lesions`` / ``followup_lesions``, else the case's, else CoactSeg's maps
+    written by ``segment`` at ``segment_prefix``: :func:`mstools.jobs.segment.all_lesion_source`)."""
     from mstools.case import resolve_case_inputs
     from mstools.detections import add_detections, output_paths
     from mstools.errors import InputError
@@ -110,28 +132,54 @@ def refine_job(case: Optional[Path], candidates: str, out: str, options: RefineO
     from mstools.candidates.refine.postprocess import refined_detections
 
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), lesion_features,
-            *output_paths(candidates).values()]
+            *output_paths(candidates).values(), options.baseline_lesions, options.followup_lesions]
     check_outputs(output_paths(out).values(), inputs=read, force=force)   # before the work, not after it
     post = options.postprocessing()
     path = packaged_model("refine") if options.model is None else Path(options.model)
     refiner = load_refine_model(path)
+    all_lesions = cascade_sources(case, refiner.cascade, options, segment_prefix, model=path)
     case_inputs, reference, inputs = read_case(case, candidates, feature_set=refiner.feature_set,
                                                lesion_features=lesion_features, baseline=baseline,
-                                               followup=followup, brain_mask=brain_mask)
-    log(f"refine: {refiner.feature_set} features, model {path}")
+                                               followup=followup, brain_mask=brain_mask, all_lesions=all_lesions)
+    log(f"refine: {refiner.feature_set}{' + cascade' if refiner.cascade else ''} features, model {path}")
     try:
         probability = refiner.probability_map(case_inputs, region=options.region)
     except ValueError as exc:  # e.g. a constant scan inside the brain
         raise InputError(f"{inputs[0]}: {exc}; check that the scans hold the brain") from None
     detections, report = refined_detections(probability, affine=reference.affine, options=post)
     record = sidecar(command="refine", parameters={"candidates": candidates, "region": options.region,
-                                                   "feature_set": refiner.feature_set, **post.as_dict()},
+                                                   "feature_set": refiner.feature_set, "cascade": refiner.cascade,
+                                                   "all_lesions": [str(p) for p in all_lesions or ()],
+                                                   **post.as_dict()},
                      inputs=describe_inputs(inputs), models={str(path): sha256(path)}, extra={"postprocess": report})
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         add_detections(batch, out, detections, reference, record)
     log(f"{len(detections.table)} lesions ({report['too_small']} too small, {report['too_thin']} too thin dropped)")
     return JobResult(list(batch.written), {"lesions": len(detections.table), "postprocess": report,
                                            "written": [str(p) for p in batch.written]})
+
+
+def cascade_sources(case: Optional[Path], cascade: bool, options: RefineOptions, segment_prefix: Optional[str], *,
+                    model: Path) -> Optional[tuple[Path, Path]]:
+    """The (baseline, follow-up) all-lesion masks a model reads: None for a model without the
+    cascade (which refuses maps given to it), both for a cascade model (or a one-line error)."""
+    from mstools.errors import InputError
+    from mstools.jobs.segment import all_lesion_source
+
+    given = (options.baseline_lesions, options.followup_lesions)
+    if not cascade:
+        if any(p is not None for p in given):
+            raise InputError(f"{model}: this model was trained without the cascade and reads no all-lesion maps; "
+                             "drop --baseline-lesions/--followup-lesions or give a model of "
+                             "`mstools refine train --cascade`")
+        return None
+    found = tuple(all_lesion_source(case, head, given=g, segment_prefix=segment_prefix)
+                  for head, g in zip(("all_t1", "all_t2"), given))
+    if any(p is None for p in found):
+        raise InputError(f"{model}: a cascade model needs the all-lesion masks of both visits; give "
+                         "--baseline-lesions and --followup-lesions (e.g. the _all_time01/_all_time02 masks of "
+                         "`mstools segment --model coactseg`), or enable segment with model coactseg in `mstools run`")
+    return found  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- training
@@ -148,10 +196,14 @@ class RefineTrainOptions:
     loo: bool = False
     max_rounds: int = 500
     seed: int = 0
+    #: Paper 001's cascade: each entry's 4th item holds its (baseline, follow-up) all-lesion masks.
+    cascade: bool = False
 
 
-def manifest_cases(manifest: Path) -> list[tuple[Path, str, Optional[Path]]]:
-    """(case folder, candidates prefix, lesion feature table) rows of a manifest TSV (:data:`mstools.manifest.REFINE_TRAIN`)."""
+def manifest_cases(manifest: Path) -> list[tuple]:
+    """(case folder, candidates prefix, lesion feature table, all-lesion masks or None) rows of a
+    manifest TSV (:data:`mstools.manifest.REFINE_TRAIN`); the masks are the columns
+    ``baseline_lesions`` and ``followup_lesions`` (both or neither)."""
     from mstools.errors import InputError
     from mstools.manifest import REFINE_TRAIN, read_manifest
 
@@ -160,8 +212,28 @@ def manifest_cases(manifest: Path) -> list[tuple[Path, str, Optional[Path]]]:
         candidates = row.path("candidates")
         if candidates is None:
             raise InputError(f"{manifest}: line {row.line} has no candidates (a detector's output prefix)")
-        entries.append((row.path("case"), str(candidates), row.path("lesion_features")))
+        maps = (row.path("baseline_lesions"), row.path("followup_lesions"))
+        if (maps[0] is None) != (maps[1] is None):
+            raise InputError(f"{manifest}: line {row.line} gives one all-lesion mask; give baseline_lesions and "
+                             "followup_lesions both, or neither")
+        entries.append((row.path("case"), str(candidates), row.path("lesion_features"),
+                        maps if maps[0] is not None else None))
     return entries
+
+
+def cascade_entry_maps(case: Path, source: str, *, root: Optional[Path] = None) -> tuple[Path, Path]:
+    """A training case's (baseline, follow-up) all-lesion masks for ``refine train --cascade SOURCE``:
+    ``case`` = the case folder's lesions_time01/02; otherwise SOURCE is the output name of
+    ``mstools segment --model coactseg`` (``<case or ROOT/case>/SOURCE_all_time01_mask.nii.gz``)."""
+    from mstools import case_layout as layout
+    from mstools.detections import MASK_SUFFIX
+    from mstools.jobs.segment import ALL_LESION_OUTPUTS
+
+    if source == "case":
+        return case / layout.LESIONS_BASELINE, case / layout.LESIONS_FOLLOWUP
+    folder = root / case.name if root is not None else case
+    return tuple(Path(str(folder / source) + ALL_LESION_OUTPUTS[h] + MASK_SUFFIX)  # type: ignore[return-value]
+                 for h in ("all_t1", "all_t2"))
 
 
 def _simulation(case: Path) -> Optional[dict]:
@@ -203,7 +275,7 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     from mstools.errors import InputError
     from mstools.parallel import connect, training_cluster
     from mstools.provenance import check_outputs
-    from mstools.candidates.refine.features import feature_names
+    from mstools.candidates.refine.features import model_feature_names
     from mstools.candidates.refine.sampling import SamplingOptions
 
     o = options
@@ -213,7 +285,11 @@ def refine_train_job(entries: Sequence[tuple[Path, str, Optional[Path]]], out: P
     targets = [out, card_path(out)] + ([Path(str(out) + ".cv.tsv")] if o.loo or o.cv_folds else [])
     check_outputs(targets, force=force, sidecars=False)  # before minutes of work, not after
     sampling = SamplingOptions(dilation_mm=o.dilation_mm, background_fraction=o.background_fraction)
-    names = list(feature_names(o.feature_set))
+    names = list(model_feature_names(o.feature_set, cascade=o.cascade))
+    if o.cascade and any(len(entry) < 4 or entry[3] is None for entry in entries):
+        missing = next(entry[0] for entry in entries if len(entry) < 4 or entry[3] is None)
+        raise InputError(f"{missing}: no all-lesion masks for the cascade; give --cascade SOURCE (or the manifest "
+                         "columns baseline_lesions and followup_lesions)")
     client, cluster = None, None
     if scheduler:
         client = connect(scheduler, scheduler_timeout,
@@ -258,19 +334,22 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
                 return rm.fit_dask(*args, client=client, **kwargs)
     started = time.perf_counter()
     samples, inputs, described = [], [], []
-    for n, (case, prefix, table) in enumerate(entries):
+    for n, entry in enumerate(entries):
+        case, prefix, table = entry[:3]
+        maps = entry[3] if o.cascade else None
         gt_path = case / layout.GROUND_TRUTH
         case_inputs, _, used = read_case(case, prefix, feature_set=o.feature_set, lesion_features=table,
-                                         ground_truth=gt_path, name=case.name)
+                                         ground_truth=gt_path, name=case.name, all_lesions=maps)
         try:
             sample = rm.case_samples(case_inputs, feature_set=o.feature_set, sampling=sampling,
-                                     bias_sigma_mm=o.bias_sigma_mm, seed=o.seed + n)
+                                     bias_sigma_mm=o.bias_sigma_mm, seed=o.seed + n, cascade=o.cascade)
         except ValueError as exc:
             raise InputError(f"{case}: {exc}") from None
         del case_inputs
         samples.append(sample)
         inputs.extend(used)
         described.append({"case": str(case), "candidates": prefix, "detector": detector_record(prefix),
+                          **({"all_lesions": [str(p) for p in maps]} if maps is not None else {}),
                           "simulation": _simulation(case), "voxels": int(len(sample.truth)),
                           "positives": int(sample.truth.sum())})
         log(f"{case}: {len(sample.truth)} voxels, {int(sample.truth.sum())} lesion")
@@ -292,7 +371,7 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
     except ValueError as exc:
         raise InputError(f"cannot train: {exc}; add cases whose candidates meet new lesions") from None
     card = {
-        "kind": rm.KIND, "feature_set": o.feature_set, "features": names,
+        "kind": rm.KIND, "feature_set": o.feature_set, "cascade": o.cascade, "features": names,
         "feature_options": {"neighbours": [n for n, _ in NEIGHBOURS], "context_box_mm": list(CONTEXT_BOX_MM),
                             "edge_cap_mm": EDGE_CAP_MM},
         "sampling": sampling.as_dict(), "bias_sigma_mm": o.bias_sigma_mm, "class_weight": o.class_weight,
@@ -305,7 +384,8 @@ def _train(entries, out, o, names, folds, sampling, client, backend, force) -> J
         "trees": text.count("\nTree="),
         "seconds": {"features": round(features_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
-    record = sidecar(command="refine train", parameters={"feature_set": o.feature_set, **sampling.as_dict(),
+    record = sidecar(command="refine train", parameters={"feature_set": o.feature_set, "cascade": o.cascade,
+                                                        **sampling.as_dict(),
                                                         "class_weight": o.class_weight, "seed": o.seed,
                                                         "cv_folds": "loo" if o.loo else o.cv_folds},
                      inputs=describe_inputs(inputs))

@@ -18,6 +18,27 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_LESION_OUTPUTS = {"all_t1": "_all_time01", "all_t2": "_all_time02"}
 
 
+def all_lesion_source(case: Optional[Path], head: str, *, given: Optional[Path] = None,
+                      segment_prefix: Optional[str] = None) -> Optional[Path]:
+    """Where a visit's all-lesion mask comes from (``head``: ``all_t1`` baseline, ``all_t2``
+    follow-up): ``given``, else the case folder's ``lesions_time01/02.nii.gz``, else CoactSeg's
+    mask of that head written by ``segment`` at ``segment_prefix``; None when there is none.
+    Read by ``activity`` (the baseline lesions) and ``refine`` (the cascade's inputs)."""
+    from mstools import case_layout as layout
+    from mstools.detections import MASK_SUFFIX
+
+    if given is not None:
+        return Path(given)
+    case_file = {"all_t1": layout.LESIONS_BASELINE, "all_t2": layout.LESIONS_FOLLOWUP}[head]
+    if case is not None and (Path(case) / case_file).is_file():
+        return Path(case) / case_file
+    if segment_prefix is not None:
+        coactseg_map = Path(segment_prefix + ALL_LESION_OUTPUTS[head] + MASK_SUFFIX)
+        if coactseg_map.is_file():
+            return coactseg_map
+    return None
+
+
 def progress_unit(model: str) -> str:
     """What ``segment_job``'s ``progress(done, total)`` counts: slices for the 2.5D multitask
     network, windows for the 3D ones."""
@@ -27,7 +48,7 @@ def progress_unit(model: str) -> str:
 @dataclass(frozen=True)
 class SegmentOptions:
     # Literals or the light registry, not the predictor: `mstools --help` must not import torch.
-    model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (its default weights ship with mstools).")
+    model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (default weights ship with mstools for all but multiseq: train it, give --weights).")
     weights: Optional[str] = option(None, kind="path", help="Weight file from mstools train (model.pt) instead of the default weights.")
     threshold: float = option(0.5, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks.")
     min_lesion_mm3: float = option(4.0, kind="float", min=0.0, help="Keep components larger than this (paper 001, Masson: > 4 mm3).")
@@ -39,14 +60,43 @@ class SegmentOptions:
     threads: Optional[int] = option(None, kind="int", min=1, help="CPU threads for torch.")
 
 
+#: The network that reads T1/T2 besides FLAIR (:mod:`mstools.detect.deep.multisequence`).
+MULTISEQUENCE_MODEL = "multiseq"
+
+
+def sequence_paths(case: Optional[Path], model: str, given: Optional[dict] = None) -> dict:
+    """{(sequence, visit): path} of the optional T1/T2 scans a segmentation reads: the given ones
+    (``given``: the same keys, None for none) win, else the case folder's (:mod:`mstools.case_layout`).
+    Only the multi-sequence model reads them; giving them to another model is an error."""
+    from mstools import case_layout as layout
+    from mstools.errors import InputError
+
+    given = {k: Path(v) for k, v in (given or {}).items() if v is not None}
+    if model != MULTISEQUENCE_MODEL:
+        if given:
+            raise InputError(f"--model {model} reads FLAIR only; T1/T2 scans are read by --model "
+                             f"{MULTISEQUENCE_MODEL} (or drop them)")
+        return {}
+    found = layout.sequence_files(case) if case is not None and case.is_dir() else {}
+    paths = {**found, **given}
+    for (sequence, visit), path in sorted(paths.items()):
+        if not path.is_file():
+            raise InputError(f"{path}: {sequence.upper()} scan of time point {visit + 1} not found; check the path "
+                             "or leave that sequence out (any subset of T1/T2 works)")
+    return paths
+
+
 def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOptions = SegmentOptions(), *,
                 baseline: Optional[Path] = None, followup: Optional[Path] = None, force: bool = False,
+                sequences: Optional[dict] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> JobResult:
     """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows
-    (slices for multitask: :func:`progress_unit`)."""
+    (slices for multitask: :func:`progress_unit`). ``sequences``: {(``"t1"``/``"t2"``, visit 0/1):
+    path} of optional scans on the FLAIRs' grid for the multi-sequence model (the case folder's
+    are read when not given)."""
     import time
 
-    from mstools.case import resolve_pair
+    from mstools.case import read_sequences, resolve_pair
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, check_same_grid, check_scan, read_image
@@ -62,6 +112,9 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         if case is None:
             raise InputError("give --output PREFIX when the images are given with --baseline/--followup")
         output = str(case / model)
+    if model in NETWORKS and not NETWORKS[model].default_weights and o.weights is None:
+        raise InputError(f"--model {model} ships no default weights; train them with mstools train --model {model} "
+                         "and pass --weights RUN/model.pt")
     weights_path = Path(o.weights) if o.weights is not None else packaged_model("deep", model)
     outputs = NETWORKS[model].outputs if model in NETWORKS else ()
 
@@ -69,12 +122,15 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     extra = {name: {"score": output + suffix + "_score.nii.gz", "mask": output + suffix + "_mask.nii.gz"}
              for name, suffix in ALL_LESION_OUTPUTS.items() if name in outputs}
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
-    check_outputs(targets, inputs=[baseline_path, followup_path], force=force)  # fail before the work
+    extra_paths = sequence_paths(case, model, sequences)
+    inputs = [baseline_path, followup_path, *(extra_paths[k] for k in sorted(extra_paths))]
+    check_outputs(targets, inputs=inputs, force=force)  # fail before the work
     base = read_image(baseline_path)
     follow = read_image(followup_path)
     check_same_grid(base, follow)
     check_scan(base)
     check_scan(follow)
+    extra_images = read_sequences(extra_paths, base)
 
     from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
 
@@ -88,7 +144,17 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     predict = PredictOptions(overlap=o.overlap, batch_size=o.batch_size, tta=o.tta)
     log(f"segmenting {base.name} with {model} ({weights_path.name}, {predictor.device})")
     started = time.time()
-    maps = predictor.predict(base.data, follow.data, spacing_mm=base.spacing_mm, options=predict, progress=progress)
+    if model == MULTISEQUENCE_MODEL:
+        from mstools.detect.deep.multisequence import predict_sequences
+
+        def pair(sequence):
+            return tuple(extra_images[(sequence, v)].data if (sequence, v) in extra_images else None for v in (0, 1))
+
+        maps = predict_sequences(predictor, (base.data, follow.data), spacing_mm=base.spacing_mm, t1=pair("t1"),
+                                 t2=pair("t2"), options=predict, progress=progress)
+    else:
+        maps = predictor.predict(base.data, follow.data, spacing_mm=base.spacing_mm, options=predict,
+                                 progress=progress)
     seconds = time.time() - started
 
     if "all_t2" in outputs:
@@ -99,13 +165,15 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
                   "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict()}
+    if model == MULTISEQUENCE_MODEL:
+        parameters["sequences"] = ["flair_time01", "flair_time02"] + [f"{s}_time0{v + 1}" for s, v in sorted(extra_images)]
     record = sidecar(command="segment", parameters=parameters,
-                     inputs=describe_inputs([baseline_path, followup_path]),
+                     inputs=describe_inputs(inputs),
                      models={str(weights_path): predictor.sha256}, extra={"seconds": round(seconds, 2)})
     masks = {name: lesion_mask(p, voxel_volume_mm3=base.voxel_volume_mm3, threshold=o.threshold,
                                min_lesion_mm3=o.min_lesion_mm3) for name, p in maps.items()}
     detections = detections_from_mask(masks["new"], maps["new"], base.affine)
-    with OutputBatch(inputs=[baseline_path, followup_path], force=force, create_dirs=True) as out:
+    with OutputBatch(inputs=inputs, force=force, create_dirs=True) as out:
         add_detections(out, output, detections, base, record)
         for name, files in extra.items():
             add_image(out, files["score"], maps[name], base, "float32", record)
@@ -114,4 +182,5 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         "written": [str(p) for p in out.written], "model": model, "model_sha256": predictor.sha256,
         "new_lesions": len(detections.table),
         "new_lesion_volume_mm3": float(detections.mask.sum()) * base.voxel_volume_mm3,
-        "seconds": round(seconds, 2)})
+        "seconds": round(seconds, 2),
+        **({"sequences": parameters["sequences"]} if model == MULTISEQUENCE_MODEL else {})})

@@ -156,6 +156,7 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
               layout.LESIONS_FOLLOWUP]) + [layout.BRAIN_MASK, layout.TISSUES]
     if config.acquisitions:
         names += [RAW_BASELINE, RAW_FOLLOWUP]
+    names += [name for sequence in getattr(config, "sequences", ()) for name in layout.SEQUENCE_FILES[sequence]]
     # fail before the work, not after it (a missing folder and its parents are created);
     # the background images and lesion library are read, never written over (--force or not)
     read = _background_inputs(background)
@@ -194,6 +195,8 @@ def _simulate_one(folder: Path, config, single: bool, dtype: str, force: bool, c
                    (layout.LESIONS_BASELINE, (result.lesions_baseline > 0), np.uint8),
                    (layout.LESIONS_FOLLOWUP, (result.lesions_followup > 0), np.uint8)])
         images += [(layout.BRAIN_MASK, result.brain_mask, np.uint8), (layout.TISSUES, result.tissues, np.uint8)]
+        for sequence, pair in getattr(result, "sequences", {}).items():
+            images += [(name, flair(data), dtype) for name, data in zip(layout.SEQUENCE_FILES[sequence], pair)]
         for name, data, kind in images:
             add_image(out, folder / name, data, reference, kind, record)
         for name, raw in ((RAW_BASELINE, getattr(result, "raw_baseline", None)),

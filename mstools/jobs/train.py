@@ -61,6 +61,8 @@ def load_case(folder: Path, config, *, validation: bool = False):
     from mstools.detect.deep.training import prepare_case, prepare_validation
     from mstools.io import check_same_grid, read_image, read_mask
 
+    if config.model == "multiseq" and not validation:
+        return load_multisequence_case(folder, config)
     if layout.is_longitudinal_case(folder):
         baseline = read_image(folder / layout.BASELINE)
         followup = read_image(folder / layout.FOLLOWUP)
@@ -79,6 +81,36 @@ def load_case(folder: Path, config, *, validation: bool = False):
     check_same_grid(flair, lesions)
     return prepare_case(folder.name, [flair.data], lesions.data, spacing_mm=flair.spacing_mm, config=config)
 
+
+
+def load_multisequence_case(folder: Path, config):
+    """A two-time-point case folder with whichever T1/T2 it holds, as a multi-sequence training case."""
+    from mstools.case import read_sequences
+    from mstools.detect.deep.multisequence import prepare_multisequence_case
+    from mstools.io import check_same_grid, read_image, read_mask
+
+    if not layout.is_longitudinal_case(folder):
+        raise InputError(f"{folder}: multiseq learns from two-time-point cases only (new-lesion truth); "
+                         "remove single-time-point folders from its training data")
+    baseline = read_image(folder / layout.BASELINE)
+    followup = read_image(folder / layout.FOLLOWUP)
+    truth = read_mask(folder / layout.GROUND_TRUTH)
+    check_same_grid(baseline, followup)
+    check_same_grid(baseline, truth)
+    seq = read_sequences(layout.sequence_files(folder), baseline)
+
+    def pair(sequence):
+        return tuple(seq[(sequence, v)].data if (sequence, v) in seq else None for v in (0, 1))
+
+    return prepare_multisequence_case(folder.name, (baseline.data, followup.data), truth.data,
+                                      spacing_mm=baseline.spacing_mm, config=config, t1=pair("t1"), t2=pair("t2"))
+
+
+def _sequence_counts(cases) -> dict:
+    """multiseq: how many training cases hold each input channel (before sequence dropout)."""
+    from mstools.detect.deep.multisequence import CHANNELS
+
+    return {f"{s}_time0{v + 1}": int(sum(bool(c.available[n]) for c in cases)) for n, (s, v) in enumerate(CHANNELS)}
 
 
 def _seed_of(folder: Path):
@@ -127,7 +159,8 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
                      patch_size: Optional[int] = None, spacing_mm: Optional[float] = None,
                      iterations: Optional[int] = None, batch_longitudinal: int = 4, batch_single: int = 4,
                      learning_rate: Optional[float] = None, relation_start: float = 0.5, p_random_patch: float = 0.0,
-                     augment: bool = True, seed: int = 0, validate_every: int = 250, checkpoint_every: int = 100):
+                     augment: bool = True, seed: int = 0, validate_every: int = 250, checkpoint_every: int = 100,
+                     sequence_dropout: Optional[float] = None):
     """(ModelConfig, TrainingConfig) of a preset (small: the default weights'; paper: paper 002's)
     with the given changes; None keeps the preset's value."""
     import dataclasses
@@ -147,7 +180,8 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
             batch_single=batch_single if network(model).single_timepoint else 0,
             learning_rate=learning_rate or DEFAULT_LEARNING_RATE[model], relation_start=relation_start,
             p_random_patch=p_random_patch, augment=augment, seed=seed, validate_every=validate_every,
-            checkpoint_every=checkpoint_every)
+            checkpoint_every=checkpoint_every,
+            **({} if sequence_dropout is None else {"sequence_dropout": sequence_dropout}))
     except ValueError as exc:
         raise InputError(f"{exc}; see mstools train --help") from None
     return model_config, train_config
@@ -247,7 +281,9 @@ class _Run:
             "iterations": trainer.iteration, "relation_on_from_iteration": trainer.relation_start_iteration,
             "training_data": {
                 "longitudinal": [c.name for c in self.longitudinal], "single_timepoint": [c.name for c in self.single],
-                "generator_seeds": [s for s in (_seed_of(f) for f in self.train_folders) if s is not None]},
+                "generator_seeds": [s for s in (_seed_of(f) for f in self.train_folders) if s is not None],
+                **({"sequences_available": _sequence_counts(self.longitudinal)}
+                   if self.model_config.model == "multiseq" else {})},
             "validation_data": [f.name for f in self.val_folders], "validation_metrics": metrics,
             "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             **({"initialised_from": self.initialised_from} if self.initialised_from else {})})
@@ -337,6 +373,8 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     if not mixes_single and single:
         log(f"{model} learns from two-time-point cases only: {len(single)} single-time-point cases ignored")
     validation = [load_case(f, model_config, validation=True) for f in val_folders]
+    if model == "multiseq":   # FLAIR + any T1/T2, sequence dropout (papers 003, 004)
+        from mstools.detect.deep.multisequence import MultiSequenceTrainer as Trainer
     trainer = Trainer(model_config, train_config, longitudinal, single, device=torch_device)
     initialised_from = None
     if init_weights is not None and not resume:

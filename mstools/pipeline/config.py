@@ -200,6 +200,13 @@ def check_config_files(config: dict, base: Path) -> None:
                     load_refine_model(path)
                 elif (stage, name) == ("segment", "weights"):
                     _check_weights(path, config["segment"]["model"])
+    if enabled(config, "segment") and not config["segment"].get("weights"):
+        from mstools.detect.deep.networks import network
+
+        model = config["segment"]["model"]
+        if not network(model).default_weights:
+            raise InputError(f"config: segment.model {model} ships no default weights; set segment.weights to a "
+                             f"model.pt of mstools train --model {model}")
     if enabled(config, "register") and config["register"].get("parameters"):
         from mstools.detect.registration.detector import parameter_maps
 

@@ -108,14 +108,25 @@ def _register(ctx: StageContext):
 def _segment(ctx: StageContext):
     from mstools.jobs.segment import segment_job
 
-    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count)
+    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count,
+                       sequences=dict(getattr(ctx.case, "sequences", ())) or None)
+
+
+def _segment_arguments(c: StageContext) -> list[str]:
+    """segment's command line: the case folder, the prefix, and T1/T2 given beside the folder."""
+    options = [(f"--{'baseline' if visit == 0 else 'followup'}-{sequence}", str(path))
+               for (sequence, visit), path in sorted(getattr(c.case, "sequences", ()))]
+    return [str(c.case_dir), "-o", c.prefix("segment"), *(item for pair in options for item in pair)]
 
 
 def _refine(ctx: StageContext):
     from mstools.jobs.refine import refine_job
 
+    # a cascade model (paper 001) reads the segment stage's CoactSeg all-lesion maps when the
+    # case has no lesions_time01/02 and none are given (mstools.jobs.segment.all_lesion_source)
+    segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
     return refine_job(ctx.case_dir, ctx.prefix(ctx.config["refine"]["candidates"]), ctx.prefix("refine"),
-                      ctx.options, force=True)
+                      ctx.options, segment_prefix=segment, force=True)
 
 
 def _filter(ctx: StageContext):
@@ -157,13 +168,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           own={"enabled": (False, "Registration-based detection with elastix (slower: ~45 s on a 1 mm pair).")},
           about="Candidates from the subtraction after deformable registration."),
     Stage("segment", ("segment",), SegmentOptions, _segment,
-          lambda c: [str(c.case_dir), "-o", c.prefix("segment")],
+          _segment_arguments,
           lambda config: ["preprocess"],
           own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores).")},
           about="Deep-learning new-lesion segmentation."),
     Stage("refine", ("refine", "apply"), RefineOptions, _refine,
           lambda c: [str(c.case_dir), "-c", c.prefix(c.config["refine"]["candidates"]), "-o", c.prefix("refine")],
-          lambda config: ["preprocess", config["refine"]["candidates"]],
+          lambda config: ["preprocess", config["refine"]["candidates"], "segment"],
           own={"enabled": (True, "LightGBM voxel-wise refinement (Prados & Kanber, paper 001)."),
                "candidates": ("subtract", "The stage whose candidates are refined: subtract, filter, register "
                                           "or segment.")},

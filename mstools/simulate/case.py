@@ -45,6 +45,24 @@ from mstools.simulate.lesions import (LOCATION_SHARES, LOCATIONS, Lesion, locati
 #: (benchmarks/bench_simulate.py prints the realised means).
 TISSUE_INTENSITY = {"csf": 0.25, "gm": 1.22, "wm": 1.00, "skull": 0.10, "scalp": 1.25}
 
+#: T1- and T2-weighted contrasts (``SimulationConfig.sequences``): mean intensities relative
+#: to normal white matter and the lesions' contrast as a multiple of their FLAIR contrast
+#: (negative: darker than WM). Chosen for the ordering of clinical 3 T scans -- T1w:
+#: CSF < GM < WM, lesions hypointense (0.65-0.84 of WM for FLAIR contrasts 0.45-1.0, GM-like
+#: to darker, "black holes" at the dark end); T2w: WM < GM < CSF, lesions hyperintense
+#: (1.5-2.1 of WM). Realised medians / WM on seed 9100 (time 1): T1 CSF 0.45, GM 0.76,
+#: lesions 0.82; T2 CSF 2.09, GM 1.30, lesions 1.59. Against development patient 01 (no
+#: tissue map there): new lesions / brain median at follow-up, FLAIR, T1, T2: real 1.32,
+#: 1.14, 1.27; simulated seeds 9100-9105 1.20-1.43, 0.96-1.14, 1.03-1.32
+#: (benchmarks/bench_sequences.py --contrast / --lesion-contrast).
+SEQUENCE_INTENSITY = {
+    "t1": {"csf": 0.30, "gm": 0.72, "wm": 1.00, "skull": 0.15, "scalp": 1.10},
+    "t2": {"csf": 2.60, "gm": 1.35, "wm": 1.00, "skull": 0.10, "scalp": 0.90},
+}
+SEQUENCE_LESION_SCALE = {"t1": -0.35, "t2": 1.10}
+#: The optional sequences a case can carry besides FLAIR.
+SEQUENCES = tuple(SEQUENCE_INTENSITY)
+
 #: File names of the raw scans (each visit on its own acquired grid) in a case folder.
 RAW_BASELINE = "flair_time01_raw.nii.gz"
 RAW_FOLLOWUP = "flair_time02_raw.nii.gz"
@@ -98,8 +116,17 @@ class SimulationConfig:
     acquisition_followup: Acquisition | None = None
     contrast_baseline: ProtocolContrast | None = None
     contrast_followup: ProtocolContrast | None = None
+    # T1- and/or T2-weighted scans of each visit on the FLAIR's grid (SEQUENCE_INTENSITY):
+    # same anatomy, lesions, follow-up pose, atrophy and blur as the FLAIR of that visit,
+    # their own bias field and noise. () writes FLAIR only; the FLAIRs never change.
+    sequences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = [s for s in self.sequences if s not in SEQUENCES]
+        if unknown:
+            raise ValueError(f"sequences must be among {', '.join(SEQUENCES)}, not {', '.join(unknown)}")
+        if self.sequences and self.acquisitions:
+            raise ValueError("T1/T2 sequences are simulated on the fine grid only; drop the acquisitions")
         counts = (self.n_stable, self.n_enlarging, self.n_shrinking, self.n_new)
         if min(counts) < 0:
             raise ValueError("lesion counts must be >= 0")
@@ -142,6 +169,8 @@ class SimulatedCase:
     truth: dict = field(default_factory=dict)
     raw_baseline: RawScan | None = None    # the scans as acquired, each on its own grid
     raw_followup: RawScan | None = None
+    # sequence ("t1", "t2") -> (baseline, follow-up) float32 on the case grid
+    sequences: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -255,10 +284,14 @@ def _tissue_texture(shape, rng: np.random.Generator, spacing_mm) -> np.ndarray:
 
 
 def _draw_image(anatomy: Anatomy, lesions: list[Lesion], texture: np.ndarray,
-                contrast: ProtocolContrast | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free FLAIR (scanner units) and lesion id map for one time point."""
+                contrast: ProtocolContrast | None = None, sequence: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free FLAIR (or ``sequence``: T1/T2, scanner units) and lesion id map for one time point."""
     t = TISSUE_INTENSITY
-    if contrast is not None:
+    if sequence is not None:
+        t = SEQUENCE_INTENSITY[sequence]
+        lesions = [replace(les, contrast=les.contrast * SEQUENCE_LESION_SCALE[sequence]) for les in lesions]
+    elif contrast is not None:
         t = {**t, "gm": 1.0 + (t["gm"] - 1.0) * contrast.gm_scale,
              "csf": t["csf"] if contrast.csf_level is None else contrast.csf_level}
         lesions = [replace(les, contrast=les.contrast * contrast.lesion_scale) for les in lesions]
@@ -316,6 +349,10 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
     after = [les.at_followup() for les in lesions]
     clean_t1, ids_t1 = _draw_image(anatomy, before, texture, config.contrast_baseline)
     clean_t2, ids_t2 = _draw_image(anatomy, after, texture, config.contrast_followup)
+    # other sequences of each visit: (baseline, follow-up) drawn alike, moved with the follow-up below
+    others = {s: [_draw_image(anatomy, before, texture, sequence=s)[0], _draw_image(anatomy, after, texture,
+                                                                                    sequence=s)[0]]
+              for s in config.sequences}
 
     rotation, translation = nuisance.random_rigid(config.misalignment_mm, config.misalignment_deg, rng)
     displacement = nuisance.atrophy_displacement(anatomy.ventricles, config.atrophy_mm, anatomy.spacing_mm)
@@ -323,10 +360,16 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
         coords = nuisance.warp_coordinates(anatomy.shape, anatomy.spacing_mm, rotation, translation, displacement)
         clean_t2 = nuisance.resample(clean_t2, coords, order=1)
         ids_t2 = nuisance.resample(ids_t2, coords, order=0)
+        for pair in others.values():
+            pair[1] = nuisance.resample(pair[1], coords, order=1)
         del coords
     clean_t2 = nuisance.blur(clean_t2, config.blur_mm, anatomy.spacing_mm)
     if config.followup_slice_mm > 0:
         clean_t2 = nuisance.thick_slices(clean_t2, config.followup_slice_mm, config.voxel_mm)
+    for pair in others.values():
+        pair[1] = nuisance.blur(pair[1], config.blur_mm, anatomy.spacing_mm)
+        if config.followup_slice_mm > 0:
+            pair[1] = nuisance.thick_slices(pair[1], config.followup_slice_mm, config.voxel_mm)
 
     gain = rng.uniform(1 - config.gain_change, 1 + config.gain_change)
     gamma = rng.uniform(1 - config.contrast_change, 1 + config.contrast_change)
@@ -338,6 +381,12 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
                                           "followup_gamma": round(float(gamma), 4)})
     baseline = _acquire(clean_t1, snr=config.snr_baseline, bias=config.bias_strength, rng=rng)
     followup = _acquire(clean_t2, snr=config.snr_followup, bias=config.bias_strength, rng=rng)
+    # the sequences' bias and noise come from a stream of their own: the FLAIRs of a seed
+    # are the same with or without them
+    sequence_rng = np.random.default_rng([config.seed, 3])
+    sequences = {s: tuple(_acquire(image, snr=snr, bias=config.bias_strength, rng=sequence_rng)
+                          for image, snr in zip(pair, (config.snr_baseline, config.snr_followup)))
+                 for s, pair in others.items()}
 
     new_labels = [les.label for les in lesions if les.kind == "new"]
     ground_truth = np.isin(ids_t2, new_labels).astype(np.uint8)
@@ -361,7 +410,7 @@ def simulate_case(config: SimulationConfig) -> SimulatedCase:
     return SimulatedCase(
         baseline=baseline, followup=followup, lesions_baseline=ids_t1, lesions_followup=ids_t2,
         ground_truth=ground_truth, brain_mask=anatomy.brain.astype(np.uint8),
-        tissues=_tissue_labels(anatomy), affine=anatomy.affine, truth=truth)
+        tissues=_tissue_labels(anatomy), affine=anatomy.affine, truth=truth, sequences=sequences)
 
 
 def _misalignment_record(rotation: np.ndarray, translation: np.ndarray) -> dict:

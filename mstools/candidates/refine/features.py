@@ -24,6 +24,13 @@ always applied with the features it was trained on):
   at ``EDGE_CAP_MM``).
 * ``lesion``: ``context`` + the lesion-level features of ``mstools filter`` (its
   ``_features.tsv``) of the candidate holding the voxel (NaN outside candidates).
+
+The cascade (paper 001: Basaran et al. feed the second network the difference of the two
+time points' all-lesion probability maps, McKinley et al. feed it both maps beside the two
+FLAIRs) adds to any set the all-lesion masks of both visits (CoactSeg's heads or a user's
+masks, on the case grid): at the voxel, their difference (follow-up minus baseline), and
+their means in the smaller context box (``CASCADE_BOX_MM``): ``CASCADE``. A model trained so
+is named ``<set>+cascade`` in its card (:func:`model_feature_names`).
 """
 
 from __future__ import annotations
@@ -58,12 +65,41 @@ LESION = CONTEXT + tuple(f"lesion_{c}" for c in LESION_COLUMNS)
 
 FEATURE_SETS = {"published": PUBLISHED, "context": CONTEXT, "lesion": LESION}
 
+#: The cascade's box (mm): the smaller context box, so that a lesion beside an old one is seen.
+CASCADE_BOX_MM = CONTEXT_BOX_MM[0]
+_CASCADE_MAPS = ("lesions_baseline", "lesions_followup", "lesions_difference")
+CASCADE = tuple(f"{m}_c" for m in _CASCADE_MAPS) + tuple(f"{m}_mean_{int(CASCADE_BOX_MM)}mm" for m in _CASCADE_MAPS)
+
 
 def feature_names(feature_set: str) -> tuple[str, ...]:
     """The ordered feature names of a named set."""
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
     return FEATURE_SETS[feature_set]
+
+
+def model_feature_names(feature_set: str, *, cascade: bool = False) -> tuple[str, ...]:
+    """A model's ordered features: the named set, then the cascade's when ``cascade``."""
+    return feature_names(feature_set) + (CASCADE if cascade else ())
+
+
+def cascade_features(all_lesions: tuple[np.ndarray, np.ndarray], voxels, *, spacing_mm) -> np.ndarray:
+    """(n, len(CASCADE)) float32 cascade features of ``voxels`` from the (baseline, follow-up)
+    all-lesion maps (masks or probabilities in [0, 1], on the case grid); inputs not modified."""
+    baseline, followup = (np.asarray(m, dtype=np.float32) for m in all_lesions)
+    if baseline.shape != followup.shape:
+        raise ValueError(f"all-lesion maps of shapes {baseline.shape} and {followup.shape}")
+    voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
+    n = len(voxels[0])
+    if not n:
+        return np.zeros((0, len(CASCADE)), np.float32)
+    width = _box_width(CASCADE_BOX_MM, np.asarray(spacing_mm, dtype=float))
+    window, local = _crop(voxels, baseline.shape, width // 2 + 1)
+    local = tuple(local)
+    maps = (baseline[window], followup[window], followup[window] - baseline[window])
+    at_voxel = [m[local] for m in maps]
+    means = [ndimage.uniform_filter(m, size=width, mode="nearest")[local] for m in maps]
+    return np.stack(at_voxel + means, axis=1).astype(np.float32)
 
 
 def neighbour_values(volume: np.ndarray, voxels: tuple[np.ndarray, np.ndarray, np.ndarray], *,
@@ -116,15 +152,19 @@ def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.nd
                    voxels: tuple[np.ndarray, np.ndarray, np.ndarray], feature_set: str = "published",
                    spacing_mm=(1.0, 1.0, 1.0), brain: np.ndarray | None = None,
                    score: np.ndarray | None = None, labels: np.ndarray | None = None,
-                   lesion_rows: dict[int, dict] | None = None) -> np.ndarray:
-    """(n, len(feature_names(feature_set))) float32 features of the voxels ``voxels`` (i, j, k arrays).
+                   lesion_rows: dict[int, dict] | None = None,
+                   all_lesions: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(n, len(model_feature_names(feature_set, cascade=all_lesions is not None))) float32 features
+    of the voxels ``voxels`` (i, j, k arrays).
 
     ``baseline`` and ``followup`` are the normalised scans (see :func:`normalise_pair`),
     ``candidates`` the first-stage mask (any non-zero = candidate). ``context`` needs
     ``brain`` (and uses ``score`` if given); ``lesion`` needs ``labels`` (the candidate
-    labels) and ``lesion_rows`` (label -> filter feature row). Inputs are not modified.
+    labels) and ``lesion_rows`` (label -> filter feature row); ``all_lesions`` (baseline and
+    follow-up all-lesion maps) adds the cascade's features (:func:`cascade_features`). Inputs
+    are not modified.
     """
-    names = feature_names(feature_set)
+    names = model_feature_names(feature_set, cascade=all_lesions is not None)
     voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
     n = len(voxels[0])
     columns = [neighbour_values(baseline, voxels), neighbour_values(followup, voxels),
@@ -155,6 +195,8 @@ def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.nd
         if labels is None or lesion_rows is None:
             raise ValueError("feature set 'lesion' needs the candidate labels and their filter feature rows")
         columns.append(lesion_matrix(np.asarray(labels)[voxels] if n else np.zeros(0, np.int64), lesion_rows))
+    if all_lesions is not None:
+        columns.append(cascade_features(all_lesions, voxels, spacing_mm=spacing_mm))
     matrix = np.concatenate(columns, axis=1).astype(np.float32)
     if matrix.shape[1] != len(names):  # a programming error, never bad input
         raise RuntimeError(f"feature set {feature_set!r}: {matrix.shape[1]} columns for {len(names)} names")

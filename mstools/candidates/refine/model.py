@@ -22,7 +22,7 @@ import numpy as np
 
 from mstools.models.boosting import (EARLY_STOPPING_ROUNDS, LGBM_PARAMS, VALIDATION_SHARE, can_stop_early,
                                      fit_grouped, lgbm_params, split_cases)
-from mstools.candidates.refine.features import feature_names, normalise_pair, voxel_features
+from mstools.candidates.refine.features import model_feature_names, normalise_pair, voxel_features
 from mstools.candidates.refine.postprocess import PostProcessing, refined_detections
 from mstools.candidates.refine.sampling import SamplingOptions, candidate_region, training_voxels
 
@@ -53,6 +53,8 @@ class CaseInputs:
     lesion_rows: dict | None = None  # label -> filter feature row (feature set "lesion")
     ground_truth: np.ndarray | None = None
     name: str = ""
+    #: The cascade's inputs (paper 001: Basaran; McKinley): all-lesion maps of (baseline, follow-up).
+    all_lesions: tuple | None = None
 
 
 @dataclass
@@ -74,24 +76,29 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
 
 
-def _features_for(case: CaseInputs, voxels, *, feature_set: str, bias_sigma_mm: float) -> np.ndarray:
+def _features_for(case: CaseInputs, voxels, *, feature_set: str, bias_sigma_mm: float,
+                  cascade: bool = False) -> np.ndarray:
+    if cascade and case.all_lesions is None:
+        raise ValueError("a cascade model needs the all-lesion maps of both visits")
     spacing = spacing_of(case.affine)
     b, f = normalise_pair(case.baseline, case.followup, case.brain, spacing_mm=spacing, bias_sigma_mm=bias_sigma_mm)
     return voxel_features(b, f, case.candidates, voxels=voxels, feature_set=feature_set, spacing_mm=spacing,
                           brain=case.brain, score=case.score,
-                          labels=case.candidates if feature_set == "lesion" else None, lesion_rows=case.lesion_rows)
+                          labels=case.candidates if feature_set == "lesion" else None, lesion_rows=case.lesion_rows,
+                          all_lesions=case.all_lesions if cascade else None)
 
 
 def case_samples(case: CaseInputs, *, feature_set: str, sampling: SamplingOptions = SamplingOptions(),
-                 bias_sigma_mm: float = BIAS_SIGMA_MM, seed: int = 0) -> CaseSamples:
-    """Training rows of one case with ground truth (see ``mstools.candidates.refine.sampling``)."""
+                 bias_sigma_mm: float = BIAS_SIGMA_MM, seed: int = 0, cascade: bool = False) -> CaseSamples:
+    """Training rows of one case with ground truth (see ``mstools.candidates.refine.sampling``);
+    ``cascade``: with the features of the case's all-lesion maps."""
     if case.ground_truth is None:
         raise ValueError(f"{case.name or 'case'}: training needs a ground truth")
     region = candidate_region(case.candidates, case.brain, spacing_mm=spacing_of(case.affine),
                               dilation_mm=sampling.dilation_mm)
     voxels, in_region = training_voxels(region, case.brain, background_fraction=sampling.background_fraction,
                                         seed=seed)
-    features = _features_for(case, voxels, feature_set=feature_set, bias_sigma_mm=bias_sigma_mm)
+    features = _features_for(case, voxels, feature_set=feature_set, bias_sigma_mm=bias_sigma_mm, cascade=cascade)
     gt = np.asarray(case.ground_truth) > 0
     return CaseSamples(name=case.name, features=features, truth=gt[voxels].astype(np.uint8), in_region=in_region,
                        voxels=np.ravel_multi_index(voxels, gt.shape), shape=gt.shape,
@@ -210,8 +217,11 @@ class RefineModel:
             raise ValueError(f"not a LightGBM model ({exc})") from None
         names = list(self._booster.feature_names)
         feature_set = self.card.get("feature_set")
+        cascade = self.card.get("cascade", False)
+        if not isinstance(cascade, bool):
+            raise ValueError(f"the card's cascade {cascade!r} is not true or false")
         try:
-            expected = list(feature_names(str(feature_set)))
+            expected = list(model_feature_names(str(feature_set), cascade=cascade))
         except ValueError:
             raise ValueError(f"the card's feature set {feature_set!r} is not one of this version's") from None
         if names != list(self.card.get("features", [])) or names != expected:
@@ -237,6 +247,11 @@ class RefineModel:
     @property
     def feature_set(self) -> str:
         return str(self.card["feature_set"])
+
+    @property
+    def cascade(self) -> bool:
+        """Whether the model reads the all-lesion maps of both visits (paper 001's cascade)."""
+        return bool(self.card.get("cascade", False))
 
     @property
     def sampling(self) -> SamplingOptions:
@@ -268,8 +283,9 @@ class RefineModel:
         voxels = np.nonzero(where)
         probability = np.zeros(brain.shape, dtype=np.float32)
         if len(voxels[0]):
-            matrix = _features_for(case, voxels, feature_set=self.feature_set, bias_sigma_mm=self.bias_sigma_mm)
-            probability[voxels] = self.predict(matrix, feature_names(self.feature_set))
+            matrix = _features_for(case, voxels, feature_set=self.feature_set, bias_sigma_mm=self.bias_sigma_mm,
+                                   cascade=self.cascade)
+            probability[voxels] = self.predict(matrix, self.features)
         return probability
 
 
@@ -331,7 +347,8 @@ def cross_validate(samples: list[CaseSamples], *, names, folds: int | None = 5, 
         text, info = trainer(features, truth, groups, names=names, seed=seed, class_weight=class_weight,
                              max_rounds=max_rounds)
         del features, truth, groups
-        model = RefineModel(text, {"feature_set": _set_of(names), "features": list(names)})
+        feature_set, cascade = _set_of(names)
+        model = RefineModel(text, {"feature_set": feature_set, "cascade": cascade, "features": list(names)})
         for n in test_idx:
             sample = samples[n]
             p = model.predict(sample.features[sample.in_region], names)
@@ -350,12 +367,14 @@ def cross_validate(samples: list[CaseSamples], *, names, folds: int | None = 5, 
             "cases": rows, "mean": summarise(rows, stages=("candidates", "refined", *(also or {})))}
 
 
-def _set_of(names) -> str:
+def _set_of(names) -> tuple[str, bool]:
+    """(named set, cascade) of a model's feature names."""
     from mstools.candidates.refine.features import FEATURE_SETS
 
-    for key, value in FEATURE_SETS.items():
-        if list(value) == list(names):
-            return key
+    for key in FEATURE_SETS:
+        for cascade in (False, True):
+            if list(model_feature_names(key, cascade=cascade)) == list(names):
+                return key, cascade
     raise ValueError("features are not one of the named sets")
 
 

@@ -75,6 +75,8 @@ PAPER_CONFIGS: dict[str, ModelConfig] = {
     # Paper 000: 2.5D, one model for all three orientations, ~2 M parameters
     # (FC-DenseNet57); here a 2D U-Net encoder with two decoders on 224^2 slices.
     "multitask": ModelConfig("multitask", base_filters=32, patch_size=224, spacing_mm=None, norm="batch", levels=4),
+    # Paper 004: nnU-Net blocks, 4 down-samplings, 32-320 channels, one encoder per sequence.
+    "multiseq": ModelConfig("multiseq", base_filters=32, patch_size=96, spacing_mm=None, norm="instance", levels=4),
 }
 
 #: The reduced configurations of the shipped default weights (trainable on 2 CPU cores
@@ -83,6 +85,7 @@ SMALL_CONFIGS: dict[str, ModelConfig] = {
     "coactseg": ModelConfig("coactseg", base_filters=8, patch_size=32, spacing_mm=1.5, norm="batch", levels=4),
     "unet": ModelConfig("unet", base_filters=8, patch_size=32, spacing_mm=1.5, norm="instance", levels=4),
     "multitask": ModelConfig("multitask", base_filters=8, patch_size=64, spacing_mm=1.5, norm="batch", levels=4),
+    "multiseq": ModelConfig("multiseq", base_filters=8, patch_size=32, spacing_mm=1.5, norm="instance", levels=4),
 }
 
 
@@ -105,6 +108,11 @@ class TrainingConfig:
     validate_every: int = 250
     checkpoint_every: int = 100
     slices_per_patch: int = 1            # multitask: 2D slices drawn per sampled patch
+    # multiseq: probability of dropping each optional sequence (T1, T2) from a training sample.
+    # Paper 003 (Fenneteau et al.) drops input sequences at random without a stated rate; 1/2
+    # makes the four input subsets of the missing-sequence table (FLAIR; +T1; +T2; all) equally
+    # frequent in training. 1.0 trains a FLAIR-only model of the same network.
+    sequence_dropout: float = 0.5
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,4 +125,4 @@ class TrainingConfig:
 #: Learning rates of the default-weight runs: paper 002's 1e-2 for CoactSeg; 1e-3 for the
 #: U-Nets (Adam's usual rate; paper 000 used 1e-4 with AMSGrad for 2D, too slow for a
 #: short CPU run).
-DEFAULT_LEARNING_RATE = {"coactseg": 1e-2, "unet": 1e-3, "multitask": 1e-3}
+DEFAULT_LEARNING_RATE = {"coactseg": 1e-2, "unet": 1e-3, "multitask": 1e-3, "multiseq": 1e-3}

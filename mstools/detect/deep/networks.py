@@ -25,6 +25,7 @@ class Network:
     slices_2d: bool          # 2.5D: trained on 2D slices of the three orientations, applied slice by slice
     loss: str                # its training objective in mstools.detect.deep.losses (see ``objective``)
     amsgrad: bool = False    # Adam with AMSGrad (paper 000)
+    default_weights: bool = True   # mstools ships trained weights (mstools.models.packaged_model)
 
     def load(self):
         return getattr(importlib.import_module(self.module), self.cls)
@@ -41,6 +42,9 @@ NETWORKS: dict[str, Network] = {n.name: n for n in (
             slices_2d=False, loss="segmentation_objective"),
     Network("multitask", "mstools.detect.deep.multitask", "MultitaskNet2D", ("new",), single_timepoint=False,
             difference_input=False, slices_2d=True, loss="segmentation_registration_objective", amsgrad=True),
+    # FLAIR with any subset of T1/T2 per visit (papers 003 and 004): its own module
+    Network("multiseq", "mstools.detect.deep.multisequence", "MultiSequenceUNet", ("new",), single_timepoint=False,
+            difference_input=False, slices_2d=False, loss="segmentation_objective", default_weights=False),
 )}
 
 
