@@ -239,3 +239,21 @@ def test_unlabelled_scans_are_files_case_folders_and_their_brain_masks(tmp_path)
     assert scans[0].brain_mask == case / layout.BRAIN_MASK and scans[2].brain_mask is None
     assert scans[5].brain_mask is None                       # two-1 has no brain mask: its own foreground
     assert all(s.flair != case / layout.GROUND_TRUTH for s in scans)   # labels are never read
+
+
+def test_coactseg_encoder_pretrains_and_transfers():
+    from mstools.detect.deep.networks import build_model
+    from mstools.detect.deep.pretext import transfer_encoder
+
+    config = ModelConfig("coactseg", base_filters=2, patch_size=16, spacing_mm=None, norm="batch", levels=2)
+    scan = prepare_scan("s", coordinate_scan(), affine=np.eye(4), config=config, brain_mask=brain_mask())
+    t = PretextTrainer(config, [scan], iterations=1, batch=2, learning_rate=1e-3, seed=0)
+    x, _, _ = t.sample_batch()
+    assert x.shape == (2, 3, 16, 16, 16) and np.all(x[:, 2] == 0)   # baseline = follow-up, zero difference
+    t.step()
+    state = t.encoder_state_dict()
+    assert any(k.startswith("backbone.down.") for k in state) and not any(".up." in k for k in state)
+    network = build_model(config)
+    copied = transfer_encoder(network, config, config, state)
+    target = network.state_dict()
+    assert copied and all(torch.equal(target[k], state[k]) for k in copied)
