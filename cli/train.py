@@ -13,6 +13,7 @@ from mstools.jobs.train import MODELS, PRESETS
 
 ModelChoice = Enum("ModelChoice", {v: v for v in MODELS}, type=str)  # type: ignore[misc]
 Preset = Enum("Preset", {v: v for v in PRESETS}, type=str)  # type: ignore[misc]
+Pretext = Enum("Pretext", {"position": "position"}, type=str)  # type: ignore[misc]  # paper 003's only task
 
 
 def train_command(
@@ -42,24 +43,70 @@ def train_command(
     init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (a model.pt of the same network and configuration, e.g. the packaged ones) instead of random ones."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
+    pretrain: Optional[Pretext] = typer.Option(None, "--pretrain", help="Self-supervised pretraining (paper 003): position = the encoder first learns each patch's place in the brain from --unlabelled scans (in OUTPUT/pretrain), then every layer is fine-tuned on --cases; without --cases, only pretrain into OUTPUT (its encoder.pt goes to --init-weights)."),
+    unlabelled: Optional[List[Path]] = typer.Option(None, "--unlabelled", help="With --pretrain: FLAIR files, case folders or folders of them, used without labels; repeatable."),
+    pretrain_iterations: Optional[int] = typer.Option(None, min=1, help="With --pretrain: pretraining iterations (default: the benchmark's 400)."),
+    pretrain_batch: Optional[int] = typer.Option(None, min=1, help="With --pretrain: patches per pretraining batch, all from one scan (default: paper 003's 12)."),
 ) -> None:
     """Train a new-lesion segmentation network on case folders; write weights usable by mstools segment.
 
     Example: mstools train runs/coact --model coactseg --cases sim/train --cases sim/single --val sim/val --iterations 500 --threads 2
 
     FLAIR with optional T1/T2 (case folders from mstools simulate --t1 --t2): mstools train runs/ms --model multiseq --cases sim/train --iterations 300
+
+    Pretrained: mstools train runs/unet-pre --model unet --pretrain position --unlabelled flairs/ --cases sim/train --iterations 300
     """
     from mstools.jobs.train import train_job, training_configs, training_folders
+
+    if pretrain is None and unlabelled:
+        from mstools.errors import InputError
+
+        raise InputError("--unlabelled is read only with --pretrain position; add it or drop --unlabelled")
 
     model_config, train_config = training_configs(
         model.value, preset=preset.value, base_filters=base_filters, patch_size=patch_size, spacing_mm=spacing_mm,
         iterations=iterations, batch_longitudinal=batch_longitudinal, batch_single=batch_single,
         learning_rate=learning_rate, relation_start=relation_start, p_random_patch=p_random_patch, augment=augment,
         seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every, sequence_dropout=sequence_dropout)
+    if pretrain is not None:
+        _pretrain(output, model_config, train_config, cases, val, manifest, unlabelled, pretrain_iterations,
+                  pretrain_batch, threads=threads, device=device, resume=resume, force=force, as_json=as_json,
+                  init_weights=init_weights)
+        return
     train_folders, val_folders = training_folders(cases, val, manifest)
     with _progress() as progress:
         result = train_job(output, model_config, train_config, train_folders, val_folders, threads=threads,
                            device=device, resume=resume, init_weights=init_weights, force=force, progress=progress)
+    common.report(result, as_json=as_json)
+
+
+def _pretrain(output, model_config, train_config, cases, val, manifest, unlabelled, iterations, batch, *, threads,
+              device, resume, force, as_json, init_weights) -> None:
+    """--pretrain position: pretrain only (no training cases), or pretrain then fine-tune."""
+    from mstools.detect.deep.pretext import check_model
+    from mstools.errors import InputError
+    from mstools.jobs.pretrain import DEFAULT_ITERATIONS, pretrain_job, pretrain_then_train_job, unlabelled_scans
+    from mstools.jobs.train import training_folders
+
+    iterations = iterations or DEFAULT_ITERATIONS
+    check_model(model_config.model)
+    if init_weights is not None:
+        raise InputError("--init-weights and --pretrain both choose the starting weights; give one of them")
+    if not unlabelled:
+        raise InputError("--pretrain position needs unlabelled scans: give --unlabelled FLAIR files or folders")
+    scans = unlabelled_scans(unlabelled)
+    with _progress() as progress:
+        if not cases and manifest is None:
+            if val:
+                raise InputError("--val without --cases: give training cases to fine-tune, or drop --val")
+            result = pretrain_job(output, model_config, scans, iterations=iterations, batch=batch,
+                                  seed=train_config.seed, checkpoint_every=train_config.checkpoint_every,
+                                  threads=threads, device=device, resume=resume, force=force, progress=progress)
+        else:
+            train_folders, val_folders = training_folders(cases, val, manifest)
+            result = pretrain_then_train_job(output, model_config, train_config, scans, train_folders, val_folders,
+                                             pretrain_iterations=iterations, pretrain_batch=batch, threads=threads,
+                                             device=device, resume=resume, force=force, progress=progress)
     common.report(result, as_json=as_json)
 
 

@@ -123,9 +123,12 @@ def _seed_of(folder: Path):
 
 def _initialise(trainer, weights: Path, model_config) -> dict:
     """Load ``weights`` into the trainer's network (fine-tuning); refuse another network."""
+    from mstools.detect.deep.pretext import is_encoder_file
     from mstools.detect.deep.weights import as_float32, load_weights
     from mstools.io import sha256
 
+    if weights.is_file() and is_encoder_file(weights):   # a pretrained encoder (paper 003)
+        return _initialise_encoder(trainer, weights, model_config)
     config, state_dict, _ = load_weights(weights)
     if config.as_dict() != model_config.as_dict():
         raise InputError(f"{weights}: weights of another configuration ({config.as_dict()}) than the one trained "
@@ -138,6 +141,18 @@ def _initialise(trainer, weights: Path, model_config) -> dict:
     log(f"fine-tuning from {weights}")
     return {"weights": str(weights), "sha256": sha256(weights)}
 
+
+
+def _initialise_encoder(trainer, encoder: Path, model_config) -> dict:
+    """Copy a pretrained encoder (``mstools train --pretrain position``) into the trainer's network."""
+    from mstools.detect.deep.pretext import load_encoder, transfer_encoder
+    from mstools.io import sha256
+
+    config, state, extra = load_encoder(encoder)
+    copied = transfer_encoder(trainer.model, model_config, config, state, source=str(encoder))
+    log(f"fine-tuning from the pretrained encoder {encoder} ({len(copied)} tensors)")
+    return {"weights": str(encoder), "sha256": sha256(encoder), "pretext": "position",
+            "pretrain_iterations": extra.get("iteration"), "tensors": len(copied)}
 
 
 def training_configs(model: str, *, preset: str = "small", base_filters: Optional[int] = None,

@@ -13,6 +13,7 @@ the networks, losses, inference and training modules import it themselves.
 * :mod:`~mstools.detect.deep.augment` -- spatial, intensity and image-quality augmentation (paper 001);
 * :mod:`~mstools.detect.deep.inference` -- device choice, sliding windows with Gaussian blending, flip TTA;
 * :mod:`~mstools.detect.deep.training` -- the training loop (one step at a time, resumable);
+* :mod:`~mstools.detect.deep.pretext` -- self-supervised pretraining by patch position (paper 003);
 * :mod:`~mstools.detect.deep.predictor` -- :class:`~mstools.detect.deep.predictor.Predictor`: load once, predict many;
 * :mod:`~mstools.detect.deep.weights` -- weight files (the packaged ones and all cards: :mod:`mstools.models`).
 """
