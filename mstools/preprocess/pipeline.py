@@ -97,8 +97,9 @@ MULTISLICE_RATIO = 2.0
 #: database's protocols, lesion F1 0.595 / Dice 0.565 at 1 mm against 0.440 / 0.521 on the
 #: follow-up's own voxel size (the previous default; 0.72 x 0.72 x 3 mm or 0.9 x 0.9 x 3.3 mm),
 #: F1 higher on 8 of 9 pairs; development patient 01 F1 0.190 against 0.100. Isotropic
-#: voxels at the finest edge (0.57-0.72 mm, the first default) were not better on the 3
-#: pairs measured and cost 66-157 s per run (issue "Speed on real grids").
+#: voxels at the finest edge (0.57-0.72 mm, the first default) gave F1 0.620 / Dice 0.580 on
+#: the same clinical pairs but 5x the time (patient 01: 137 s against 26 s; issue "Speed on
+#: real grids" asks for <= 45 s).
 MULTISLICE_GRID_MM = 1.0
 
 #: A new middle space covers the two brain masks' bounding boxes plus this margin (mm),
