@@ -113,20 +113,14 @@ def pretrain_job(output: Path, model_config, scans: list[UnlabelledScan], *, ite
     import torch
 
     from mstools.detect.deep.config import DEFAULT_LEARNING_RATE
-    from mstools.detect.deep.inference import select_device
     from mstools.detect.deep.pretext import BATCH, PretextTrainer, check_model, save_encoder
     from mstools.io import OutputBatch, read_tsv, sha256
-    from mstools.jobs.train import CHECKPOINT, LOG, _check_run_folder
+    from mstools.jobs.train import CHECKPOINT, LOG, _check_run_folder, training_device
     from mstools.models import card_path, write_card
 
     check_model(model_config.model)
     checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=[s.flair for s in scans])
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        torch_device = select_device(device)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    torch_device = training_device(device, threads)
     log(f"loading {len(scans)} unlabelled scans")
     prepared = [load_scan(s, model_config) for s in scans]
     trainer = PretextTrainer(model_config, prepared, iterations=iterations, batch=batch or BATCH,

@@ -210,6 +210,21 @@ def training_folders(cases: Optional[List[Path]], val: Optional[List[Path]],
     return train_folders, val_folders
 
 
+def training_device(device: str, threads: Optional[int]):
+    """The torch device a training job runs on (``device`` checked: one-line error) after
+    limiting torch to ``threads`` CPU threads when given."""
+    import torch
+
+    from mstools.detect.deep.inference import select_device
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return select_device(device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _check_run_folder(output: Path, *, resume: bool, force: bool, inputs: tuple = ()) -> Path:
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder; choose another run folder")
@@ -346,19 +361,11 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     """Train (or resume) a network in the run folder ``output``; the best model on validation
     (the last without validation) is ``model.pt`` with its card. ``progress(iteration, total, loss)``."""
     checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=() if resume else (init_weights,))
-    import torch
-
-    from mstools.detect.deep.inference import select_device
     from mstools.detect.deep.networks import network
     from mstools.detect.deep.training import Trainer
     from mstools.models import card_path
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        torch_device = select_device(device)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    torch_device = training_device(device, threads)
     model = model_config.model
     log(f"loading {len(train_folders)} training and {len(val_folders)} validation cases")
     train_cases = [load_case(f, model_config) for f in train_folders]
@@ -373,9 +380,10 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     if not mixes_single and single:
         log(f"{model} learns from two-time-point cases only: {len(single)} single-time-point cases ignored")
     validation = [load_case(f, model_config, validation=True) for f in val_folders]
+    trainer_class = Trainer
     if model == "multiseq":   # FLAIR + any T1/T2, sequence dropout (papers 003, 004)
-        from mstools.detect.deep.multisequence import MultiSequenceTrainer as Trainer
-    trainer = Trainer(model_config, train_config, longitudinal, single, device=torch_device)
+        from mstools.detect.deep.multisequence import MultiSequenceTrainer as trainer_class
+    trainer = trainer_class(model_config, train_config, longitudinal, single, device=torch_device)
     initialised_from = None
     if init_weights is not None and not resume:
         initialised_from = _initialise(trainer, init_weights, model_config)
