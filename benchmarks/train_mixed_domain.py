@@ -91,12 +91,15 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     for case in val:
         extra = [] if args.filter_probability is None else ["--probability", str(args.filter_probability)]
-        # today's default chain (packaged refine, La Rosa's rules) for comparison
+        # the packaged models for comparison (with La Rosa's rules, and with the learned filter: today's default)
         if not (case / "refinepackaged_mask.nii.gz").exists():
             mstools("refine", "apply", str(case), "-c", str(case / "subtract"), "-o", str(case / "refinepackaged"),
                     "--min-volume-mm3", str(REFINE_MIN_MM3), "--min-minor-axis", "0")
         if not (case / "packagedchain_mask.nii.gz").exists():
             mstools("filter", "apply", str(case), "-c", str(case / "refinepackaged"), "-o", str(case / "packagedchain"))
+        if not (case / "defaultchain_mask.nii.gz").exists():
+            mstools("filter", "apply", str(case), "-c", str(case / "refinepackaged"), "-o", str(case / "defaultchain"),
+                    "--learned")
         if not (case / "filtersubtract_mask.nii.gz").exists():
             mstools("filter", "apply", str(case), "-c", str(case / "subtract"), "-o", str(case / "filtersubtract"),
                     "--model", str(subtract_filter_model))
@@ -108,7 +111,8 @@ def main() -> None:
         if not (case / "filterrules_mask.nii.gz").exists():
             mstools("filter", "apply", str(case), "-c", str(case / "refine"), "-o", str(case / "filterrules"))
         for name, mask in (("subtract", "subtract_mask"),
-                           ("packaged refine > rules (today's default)", "packagedchain_mask"),
+                           ("packaged refine > rules", "packagedchain_mask"),
+                           ("packaged refine > packaged learned filter (today's default)", "defaultchain_mask"),
                            ("rules on subtract", "rulessubtract_mask"),
                            ("learned filter (mixed) on subtract", "filtersubtract_mask"),
                            ("refine (mixed)", "refine_mask"),
@@ -134,7 +138,7 @@ def _domain(case: Path) -> str:
     name = case.name
     if name.startswith("pp_cases-"):
         return "preprocessed from raw scans (`run --baseline --followup`'s domain)"
-    if name.startswith("real-"):
+    if name.startswith("real-") or "-real-" in name:
         return "real pairs"
     if name.startswith("filled-"):
         return "real lesions filled in at baseline"
