@@ -92,8 +92,21 @@ class Stage:
 def _preprocess(ctx: StageContext):
     from mstools.jobs.preprocess import preprocess_job
 
+    # raw T1/T2 of each visit: registered to their own FLAIR and written on the common grid,
+    # where the segment stage (model multiseq) finds them as the case folder's
     return preprocess_job(Path(ctx.case.baseline), Path(ctx.case.followup), ctx.run_dir / rl.CASE_DIR, ctx.options,
-                          force=True, progress=ctx.step)
+                          sequences=dict(ctx.case.sequences) or None, force=True, progress=ctx.step)
+
+
+def _preprocess_arguments(c: StageContext) -> list[str]:
+    """preprocess's command line: the two raw FLAIRs, the case folder, and the raw T1/T2 given."""
+    return [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR), *_sequence_arguments(c)]
+
+
+def _preprocess_outputs(folder: str, config: dict, case) -> list[str]:
+    """The T1/T2 files preprocess writes into RUN/case for the raw T1/T2 given."""
+    return [str(Path(folder) / layout.SEQUENCE_FILES[sequence][visit])
+            for (sequence, visit), _ in sorted(getattr(case, "sequences", ()) or ())]
 
 
 def _sequence_arguments(c: StageContext) -> list[str]:
@@ -221,10 +234,11 @@ def _activity(ctx: StageContext):
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess,
-          lambda c: [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR)],
+    Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess, _preprocess_arguments,
           lambda config: [],
-          about="Runs only when the input is two raw scans (not a case folder)."),
+          about="Runs only when the input is two raw scans (not a case folder); raw T1/T2 given with them are "
+                "registered to their visit's FLAIR and brought onto the common grid too.",
+          extra_outputs=_preprocess_outputs),
     Stage("subtract", ("subtract",), SubtractOptions, _subtract,
           lambda c: [str(c.case_dir), "-o", c.prefix("subtract")],
           lambda config: ["preprocess"],
