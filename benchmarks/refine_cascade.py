@@ -33,7 +33,8 @@ CANDIDATES = "subtract"
 
 
 def read(case: Path, feature_set: str, *, truth: bool):
-    from mstools.jobs.refine import cascade_entry_maps, read_case
+    from mstools.jobs.refine import read_case
+    from mstools.jobs.segment import cascade_entry_maps
 
     inputs, reference, _ = read_case(case, str(case / CANDIDATES), feature_set=feature_set,
                                      ground_truth=case / "ground_truth.nii.gz" if truth else None, name=case.name,

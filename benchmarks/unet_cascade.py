@@ -16,6 +16,7 @@ prints the training time, one row per test case and model, then the means per te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -58,6 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     config, packaged_state, _ = load_weights(packaged_model("deep", "unet"))
+    cascade_config = dataclasses.replace(config, model="cascade")   # the registry's four-channel U-Net
     # the packaged U-Net's own training settings (its card), batch reduced for the CPU
     training = TrainingConfig(iterations=args.iterations, batch_longitudinal=args.batch, batch_single=0,
                               learning_rate=1e-3, p_random_patch=0.33, seed=args.seed)
@@ -67,9 +69,9 @@ def main() -> None:
         plain_cases.append(prepare_case(case.name, [b.data, f.data], truth.data, spacing_mm=b.spacing_mm,
                                         config=config))
         cascade_cases.append(prepare_cascade_case(case.name, b.data, f.data, truth.data, maps,
-                                                  spacing_mm=b.spacing_mm, config=config))
+                                                  spacing_mm=b.spacing_mm, config=cascade_config))
     trainers = {"unet fine-tuned": Trainer(config, training, plain_cases),
-                "unet + cascade fine-tuned": CascadeTrainer(config, training, cascade_cases,
+                "unet + cascade fine-tuned": CascadeTrainer(cascade_config, training, cascade_cases,
                                                             init_state=packaged_state)}
     trainers["unet fine-tuned"].model.load_state_dict(packaged_state, strict=True)
     for name, trainer in trainers.items():
@@ -78,11 +80,12 @@ def main() -> None:
             losses.append(trainer.step()["loss"])
         print(f"{name}: {args.iterations} iterations in {time.perf_counter() - started:.0f} s, loss "
               f"{np.mean(losses[:25]):.3f} (first 25) -> {np.mean(losses[-25:]):.3f} (last 25)", flush=True)
-        save_weights(args.out / f"{name.replace(' ', '_').replace('+', 'plus')}.pt", config,
+        save_weights(args.out / f"{name.replace(' ', '_').replace('+', 'plus')}.pt", trainer.model_config,
                      trainer.model.state_dict(), extra={"iterations": args.iterations, "seed": args.seed})
     predictors = {"unet packaged": Predictor(build_loaded(config, packaged_state), config),
                   "unet fine-tuned": Predictor(trainers["unet fine-tuned"].model, config),
-                  "unet + cascade fine-tuned": CascadePredictor(trainers["unet + cascade fine-tuned"].model, config)}
+                  "unet + cascade fine-tuned": CascadePredictor(trainers["unet + cascade fine-tuned"].model,
+                                                                cascade_config)}
     rows = []
     print("case".ljust(16) + "model".ljust(28) + "lesion_F1".rjust(10) + "Dice".rjust(8) + "LTPR".rjust(8)
           + "PPV".rjust(8), flush=True)

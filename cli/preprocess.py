@@ -1,7 +1,7 @@
 """`mstools preprocess` and `mstools apply-transform`: raw FLAIR pair -> aligned case folder.
 
 ``preprocess`` writes the MSSEG-2 case layout (both FLAIRs in the middle space, the
-brain mask, optionally carried lesion masks), the two ITK transforms (middle space ->
+brain mask, optionally carried lesion masks and T1/T2 scans), the two ITK transforms (middle space ->
 each scan, ITK's resampling convention), a QC picture, a JSON report and sidecars.
 ``apply-transform`` carries any image or mask into that space or back out of it.
 """
@@ -33,6 +33,10 @@ def preprocess_command(
     followup_mask: Optional[Path] = typer.Option(None, help="Brain mask of the follow-up on its grid."),
     baseline_lesions: Optional[Path] = typer.Option(None, help="Lesion mask on the baseline grid, carried into the case folder (lesions_time01)."),
     followup_lesions: Optional[Path] = typer.Option(None, help="Lesion mask on the follow-up grid, carried along (lesions_time02)."),
+    baseline_t1: Optional[Path] = typer.Option(None, help="T1-weighted scan of the baseline visit, any grid: registered rigidly to the baseline FLAIR and written on the common grid (t1_time01_on_middle_space)."),
+    followup_t1: Optional[Path] = typer.Option(None, help="T1-weighted scan of the follow-up visit (as --baseline-t1, onto the follow-up FLAIR)."),
+    baseline_t2: Optional[Path] = typer.Option(None, help="T2-weighted scan of the baseline visit (as --baseline-t1)."),
+    followup_t2: Optional[Path] = typer.Option(None, help="T2-weighted scan of the follow-up visit (as --followup-t1)."),
     brain_extraction: BrainExtraction = common.opt(O, "brain_extraction", BrainExtraction),
     combine: Combine = common.opt(O, "combine", Combine),
     bias_correction: bool = common.opt(O, "bias_correction"),
@@ -51,12 +55,16 @@ def preprocess_command(
     harmonisation; writes flair_time01/02_on_middle_space, brain_mask, the transforms.
 
     Example: mstools preprocess t1_flair.nii.gz t2_flair.nii.gz case01 --brain-extraction otsu
+
+    With a T1 of each visit (read by segment --model multiseq): mstools preprocess flair1.nii.gz flair2.nii.gz case01 --baseline-t1 t1w1.nii.gz --followup-t1 t1w2.nii.gz
     """
     from mstools.jobs.preprocess import preprocess_job
 
     result = preprocess_job(baseline, followup, output, common.options(O, locals()), baseline_mask=baseline_mask,
                             followup_mask=followup_mask, baseline_lesions=baseline_lesions,
-                            followup_lesions=followup_lesions, force=force)
+                            followup_lesions=followup_lesions, force=force,
+                            sequences={("t1", 0): baseline_t1, ("t1", 1): followup_t1, ("t2", 0): baseline_t2,
+                                       ("t2", 1): followup_t2})
     common.report(result, as_json=as_json)
 
 

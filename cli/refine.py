@@ -95,7 +95,8 @@ def refine_train(
 
     Cascade: mstools refine train sims/train/sim-* --cascade coactseg -o refine_cascade.txt
     """
-    from mstools.jobs.refine import cascade_entry_maps, manifest_cases, refine_train_job
+    from mstools.jobs.refine import manifest_cases, refine_train_job
+    from mstools.jobs.segment import cascade_entry_maps
 
     if manifest is not None and cases:
         raise InputError("give case folders or --manifest, not both")

@@ -45,7 +45,7 @@ def run_command(
     followup: Optional[Path] = typer.Option(None, help="Raw follow-up FLAIR (with --baseline)."),
     ground_truth: Optional[Path] = typer.Option(None, help="New-lesion mask to evaluate against (on the case "
                                                            "grid, or on the raw follow-up's grid with --followup)."),
-    baseline_t1: Optional[Path] = typer.Option(None, help="T1-weighted baseline on the case folder's grid (segment with model multiseq; default: the folder's, if any)."),
+    baseline_t1: Optional[Path] = typer.Option(None, help="T1-weighted baseline (segment with model multiseq): on the case folder's grid (default: the folder's, if any), or with --baseline/--followup on any grid (preprocess registers it to the baseline FLAIR)."),
     followup_t1: Optional[Path] = typer.Option(None, help="T1-weighted follow-up (as --baseline-t1)."),
     baseline_t2: Optional[Path] = typer.Option(None, help="T2-weighted baseline (as --baseline-t1)."),
     followup_t2: Optional[Path] = typer.Option(None, help="T2-weighted follow-up (as --baseline-t1)."),
@@ -65,6 +65,8 @@ def run_command(
     Example: mstools run data_samples/sim-001 -o out/sim-001
 
     With T1/T2 (config: segment: {enabled: true, model: multiseq, weights: ms/model.pt}): mstools run sim/case04 -o out/case04 -c ms.yaml
+
+    Raw scans with a T1 of each visit: mstools run --baseline flair1.nii.gz --followup flair2.nii.gz --baseline-t1 t1w1.nii.gz --followup-t1 t1w2.nii.gz -o out/p01 -c ms.yaml
     """
     from mstools import pipeline
 
@@ -78,14 +80,12 @@ def run_command(
     sequences = tuple((key, path) for key, path in ((("t1", 0), baseline_t1), (("t1", 1), followup_t1),
                                                     (("t2", 0), baseline_t2), (("t2", 1), followup_t2))
                       if path is not None)
-    if sequences and case is None:
-        raise InputError("--baseline-t1/--followup-t1/--baseline-t2/--followup-t2 need a case folder (scans on the "
-                         "FLAIRs' grid); with raw scans leave them out")
     if case is not None:
         spec = pipeline.CaseInput(case.name, folder=case, ground_truth=ground_truth, sequences=sequences)
     elif baseline is not None and followup is not None:
         name = out.name   # the run's own name, not the follow-up file's (the report is titled with it)
-        spec = pipeline.CaseInput(name, baseline=baseline, followup=followup, ground_truth=ground_truth)
+        spec = pipeline.CaseInput(name, baseline=baseline, followup=followup, ground_truth=ground_truth,
+                                  sequences=sequences)
     else:
         raise InputError("no input; give a case folder, or both --baseline and --followup")
     settings, base = pipeline.load_config(config)

@@ -1,4 +1,4 @@
-"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask, multiseq) of a case."""
+"""`mstools segment`: learned new-lesion segmentation (coactseg, unet, multitask, multiseq, cascade) of a case."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def segment_command(
     overlap: float = common.opt(O, "overlap"),
     batch_size: int = common.opt(O, "batch_size"),
     tta: bool = common.opt(O, "tta"),
+    lesions: Optional[str] = common.opt(O, "lesions"),
     all_time02: Time02Source = common.opt(O, "all_time02", Time02Source),
     device: DeviceChoice = common.opt(O, "device", DeviceChoice),
     threads: Optional[int] = common.opt(O, "threads"),
@@ -43,6 +44,8 @@ def segment_command(
     Example: mstools segment data_samples/sim-001 --model coactseg -o /tmp/sim-001_coactseg
 
     With T1/T2 (any subset): mstools segment sim/case04 --model multiseq --weights runs/ms/model.pt --baseline-t1 t1a.nii.gz --followup-t1 t1b.nii.gz
+
+    Cascade (the all-lesion maps of mstools segment CASE --model coactseg): mstools segment sim/case04 --model cascade --weights runs/cascade/model.pt --lesions coactseg
     """
     from mstools.jobs.segment import progress_unit, segment_job
 

@@ -1,4 +1,4 @@
-"""`mstools train`: train a learned new-lesion model (coactseg, unet, multitask, multiseq) on case folders."""
+"""`mstools train`: train a learned new-lesion model (coactseg, unet, multitask, multiseq, cascade) on case folders."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def train_command(
     model: ModelChoice = typer.Option(ModelChoice.coactseg, "--model", "-m", help="Network to train."),
     cases: Optional[List[Path]] = typer.Option(None, "--cases", help="Training case folder, or folder of case folders (two-time-point and single-time-point); repeatable."),
     val: Optional[List[Path]] = typer.Option(None, "--val", help="Validation case folder(s) (two-time-point), kept apart from training; repeatable."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="TSV with columns case, split (train/val/test); test rows are never read."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="TSV with columns case, split (train/val/test); test rows are never read. cascade: optional columns baseline_lesions, followup_lesions (win over --lesions)."),
+    lesions: Optional[str] = typer.Option(None, "--lesions", help="cascade: each case's all-lesion masks of both visits (on its grid): 'case' = its lesions_time01/02 (on simulated cases their difference is the truth: train on the maps you will apply with); NAME = CASE/NAME_all_time01/02_mask.nii.gz of `mstools segment CASE --model coactseg -o CASE/NAME`."),
     preset: Preset = typer.Option(Preset.small, "--config", help="small: the default weights' reduced configuration; paper: paper 002's (16 filters, 80^3, 20k iterations)."),
     base_filters: Optional[int] = typer.Option(None, min=1, help="Override the preset's base filters."),
     patch_size: Optional[int] = typer.Option(None, min=16, help="Override the preset's patch size (multiple of 16)."),
@@ -40,7 +41,7 @@ def train_command(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
     device: str = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint.pt."),
-    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (a model.pt of the same network and configuration, e.g. the packaged ones) instead of random ones."),
+    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Fine-tune: start from these weights (a model.pt of the same network and configuration, e.g. the packaged ones) instead of random ones; cascade: also a U-Net's of the same configuration (the maps' first-layer weights start at 0)."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
     pretrain: Optional[Pretext] = typer.Option(None, "--pretrain", help="Self-supervised pretraining (paper 003): position = the encoder first learns each patch's place in the brain from --unlabelled scans (in OUTPUT/pretrain), then every layer is fine-tuned on --cases; without --cases, only pretrain into OUTPUT (its encoder.pt goes to --init-weights)."),
@@ -55,8 +56,10 @@ def train_command(
     FLAIR with optional T1/T2 (case folders from mstools simulate --t1 --t2): mstools train runs/ms --model multiseq --cases sim/train --iterations 300
 
     Pretrained: mstools train runs/unet-pre --model unet --pretrain position --unlabelled flairs/ --cases sim/train --iterations 300
+
+    Cascade (all-lesion maps of mstools segment --model coactseg -o CASE/coactseg, from the packaged U-Net): mstools train runs/cascade --model cascade --lesions coactseg --cases sim/train --init-weights mstools/models/deep/unet.pt --iterations 300
     """
-    from mstools.jobs.train import train_job, training_configs, training_folders
+    from mstools.jobs.train import manifest_lesion_maps, train_job, training_configs, training_folders
 
     if pretrain is None and unlabelled:
         from mstools.errors import InputError
@@ -69,6 +72,11 @@ def train_command(
         learning_rate=learning_rate, relation_start=relation_start, p_random_patch=p_random_patch, augment=augment,
         seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every, sequence_dropout=sequence_dropout)
     if pretrain is not None:
+        if lesions is not None:
+            from mstools.errors import InputError
+
+            raise InputError("--pretrain position trains a U-Net or CoactSeg encoder; --lesions is read by --model "
+                             "cascade without --pretrain")
         _pretrain(output, model_config, train_config, cases, val, manifest, unlabelled, pretrain_iterations,
                   pretrain_batch, threads=threads, device=device, resume=resume, force=force, as_json=as_json,
                   init_weights=init_weights)
@@ -76,7 +84,8 @@ def train_command(
     train_folders, val_folders = training_folders(cases, val, manifest)
     with _progress() as progress:
         result = train_job(output, model_config, train_config, train_folders, val_folders, threads=threads,
-                           device=device, resume=resume, init_weights=init_weights, force=force, progress=progress)
+                           device=device, resume=resume, init_weights=init_weights, force=force, lesions=lesions,
+                           lesion_maps=manifest_lesion_maps(manifest), progress=progress)
     common.report(result, as_json=as_json)
 
 

@@ -93,8 +93,6 @@ def check_case_input(case: CaseInput) -> None:
             if not Path(path).is_file():
                 raise InputError(f"{path}: {what} scan not found")
     for (sequence, visit), path in case.sequences:
-        if case.folder is None:
-            raise InputError("T1/T2 scans need a case folder (on the FLAIRs' grid); with raw scans leave them out")
         if not Path(path).is_file():
             raise InputError(f"{path}: {sequence.upper()} scan of time point {visit + 1} not found; check the path")
     if case.ground_truth is not None and not Path(case.ground_truth).is_file():
@@ -103,12 +101,13 @@ def check_case_input(case: CaseInput) -> None:
 
 def input_files(case: CaseInput) -> list[Path]:
     """The images a case is made of: the folder's three (and its T1/T2 files, or the given
-    ones), or the two raw scans."""
+    ones), or the two raw scans (and the raw T1/T2 given)."""
     if case.folder is not None:
         sequences = {**layout.sequence_files(case.folder), **{key: Path(p) for key, p in case.sequences}}
         return [case.folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)] + [
             sequences[key] for key in sorted(sequences)]
-    return [Path(case.baseline), Path(case.followup)]  # type: ignore[arg-type]
+    return [Path(case.baseline), Path(case.followup)] + [  # type: ignore[arg-type]
+        Path(p) for _, p in sorted(case.sequences)]
 
 
 def given_truth(case: CaseInput) -> Optional[Path]:

@@ -2,9 +2,10 @@
 
 * Manifest (``.tsv``, read by :mod:`mstools.manifest`): a ``case`` column, and either
   ``folder`` (a case folder, see :mod:`mstools.case_layout`) or ``baseline`` and
-  ``followup`` (raw scans); optional ``ground_truth``; optional T1/T2 scans on the case
-  folder's grid (``baseline_t1``, ``followup_t1``, ``baseline_t2``, ``followup_t2``), read by the
-  multi-sequence model (:data:`SEQUENCE_COLUMNS`). Relative paths are relative to
+  ``followup`` (raw scans); optional ``ground_truth``; optional T1/T2 scans
+  (``baseline_t1``, ``followup_t1``, ``baseline_t2``, ``followup_t2``: on the case folder's grid,
+  or with raw scans each on any grid, registered to its visit's FLAIR by ``preprocess``), read by
+  the multi-sequence model (:data:`SEQUENCE_COLUMNS`). Relative paths are relative to
   the manifest's folder.
 * A folder of MSSEG-2-style case folders (``<case>/flair_time01_on_middle_space.nii.gz``
   ...): every sub-folder holding both FLAIRs is a case; others are ignored.
@@ -36,8 +37,9 @@ class CaseInput:
     ground_truth: Optional[Path] = None
     #: Set when the case cannot run (e.g. a BIDS subject with one session).
     problem: str = ""
-    #: Optional T1/T2 scans given beside a case folder: ((sequence, visit), path) pairs
-    #: (a case folder's own files, mstools.case_layout.SEQUENCE_FILES, need not be listed).
+    #: Optional T1/T2 scans: ((sequence, visit), path) pairs. Beside a case folder on its grid (the
+    #: folder's own files, mstools.case_layout.SEQUENCE_FILES, need not be listed); with raw scans
+    #: each on its own grid, registered to its visit's FLAIR by preprocess.
     sequences: tuple = ()
 
     @property
@@ -84,15 +86,11 @@ def cases_from_manifest(path: Path) -> list[CaseInput]:
         folder, truth = row.path("folder"), row.path("ground_truth")
         sequences = tuple((key, row.path(column)) for column, key in SEQUENCE_COLUMNS.items()
                           if row.path(column) is not None)
-        if sequences and folder is None:
-            cases.append(CaseInput(name, problem=f"{path}: line {row.line}: T1/T2 columns need a case folder (scans on "
-                                                 "the FLAIRs' grid); give the folder column"))
-            continue
         if folder is not None:
             cases.append(CaseInput(name, folder=folder, ground_truth=truth or _truth(folder), sequences=sequences))
-        else:
+        else:   # raw T1/T2: preprocess registers each to its visit's FLAIR
             cases.append(CaseInput(name, baseline=row.path("baseline"), followup=row.path("followup"),
-                                   ground_truth=truth))
+                                   ground_truth=truth, sequences=sequences))
     return cases
 
 

@@ -12,7 +12,8 @@ Each command takes its own columns, declared here once (:class:`ManifestFormat`)
   detector's output prefix), optional ``lesion_features``, and for the cascade optional
   ``baseline_lesions`` and ``followup_lesions`` (all-lesion masks of both visits);
 * ``train`` (:data:`TRAIN`): ``case`` (a case folder or a folder of case folders) and
-  ``split`` (train, val or test).
+  ``split`` (train, val or test); for ``--model cascade`` optional ``baseline_lesions`` and
+  ``followup_lesions`` (the case folder's all-lesion masks of both visits).
 
 Every row needs a case. Where the case is a name (run, evaluate) each name comes once,
 and a name that becomes a folder (a run's ``OUT/<case>``) must be a plain folder name

@@ -60,8 +60,13 @@ def test_segment_keeps_the_native_oblique_grid(tmp_path, model):
     weights = tiny_weights(tmp_path / f"{model}.pt", model)
     prefix = str(tmp_path / "out" / "seg")
     (tmp_path / "out").mkdir()
+    maps = []
+    if NETWORKS[model].lesion_maps:     # the cascade: both visits' all-lesion masks, here the new lesion's
+        for name in (layout.LESIONS_BASELINE, layout.LESIONS_FOLLOWUP):
+            (case / name).write_bytes((case / layout.GROUND_TRUTH).read_bytes())
+        maps = ["--lesions", "case"]
     result = runner.invoke(app, ["segment", str(case), "--model", model, "--weights", str(weights), "-o", prefix,
-                                 "--json", "--threads", "1"])
+                                 "--json", "--threads", "1", *maps])
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["model_sha256"] == file_sha256(weights)

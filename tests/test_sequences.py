@@ -246,17 +246,19 @@ def test_run_reads_t1_t2_only_for_the_multisequence_segment(tmp_path):
     assert result.exit_code == 1 and "multiseq" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_manifest_t1_t2_columns_need_a_folder(tmp_path):
+def test_manifest_t1_t2_columns_go_with_a_folder_or_raw_scans(tmp_path):
+    from mstools.case import input_files
     from mstools.cohort_inputs import cases_from_manifest
 
     case = make_case(tmp_path / "c0")
     manifest = tmp_path / "cases.tsv"
-    manifest.write_text("case\tfolder\tbaseline\tfollowup\tbaseline_t1\n"
-                        f"a\t{case}\t\t\t{case / layout.BASELINE}\n"
-                        f"b\t\t{case / layout.BASELINE}\t{case / layout.FOLLOWUP}\t{case / layout.BASELINE}\n")
+    manifest.write_text("case\tfolder\tbaseline\tfollowup\tbaseline_t1\tfollowup_t2\n"
+                        f"a\t{case}\t\t\t{case / layout.BASELINE}\t\n"
+                        f"b\t\t{case / layout.BASELINE}\t{case / layout.FOLLOWUP}\t\tt2.nii.gz\n")
     a, b = cases_from_manifest(manifest)
     assert a.sequences == ((("t1", 0), case / layout.BASELINE),) and not a.problem
-    assert "case folder" in b.problem
+    assert b.raw and not b.problem and b.sequences == ((("t2", 1), tmp_path / "t2.nii.gz"),)
+    assert input_files(b)[-1] == tmp_path / "t2.nii.gz"     # hashed into the run's key
 
 
 def test_import_open_ms_carries_a_t1_through_its_intrastudy_and_flair_transforms(tmp_path):
@@ -289,3 +291,114 @@ def test_import_open_ms_carries_a_t1_through_its_intrastudy_and_flair_transforms
     source = json.loads((case / "source.json").read_text())
     assert list(source["sequences"]) == ["t1_time01"]
     assert RADIUS_MM < 2 * np.linalg.norm(d)
+
+
+# ----------------------------------------------------------------------------- raw T1/T2
+
+
+@pytest.fixture(scope="module")
+def raw_visits(tmp_path_factory):
+    """Raw scans of one simulated head: a sagittal baseline FLAIR moved by MOTION, an axial
+    3 x 3 x 6 mm follow-up FLAIR, a baseline T1 on its own grid moved by T1_MOTION (the patient
+    moved between the sequences), a follow-up T2 on the follow-up FLAIR's grid."""
+    from scipy.spatial.transform import Rotation
+
+    from mstools.preprocess.rigid import Grid, common_grid, resample, resample_mask
+    from tests.test_preprocess_cli import FAST, MOTION, SAGITTAL
+
+    folder = tmp_path_factory.mktemp("raw")
+    case = simulate_case(SimulationConfig(seed=5, misalignment_mm=0.0, misalignment_deg=0.0, atrophy_mm=0.0,
+                                          sequences=("t1", "t2"), **FAST))
+    t1_motion = np.eye(4)
+    t1_motion[:3, :3] = Rotation.from_rotvec(np.radians([-3.0, 2.0, 1.0])).as_matrix()
+    t1_motion[:3, 3] = [-4.0, 3.0, 2.0]
+    source = Grid(shape=case.baseline.shape, affine=case.affine)
+    sagittal = common_grid([source], [MOTION], direction_ras=SAGITTAL, spacing_mm=(3.0, 3.0, 3.0))
+    axial = common_grid([source], [np.eye(4)], direction_ras=np.eye(3), spacing_mm=(3.0, 3.0, 6.0))
+    t1_grid = common_grid([source], [t1_motion], direction_ras=np.eye(3), spacing_mm=(2.5, 2.5, 3.5))
+    paths = {
+        "baseline": save_nifti(folder / "flair1.nii.gz", resample(case.baseline, case.affine, sagittal, MOTION),
+                               sagittal.affine),
+        "followup": save_nifti(folder / "flair2.nii.gz", resample(case.followup, case.affine, axial, np.eye(4)),
+                               axial.affine),
+        "baseline_t1": save_nifti(folder / "t1w1.nii.gz", resample(case.sequences["t1"][0], case.affine, t1_grid,
+                                                                   t1_motion), t1_grid.affine),
+        "followup_t2": save_nifti(folder / "t2w2.nii.gz", resample(case.sequences["t2"][1], case.affine, axial,
+                                                                   np.eye(4)), axial.affine),
+    }
+    brain = resample_mask(case.brain_mask, case.affine, sagittal, MOTION)
+    # FLAIR point p shows the anatomy at MOTION p, a T1 point q the anatomy at t1_motion q
+    return paths, np.linalg.inv(t1_motion) @ MOTION, (brain, sagittal.affine)
+
+
+def test_preprocess_registers_raw_t1_t2_to_their_flair_and_writes_them_on_the_common_grid(raw_visits, tmp_path):
+    from mstools.preprocess.rigid import mask_box_corners, max_displacement_mm
+
+    paths, flair_to_t1, (brain, brain_affine) = raw_visits
+    out = tmp_path / "case"
+    result = runner.invoke(app, ["preprocess", str(paths["baseline"]), str(paths["followup"]), str(out),
+                                 "--baseline-t1", str(paths["baseline_t1"]), "--followup-t2",
+                                 str(paths["followup_t2"]), "--spacing-mm", "3", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(layout.sequence_files(out)) == [("t1", 0), ("t2", 1)]
+    flair = nib.load(out / layout.BASELINE)
+    for (sequence, visit), path in layout.sequence_files(out).items():
+        image = nib.load(path)
+        assert image.shape == flair.shape and image.get_data_dtype() == np.float32
+        np.testing.assert_allclose(image.affine, flair.affine, atol=1e-6)
+        assert np.asarray(image.dataobj)[np.asarray(nib.load(out / layout.BRAIN_MASK).dataobj) > 0].std() > 0
+        assert json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())["inputs_sha256"]
+    # the T1's 7.7 degree / ~23 mm motion against its FLAIR is found to well under a 3 mm voxel
+    estimate = np.array(report["sequences"]["t1_time01"]["flair_to_sequence_ras"])
+    corners = mask_box_corners(brain, brain_affine)
+    assert max_displacement_mm(flair_to_t1, corners) > 15
+    assert max_displacement_mm(np.linalg.inv(flair_to_t1) @ estimate, corners) < 1.5
+    # a sequence of another head (a constant image) is refused in one line, nothing written
+    blank = save_nifti(tmp_path / "blank.nii.gz", np.zeros((20, 20, 20), np.float32), oblique_affine())
+    bad = runner.invoke(app, ["preprocess", str(paths["baseline"]), str(paths["followup"]), str(tmp_path / "x"),
+                              "--followup-t1", str(blank)])
+    assert bad.exit_code == 1 and "empty" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_run_from_raw_scans_gives_multiseq_the_registered_t1_t2(raw_visits, trained, tmp_path):
+    import yaml
+
+    paths, _, _ = raw_visits
+    _, weights = trained
+    config = tmp_path / "ms.yaml"
+    config.write_text(yaml.safe_dump({"report": False, "final": "segment", "refine": {"enabled": False},
+                                      "filter": {"enabled": False}, "activity": {"enabled": False},
+                                      "preprocess": {"spacing_mm": "3"},
+                                      "segment": {"enabled": True, "model": "multiseq", "weights": str(weights),
+                                                  "overlap": 0.0, "threads": 1}}))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--baseline", str(paths["baseline"]), "--followup", str(paths["followup"]),
+                                 "--baseline-t1", str(paths["baseline_t1"]), "--followup-t2",
+                                 str(paths["followup_t2"]), "-o", str(run), "-c", str(config), "--json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["stages"]["preprocess"]["status"] == "ran" and record["stages"]["segment"]["status"] == "ran"
+    folder = run / "case"
+    flair = nib.load(folder / layout.BASELINE)
+    for (sequence, visit) in (("t1", 0), ("t2", 1)):
+        image = nib.load(folder / layout.SEQUENCE_FILES[sequence][visit])
+        assert image.shape == flair.shape and np.allclose(image.affine, flair.affine, atol=1e-6)
+    sidecar = json.loads((run / "segment" / "segment_mask.json").read_text())
+    assert sidecar["parameters"]["sequences"] == ["flair_time01", "flair_time02", "t1_time01", "t2_time02"]
+    stage = json.loads((run / "case" / "stage.json").read_text())
+    assert "--baseline-t1" in stage["command"] and f"case/{layout.SEQUENCE_FILES['t1'][0]}" in stage["outputs"]
+    # the final mask goes back onto the raw follow-up's grid
+    native = nib.load(run / record["final_native"]["mask"])
+    assert native.shape == nib.load(paths["followup"]).shape
+    # unchanged: every stage reused; another T1 file: preprocess runs again
+    again = runner.invoke(app, ["run", "--baseline", str(paths["baseline"]), "--followup", str(paths["followup"]),
+                                "--baseline-t1", str(paths["baseline_t1"]), "--followup-t2",
+                                str(paths["followup_t2"]), "-o", str(run), "-c", str(config), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["stages"]["preprocess"]["status"] == "reused"
+    (run / "case" / layout.SEQUENCE_FILES["t2"][1]).unlink()
+    again = runner.invoke(app, ["run", "--baseline", str(paths["baseline"]), "--followup", str(paths["followup"]),
+                                "--baseline-t1", str(paths["baseline_t1"]), "--followup-t2",
+                                str(paths["followup_t2"]), "-o", str(run), "-c", str(config), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["stages"]["preprocess"]["status"] == "ran"

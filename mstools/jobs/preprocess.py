@@ -59,10 +59,13 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
                    options: PreprocessJobOptions = PreprocessJobOptions(), *,
                    baseline_mask: Optional[Path] = None, followup_mask: Optional[Path] = None,
                    baseline_lesions: Optional[Path] = None, followup_lesions: Optional[Path] = None,
+                   sequences: Optional[dict] = None,
                    force: bool = False, progress: Optional[Callable[[str], None]] = None) -> JobResult:
     """Bring two raw FLAIR scans into one aligned, intensity-matched case folder; ``progress``
     hears each step (brain extraction, N4, registration, resampling, harmonisation; default:
-    a log line each)."""
+    a log line each). ``sequences``: {(``"t1"``/``"t2"``, visit 0/1): path} of optional raw T1/T2
+    scans, each registered to its visit's FLAIR and written on the common grid as the case
+    folder's ``t1_time01_on_middle_space.nii.gz`` ... (:data:`mstools.case_layout.SEQUENCE_FILES`)."""
     import numpy as np
 
     from mstools import case_layout as layout
@@ -81,8 +84,14 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     names = [layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK]
     names += [layout.LESIONS_BASELINE] if baseline_lesions else []
     names += [layout.LESIONS_FOLLOWUP] if followup_lesions else []
+    sequence_paths = {key: Path(p) for key, p in sorted((sequences or {}).items()) if p is not None}
+    for key in sequence_paths:
+        if key not in {(s, v) for s in layout.SEQUENCE_FILES for v in (0, 1)}:
+            raise InputError(f"unknown sequence {key!r}; T1/T2 of visit 0 (baseline) or 1 (follow-up)")
+    names += [layout.SEQUENCE_FILES[sequence][visit] for sequence, visit in sequence_paths]
     others = [TRANSFORM_BASELINE, TRANSFORM_FOLLOWUP, REPORT] + ([QC_PICTURE] if o.qc else [])
     inputs = [p for p in (baseline, followup, baseline_mask, followup_mask, baseline_lesions, followup_lesions) if p]
+    inputs += list(sequence_paths.values())
     # fail before the work, not after it (a missing case folder and its parents are created)
     check_outputs([output / name for name in names], inputs=inputs, force=force)
     check_outputs([output / name for name in others], inputs=inputs, force=force, sidecars=False)
@@ -102,6 +111,10 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
             lesions = read_mask(path)
             check_same_grid(scan, lesions)
             carry[key] = (lesions.data, which)
+    raw_sequences = {}
+    for (sequence, visit), path in sequence_paths.items():
+        scan = read_scan(path)
+        raw_sequences[(sequence, visit)] = (scan.data, scan.affine)
     try:
         library_options = PreprocessOptions(
             brain_extraction=o.brain_extraction, combine_masks=o.combine,
@@ -112,7 +125,7 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
         raise InputError(f"{exc}; see mstools preprocess --help") from None
 
     result = preprocess_pair(base.data, base.affine, follow.data, follow.affine, options=library_options,
-                             carry=carry, names=(str(baseline), str(followup)),
+                             carry=carry, sequences=raw_sequences, names=(str(baseline), str(followup)),
                              progress=progress or (lambda m: log(f"preprocess: {m}")), **masks)
     models = {}
     if o.brain_extraction == "deepbet" and len(masks) < 2:
@@ -138,6 +151,8 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
         add_image(out, output / layout.BRAIN_MASK, result.brain_mask, reference, np.uint8, record)
         for name, mask in result.carried.items():
             add_image(out, output / name, mask, reference, np.uint8, record)
+        for (sequence, visit), image in sorted(result.sequences.items()):
+            add_image(out, output / layout.SEQUENCE_FILES[sequence][visit], image, reference, np.float32, record)
         out.text(output / TRANSFORM_BASELINE, transform_text(result.to_baseline))
         out.text(output / TRANSFORM_FOLLOWUP, transform_text(result.to_followup))
         out.json(output / REPORT, report)

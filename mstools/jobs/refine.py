@@ -221,21 +221,6 @@ def manifest_cases(manifest: Path) -> list[tuple]:
     return entries
 
 
-def cascade_entry_maps(case: Path, source: str, *, root: Optional[Path] = None) -> tuple[Path, Path]:
-    """A training case's (baseline, follow-up) all-lesion masks for ``refine train --cascade SOURCE``:
-    ``case`` = the case folder's lesions_time01/02; otherwise SOURCE is the output name of
-    ``mstools segment --model coactseg`` (``<case or ROOT/case>/SOURCE_all_time01_mask.nii.gz``)."""
-    from mstools import case_layout as layout
-    from mstools.detections import MASK_SUFFIX
-    from mstools.jobs.segment import ALL_LESION_OUTPUTS
-
-    if source == "case":
-        return case / layout.LESIONS_BASELINE, case / layout.LESIONS_FOLLOWUP
-    folder = root / case.name if root is not None else case
-    return tuple(Path(str(folder / source) + ALL_LESION_OUTPUTS[h] + MASK_SUFFIX)  # type: ignore[return-value]
-                 for h in ("all_t1", "all_t2"))
-
-
 def _simulation(case: Path) -> Optional[dict]:
     import json
 

@@ -1,5 +1,6 @@
 """Learned new-lesion segmentation as a job (``mstools segment``): a pair -> the detector
-outputs (and CoactSeg's all-lesion maps of both time points)."""
+outputs (and CoactSeg's all-lesion maps of both time points); the cascade reads both visits'
+all-lesion maps besides the pair."""
 
 from __future__ import annotations
 
@@ -39,6 +40,68 @@ def all_lesion_source(case: Optional[Path], head: str, *, given: Optional[Path] 
     return None
 
 
+def cascade_entry_maps(case: Optional[Path], source: str, *, root: Optional[Path] = None) -> tuple[Path, Path]:
+    """A case's (baseline, follow-up) all-lesion masks named by a cascade SOURCE, the one reading of
+    it (``refine train --cascade``, ``train``/``segment --model cascade --lesions``, ``run``'s
+    ``segment.lesions``): ``case`` = the case folder's lesions_time01/02; a NAME without a folder
+    part = the masks ``mstools segment --model coactseg -o CASE/NAME`` writes
+    (``<case or ROOT/case name>/NAME_all_time01_mask.nii.gz``); a prefix with a folder part (``out/maps``,
+    ``./maps``) = ``PREFIX_all_time01/02_mask.nii.gz`` itself. The files are not checked here."""
+    import os
+
+    from mstools import case_layout as layout
+    from mstools.detections import MASK_SUFFIX
+    from mstools.errors import InputError
+
+    if source == "case":
+        if case is None:
+            raise InputError("all-lesion maps 'case' are a case folder's lesions_time01/02; give the case folder, "
+                             "or a prefix of the masks (e.g. out/maps for out/maps_all_time01_mask.nii.gz)")
+        return Path(case) / layout.LESIONS_BASELINE, Path(case) / layout.LESIONS_FOLLOWUP
+    if "/" in source or os.sep in source or case is None:
+        prefix = source
+    else:
+        prefix = str((Path(root) / Path(case).name if root is not None else Path(case)) / source)
+    return tuple(Path(prefix + ALL_LESION_OUTPUTS[h] + MASK_SUFFIX)  # type: ignore[return-value]
+                 for h in ("all_t1", "all_t2"))
+
+
+def read_lesion_maps(paths: tuple[Path, Path], reference, *, model: str = "cascade") -> tuple:
+    """Both visits' all-lesion masks, each a binary mask on ``reference``'s grid (Images); a
+    missing, non-binary or off-grid mask is a one-line InputError."""
+    from mstools.errors import InputError
+    from mstools.io import check_same_grid, read_mask
+
+    images = []
+    for path, visit in zip(paths, ("baseline", "follow-up")):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: all-lesion mask of the {visit} not found; --model {model} reads both visits' "
+                             "all-lesion masks (`mstools segment --model coactseg` writes them, or use 'case' for "
+                             "the case folder's lesions_time01/02)")
+        image = read_mask(path)
+        check_same_grid(reference, image)
+        images.append(image)
+    return tuple(images)
+
+
+def lesion_map_source(case: Optional[Path], model: str, source: Optional[str]) -> Optional[tuple[Path, Path]]:
+    """The (baseline, follow-up) all-lesion mask files a segmentation reads: None for a model
+    without maps (which refuses ``--lesions``); for the cascade, SOURCE's (:func:`cascade_entry_maps`)."""
+    from mstools.errors import InputError
+
+    needs = model in NETWORKS and NETWORKS[model].lesion_maps
+    if not needs:
+        if source is not None:
+            raise InputError(f"--model {model} reads no all-lesion maps; --lesions is read by --model cascade "
+                             "(or drop it)")
+        return None
+    if source is None:
+        raise InputError(f"--model {model} reads each visit's all-lesion mask: give --lesions SOURCE ('case' for "
+                         "the case folder's lesions_time01/02, or the output name of `mstools segment --model "
+                         "coactseg` in the case folder, e.g. coactseg)")
+    return cascade_entry_maps(case, source)
+
+
 def progress_unit(model: str) -> str:
     """What ``segment_job``'s ``progress(done, total)`` counts: slices for the 2.5D multitask
     network, windows for the 3D ones."""
@@ -48,13 +111,14 @@ def progress_unit(model: str) -> str:
 @dataclass(frozen=True)
 class SegmentOptions:
     # Literals or the light registry, not the predictor: `mstools --help` must not import torch.
-    model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (default weights ship with mstools for all but multiseq: train it, give --weights).")
+    model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (default weights ship with mstools for all but multiseq and cascade: train them, give --weights).")
     weights: Optional[str] = option(None, kind="path", help="Weight file from mstools train (model.pt) instead of the default weights.")
     threshold: float = option(0.5, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks.")
     min_lesion_mm3: float = option(4.0, kind="float", min=0.0, help="Keep components larger than this (paper 001, Masson: > 4 mm3).")
     overlap: float = option(0.5, kind="float", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the window).")
     batch_size: int = option(2, kind="int", min=1, help="Windows per forward pass.")
     tta: bool = option(False, kind="bool", help="Average over all flips (8x slower).")
+    lesions: Optional[str] = option(None, kind="str", help="cascade: each visit's all-lesion mask, on the case grid: 'case' = the case folder's lesions_time01/02; NAME = CASE/NAME_all_time01/02_mask.nii.gz (written by `mstools segment CASE --model coactseg -o CASE/NAME`); a prefix with a folder part, e.g. out/maps = out/maps_all_time01/02_mask.nii.gz.")
     all_time02: str = option("union", kind="choice", choices=TIME02_SOURCES, help="coactseg: the time-2 all-lesion map from the time-1 head united with the new lesions (union; measured far better with the default weights) or from the network's own time-2 head.")
     device: str = option("auto", kind="choice", choices=DEVICES, help="auto = cuda, then mps, then cpu.")
     threads: Optional[int] = option(None, kind="int", min=1, help="CPU threads for torch.")
@@ -123,7 +187,8 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
              for name, suffix in ALL_LESION_OUTPUTS.items() if name in outputs}
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
     extra_paths = sequence_paths(case, model, sequences)
-    inputs = [baseline_path, followup_path, *(extra_paths[k] for k in sorted(extra_paths))]
+    map_paths = lesion_map_source(case, model, o.lesions)
+    inputs = [baseline_path, followup_path, *(extra_paths[k] for k in sorted(extra_paths)), *(map_paths or ())]
     check_outputs(targets, inputs=inputs, force=force)  # fail before the work
     base = read_image(baseline_path)
     follow = read_image(followup_path)
@@ -131,11 +196,15 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     check_scan(base)
     check_scan(follow)
     extra_images = read_sequences(extra_paths, base)
+    lesion_maps = read_lesion_maps(map_paths, base, model=model) if map_paths is not None else None
 
     from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
 
+    predictor_class = Predictor
+    if lesion_maps is not None:   # the cascade (paper 001): the maps are two more input channels
+        from mstools.detect.deep.cascade import CascadePredictor as predictor_class
     try:
-        predictor = Predictor.from_file(weights_path, device=o.device, threads=o.threads)
+        predictor = predictor_class.from_file(weights_path, device=o.device, threads=o.threads)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if predictor.config.model != model:
@@ -152,6 +221,9 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
 
         maps = predict_sequences(predictor, (base.data, follow.data), spacing_mm=base.spacing_mm, t1=pair("t1"),
                                  t2=pair("t2"), options=predict, progress=progress)
+    elif lesion_maps is not None:
+        maps = predictor.predict(base.data, follow.data, tuple(m.data for m in lesion_maps), spacing_mm=base.spacing_mm,
+                                 options=predict, progress=progress)
     else:
         maps = predictor.predict(base.data, follow.data, spacing_mm=base.spacing_mm, options=predict,
                                  progress=progress)
@@ -165,6 +237,9 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
                   "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict()}
+    if map_paths is not None:
+        parameters["lesions"] = o.lesions
+        parameters["lesion_maps"] = [str(p) for p in map_paths]
     if model == MULTISEQUENCE_MODEL:
         parameters["sequences"] = ["flair_time01", "flair_time02"] + [f"{s}_time0{v + 1}" for s, v in sorted(extra_images)]
     record = sidecar(command="segment", parameters=parameters,

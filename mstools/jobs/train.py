@@ -56,11 +56,15 @@ def _manifest(path: Path) -> tuple[list[Path], list[Path]]:
             [r.path("case") for r in rows if r.text("split") == "val"])
 
 
-def load_case(folder: Path, config, *, validation: bool = False):
-    """A case folder as a TrainingCase (or ValidationCase) on the model grid."""
+def load_case(folder: Path, config, *, validation: bool = False, lesion_maps: Optional[tuple[Path, Path]] = None):
+    """A case folder as a TrainingCase (or ValidationCase) on the model grid; the cascade's
+    with its all-lesion masks ``lesion_maps`` (baseline, follow-up files)."""
+    from mstools.detect.deep.networks import network
     from mstools.detect.deep.training import prepare_case, prepare_validation
     from mstools.io import check_same_grid, read_image, read_mask
 
+    if network(config.model).lesion_maps:
+        return load_cascade_case(folder, config, lesion_maps, validation=validation)
     if config.model == "multiseq" and not validation:
         return load_multisequence_case(folder, config)
     if layout.is_longitudinal_case(folder):
@@ -106,6 +110,64 @@ def load_multisequence_case(folder: Path, config):
                                       spacing_mm=baseline.spacing_mm, config=config, t1=pair("t1"), t2=pair("t2"))
 
 
+def load_cascade_case(folder: Path, config, lesion_maps: Optional[tuple[Path, Path]], *, validation: bool = False):
+    """A two-time-point case folder with both visits' all-lesion masks (binary, on the case grid:
+    checked) as a cascade training or validation case on the model grid."""
+    from mstools.detect.deep.cascade import prepare_cascade_case, prepare_cascade_validation
+    from mstools.io import check_same_grid, read_image, read_mask
+    from mstools.jobs.segment import read_lesion_maps
+
+    if not layout.is_longitudinal_case(folder):
+        raise InputError(f"{folder}: {config.model} learns from two-time-point cases only (new-lesion truth and "
+                         "both visits' all-lesion maps); remove single-time-point folders from its training data")
+    if lesion_maps is None:
+        raise InputError(f"{folder}: no all-lesion maps; --model {config.model} reads both visits' maps of every "
+                         "case: give --lesions SOURCE (or the manifest columns baseline_lesions and followup_lesions)")
+    baseline = read_image(folder / layout.BASELINE)
+    followup = read_image(folder / layout.FOLLOWUP)
+    truth = read_mask(folder / layout.GROUND_TRUTH)
+    check_same_grid(baseline, followup)
+    check_same_grid(baseline, truth)
+    maps = tuple(m.data for m in read_lesion_maps(lesion_maps, baseline, model=config.model))
+    prepare = prepare_cascade_validation if validation else prepare_cascade_case
+    return prepare(folder.name, baseline.data, followup.data, truth.data, maps, spacing_mm=baseline.spacing_mm,
+                   config=config)
+
+
+def case_lesion_maps(folders: list[Path], source: Optional[str], given: Optional[dict] = None) -> dict:
+    """{folder: (baseline, follow-up) all-lesion mask files} of the cascade's cases: a manifest's
+    ``baseline_lesions``/``followup_lesions`` (``given``, keyed by the resolved folder) win, else
+    SOURCE's (:func:`mstools.jobs.segment.cascade_entry_maps`); a folder with neither is left out."""
+    from mstools.jobs.segment import cascade_entry_maps
+
+    found = {}
+    for folder in folders:
+        maps = (given or {}).get(folder.resolve())
+        if maps is None and source is not None:
+            maps = cascade_entry_maps(folder, source)
+        if maps is not None:
+            found[folder] = tuple(Path(p) for p in maps)
+    return found
+
+
+def manifest_lesion_maps(manifest: Optional[Path]) -> dict:
+    """{resolved case folder: (baseline, follow-up) files} of a training manifest's optional
+    ``baseline_lesions`` and ``followup_lesions`` columns (both or neither on a row)."""
+    from mstools.manifest import TRAIN, read_manifest
+
+    if manifest is None:
+        return {}
+    found = {}
+    for row in read_manifest(manifest, TRAIN):
+        maps = (row.path("baseline_lesions"), row.path("followup_lesions"))
+        if (maps[0] is None) != (maps[1] is None):
+            raise InputError(f"{manifest}: line {row.line} gives one all-lesion mask; give baseline_lesions and "
+                             "followup_lesions both, or neither")
+        if maps[0] is not None:
+            found[row.path("case").resolve()] = maps
+    return found
+
+
 def _sequence_counts(cases) -> dict:
     """multiseq: how many training cases hold each input channel (before sequence dropout)."""
     from mstools.detect.deep.multisequence import CHANNELS
@@ -130,6 +192,12 @@ def _initialise(trainer, weights: Path, model_config) -> dict:
     if weights.is_file() and is_encoder_file(weights):   # a pretrained encoder (paper 003)
         return _initialise_encoder(trainer, weights, model_config)
     config, state_dict, _ = load_weights(weights)
+    widened = _widen_unet(config, model_config)
+    if widened:   # the cascade started from two-channel U-Net weights (paper 001; cascade.widen_state)
+        from mstools.detect.deep.cascade import widen_state
+
+        state_dict = widen_state(as_float32(state_dict))
+        config = model_config
     if config.as_dict() != model_config.as_dict():
         raise InputError(f"{weights}: weights of another configuration ({config.as_dict()}) than the one trained "
                          f"({model_config.as_dict()}); give weights of the same network and options")
@@ -138,8 +206,18 @@ def _initialise(trainer, weights: Path, model_config) -> dict:
         trainer.model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise InputError(f"{weights}: weights do not match the network ({' '.join(str(exc).split())[:200]})") from None
-    log(f"fine-tuning from {weights}")
-    return {"weights": str(weights), "sha256": sha256(weights)}
+    log(f"fine-tuning from {weights}" + (" (U-Net weights, the maps' first-layer weights at 0)" if widened else ""))
+    return {"weights": str(weights), "sha256": sha256(weights), **({"widened_from": "unet"} if widened else {})}
+
+
+def _widen_unet(config, model_config) -> bool:
+    """True when ``config`` is a U-Net's and ``model_config`` the cascade of the same configuration."""
+    import dataclasses
+
+    from mstools.detect.deep.networks import network
+
+    return (network(model_config.model).lesion_maps and config.model == "unet"
+            and dataclasses.replace(config, model=model_config.model) == model_config)
 
 
 
@@ -257,6 +335,7 @@ class _Run:
         self.longitudinal, self.single = longitudinal, single
         self.train_folders, self.val_folders = train_folders, val_folders
         self.device, self.initialised_from = device, initialised_from
+        self.data_extra: dict = {}      # the card's training_data additions (the cascade's maps)
         self.log_rows: list[dict] = []
         self.best: dict = {}
         self.record = {"model": model_config.model, "model_config": model_config.as_dict(),
@@ -298,7 +377,7 @@ class _Run:
                 "longitudinal": [c.name for c in self.longitudinal], "single_timepoint": [c.name for c in self.single],
                 "generator_seeds": [s for s in (_seed_of(f) for f in self.train_folders) if s is not None],
                 **({"sequences_available": _sequence_counts(self.longitudinal)}
-                   if self.model_config.model == "multiseq" else {})},
+                   if self.model_config.model == "multiseq" else {}), **self.data_extra},
             "validation_data": [f.name for f in self.val_folders], "validation_metrics": metrics,
             "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             **({"initialised_from": self.initialised_from} if self.initialised_from else {})})
@@ -356,19 +435,30 @@ class _Run:
 
 def train_job(output: Path, model_config, train_config, train_folders: list[Path], val_folders: list[Path], *,
               threads: Optional[int] = None, device: str = "auto", resume: bool = False,
-              init_weights: Optional[Path] = None, force: bool = False,
+              init_weights: Optional[Path] = None, force: bool = False, lesions: Optional[str] = None,
+              lesion_maps: Optional[dict] = None,
               progress: Optional[Callable[[int, int, float], None]] = None) -> JobResult:
     """Train (or resume) a network in the run folder ``output``; the best model on validation
-    (the last without validation) is ``model.pt`` with its card. ``progress(iteration, total, loss)``."""
-    checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=() if resume else (init_weights,))
+    (the last without validation) is ``model.pt`` with its card. ``progress(iteration, total, loss)``.
+
+    The cascade (``model_config.model`` ``cascade``) reads each case's all-lesion masks: the
+    manifest's (``lesion_maps``: :func:`manifest_lesion_maps`), else SOURCE ``lesions``'s
+    (:func:`mstools.jobs.segment.cascade_entry_maps`)."""
     from mstools.detect.deep.networks import network
+
+    cascade = network(model_config.model).lesion_maps
+    if lesions is not None and not cascade:
+        raise InputError(f"--lesions is read by --model cascade; --model {model_config.model} reads no all-lesion "
+                         "maps (drop it)")
+    checkpoint = _check_run_folder(output, resume=resume, force=force, inputs=() if resume else (init_weights,))
     from mstools.detect.deep.training import Trainer
     from mstools.models import card_path
 
     torch_device = training_device(device, threads)
     model = model_config.model
+    maps = case_lesion_maps(train_folders + val_folders, lesions, lesion_maps) if cascade else {}
     log(f"loading {len(train_folders)} training and {len(val_folders)} validation cases")
-    train_cases = [load_case(f, model_config) for f in train_folders]
+    train_cases = [load_case(f, model_config, lesion_maps=maps.get(f)) for f in train_folders]
     longitudinal = [c for c in train_cases if c.longitudinal]
     single = [c for c in train_cases if not c.longitudinal]
     if not longitudinal:
@@ -379,10 +469,12 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
                          "(mstools simulate --single-timepoint) or pass --batch-single 0")
     if not mixes_single and single:
         log(f"{model} learns from two-time-point cases only: {len(single)} single-time-point cases ignored")
-    validation = [load_case(f, model_config, validation=True) for f in val_folders]
+    validation = [load_case(f, model_config, validation=True, lesion_maps=maps.get(f)) for f in val_folders]
     trainer_class = Trainer
     if model == "multiseq":   # FLAIR + any T1/T2, sequence dropout (papers 003, 004)
         from mstools.detect.deep.multisequence import MultiSequenceTrainer as trainer_class
+    elif cascade:             # + both visits' all-lesion maps (paper 001)
+        from mstools.detect.deep.cascade import CascadeTrainer as trainer_class
     trainer = trainer_class(model_config, train_config, longitudinal, single, device=torch_device)
     initialised_from = None
     if init_weights is not None and not resume:
@@ -390,6 +482,9 @@ def train_job(output: Path, model_config, train_config, train_folders: list[Path
     output.mkdir(parents=True, exist_ok=True)
     run = _Run(output, trainer, model_config, train_config, longitudinal, single, train_folders, val_folders,
                torch_device, initialised_from)
+    if cascade:
+        run.data_extra = {"lesions": lesions, "lesion_maps": {f.name: [str(p) for p in maps[f]] for f in maps}}
+        run.record["lesions"] = lesions
     if resume:
         run.resume()
     run.loop(validation, progress)

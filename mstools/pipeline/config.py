@@ -139,8 +139,8 @@ def check_config(config: dict) -> None:
             raise InputError(f"config: {key} must be true or false, not {config[key]!r}")
     for stage in STAGES.values():
         for key in stage.own:
-            if key == "enabled" and not isinstance(config[stage.name][key], bool):
-                raise InputError(f"config: {stage.name}.enabled must be true or false")
+            if key in ("enabled", "coactseg_maps") and not isinstance(config[stage.name][key], bool):
+                raise InputError(f"config: {stage.name}.{key} must be true or false")
     for stage, allowed in CANDIDATE_SOURCES.items():
         source = config[stage]["candidates"]
         if source not in allowed:
@@ -176,6 +176,29 @@ def check_config(config: dict) -> None:
             stage_options_args(stage, config[stage.name], Path("."))   # flags are true or false
             options = stage_options(stage, config[stage.name], Path("."))
             check_finite_options({k: getattr(options, k) for k in declared}, where=f"config: {stage.name}.")
+    if enabled(config, "segment"):
+        _check_cascade_maps(config["segment"])
+
+
+def _check_cascade_maps(segment: dict) -> None:
+    """The cascade (segment.model cascade) has one source of all-lesion maps: the case's
+    (segment.lesions) or CoactSeg run in the stage (segment.coactseg_maps); other models none."""
+    from mstools.detect.deep.networks import network
+
+    model, source, coactseg = segment["model"], segment.get("lesions"), segment.get("coactseg_maps")
+    if not network(model).lesion_maps:
+        if coactseg or source is not None:
+            raise InputError(f"config: segment.{'coactseg_maps' if coactseg else 'lesions'} gives the all-lesion "
+                             f"maps of model cascade; model {model} reads none: set segment.model: cascade or drop it")
+        return
+    if coactseg and source is not None:
+        raise InputError("config: segment.lesions and segment.coactseg_maps both give the cascade's all-lesion "
+                         "maps; keep one")
+    if not coactseg and source is None:
+        raise InputError(f"config: segment.model {model} reads both visits' all-lesion maps: set "
+                         "segment.coactseg_maps: true (CoactSeg run in the stage first), or segment.lesions: case "
+                         "(the case folder's lesions_time01/02) or the name of a `mstools segment --model coactseg` "
+                         "output in the case folder")
 
 
 def check_config_files(config: dict, base: Path) -> None:

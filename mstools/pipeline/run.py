@@ -212,14 +212,14 @@ def _read_stage_record(run_dir: Path, stage: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _outputs_intact(run_dir: Path, stage: str) -> bool:
+def _outputs_intact(run_dir: Path, stage: str, config: dict, case: CaseInput) -> bool:
     """The stage's outputs are the very files its record hashed (not truncated, not replaced)."""
     from mstools.io import sha256
 
     recorded = _read_stage_record(run_dir, stage).get("outputs")
     if not isinstance(recorded, dict):
         return False
-    for path in STAGES[stage].outputs(run_dir):
+    for path in STAGES[stage].outputs(run_dir, config, case):
         name = _relative(path, run_dir)
         if not path.is_file() or recorded.get(name) != sha256(path):
             return False
@@ -241,10 +241,11 @@ def final_outputs_intact(run_dir: Path, record: dict) -> bool:
     return True
 
 
-def _write_stage_record(run_dir: Path, stage: str, key: str, args: list[str], seconds: float) -> None:
+def _write_stage_record(run_dir: Path, stage: str, key: str, args: list[str], seconds: float, config: dict,
+                        case: CaseInput) -> None:
     from mstools.io import OutputBatch, sha256
 
-    outputs = {_relative(p, run_dir): sha256(p) for p in STAGES[stage].outputs(run_dir)}
+    outputs = {_relative(p, run_dir): sha256(p) for p in STAGES[stage].outputs(run_dir, config, case)}
     with OutputBatch(force=True) as batch:
         batch.json(STAGES[stage].folder(run_dir) / rl.STAGE_RECORD,
                    {"stage": stage, "key": key, "version": __version__,
@@ -314,10 +315,15 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
                                step=functools.partial(progress.step, name),
                                count=functools.partial(progress.count, name))
         args = [*stage.arguments(context), *stage_options_args(stage, config[name], base), "--force"]
-        key = _hash_text({"stage": name, "version": __version__, "options": config[name], "models": models,
-                          "inputs": input_hashes, "upstream": [keys.get(u, "") for u in stage.reads(config)]})
+        payload = {"stage": name, "version": __version__, "options": config[name], "models": models,
+                   "inputs": input_hashes, "upstream": [keys.get(u, "") for u in stage.reads(config)]}
+        read = _stage_input_hashes(stage, context)
+        if read:   # files beside the case's images (the cascade's all-lesion masks)
+            payload["files"] = read
+        key = _hash_text(payload)
         keys[name] = key
-        if str(_read_stage_record(run_dir, name).get("key", "")) == key and _outputs_intact(run_dir, name):
+        if str(_read_stage_record(run_dir, name).get("key", "")) == key and _outputs_intact(run_dir, name, config,
+                                                                                             case):
             outcomes[name] = StageOutcome("reused", key=key)
             progress.finished(name, "reused")
             continue
@@ -326,13 +332,21 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
         start = time.perf_counter()
         _call(name, lambda: stage.run(context), verbose=verbose, command="-".join(stage.command))
         seconds = time.perf_counter() - start
-        _write_stage_record(run_dir, name, key, args, seconds)
+        _write_stage_record(run_dir, name, key, args, seconds, config, case)
         outcomes[name] = StageOutcome("ran", seconds, key)
         progress.finished(name, "ran", seconds)
     if case.raw and case.ground_truth is not None:
         _carry_ground_truth(case, run_dir, verbose=verbose)
     key = run_key(case, config, base, input_hashes=input_hashes, models=models)
     return _finish(case, run_dir, case_dir, config, outcomes, key, verbose=verbose)
+
+
+def _stage_input_hashes(stage, context: StageContext) -> dict:
+    """sha256 of the files beside the case's images that a stage reads (those present: a missing
+    one is the stage's own error)."""
+    from mstools.io import sha256
+
+    return {str(p): sha256(p) for p in stage.input_files(context) if Path(p).is_file()}
 
 
 def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> None:

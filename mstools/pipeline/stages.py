@@ -61,22 +61,26 @@ class Stage:
     #: Pipeline-only keys: name -> (default, comment).
     own: Mapping[str, tuple[object, str]] = field(default_factory=dict)
     about: str = ""
-    #: Files the stage writes beside the detector outputs, for a prefix (checked on reuse).
-    extra_outputs: Callable[[str], list[str]] = lambda prefix: []
+    #: Files the stage writes beside the detector outputs, for a prefix, the run's configuration and
+    #: its case (checked on reuse).
+    extra_outputs: Callable[[str, dict, object], list[str]] = lambda prefix, config, case: []
+    #: Files beside the case's images that the stage reads (their sha256 joins its key).
+    input_files: Callable[[StageContext], list[Path]] = lambda ctx: []
 
     @property
     def path_options(self) -> frozenset[str]:
         """Options whose value is a file (taken relative to the config file's folder)."""
         return frozenset(name for name, s in specs(self.options).items() if s.kind in ("path", "paths"))
 
-    def outputs(self, run_dir: Path) -> list[Path]:
+    def outputs(self, run_dir: Path, config: dict, case=None) -> list[Path]:
         from mstools.detections import output_paths
 
         if self.name == "preprocess":
             folder = run_dir / rl.CASE_DIR
-            return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)]
+            return [folder / n for n in (layout.BASELINE, layout.FOLLOWUP, layout.BRAIN_MASK)] + [
+                Path(p) for p in self.extra_outputs(str(folder), config, case)]
         prefix = str(rl.stage_prefix(run_dir, self.name))
-        return [Path(p) for p in [*output_paths(prefix).values(), *self.extra_outputs(prefix)]]
+        return [Path(p) for p in [*output_paths(prefix).values(), *self.extra_outputs(prefix, config, case)]]
 
     def folder(self, run_dir: Path) -> Path:
         return run_dir / (self.name if self.name != "preprocess" else rl.CASE_DIR)
@@ -88,8 +92,27 @@ class Stage:
 def _preprocess(ctx: StageContext):
     from mstools.jobs.preprocess import preprocess_job
 
+    # raw T1/T2 of each visit: registered to their own FLAIR and written on the common grid,
+    # where the segment stage (model multiseq) finds them as the case folder's
     return preprocess_job(Path(ctx.case.baseline), Path(ctx.case.followup), ctx.run_dir / rl.CASE_DIR, ctx.options,
-                          force=True, progress=ctx.step)
+                          sequences=dict(ctx.case.sequences) or None, force=True, progress=ctx.step)
+
+
+def _preprocess_arguments(c: StageContext) -> list[str]:
+    """preprocess's command line: the two raw FLAIRs, the case folder, and the raw T1/T2 given."""
+    return [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR), *_sequence_arguments(c)]
+
+
+def _preprocess_outputs(folder: str, config: dict, case) -> list[str]:
+    """The T1/T2 files preprocess writes into RUN/case for the raw T1/T2 given."""
+    return [str(Path(folder) / layout.SEQUENCE_FILES[sequence][visit])
+            for (sequence, visit), _ in sorted(getattr(case, "sequences", ()) or ())]
+
+
+def _sequence_arguments(c: StageContext) -> list[str]:
+    options = [(f"--{'baseline' if visit == 0 else 'followup'}-{sequence}", str(path))
+               for (sequence, visit), path in sorted(getattr(c.case, "sequences", ()))]
+    return [item for pair in options for item in pair]
 
 
 def _subtract(ctx: StageContext):
@@ -105,18 +128,76 @@ def _register(ctx: StageContext):
                         followup_mask=ctx.file(layout.BRAIN_MASK), force=True, progress=ctx.step)
 
 
+#: The output name of CoactSeg in the segment stage's folder when the stage makes the cascade's
+#: all-lesion maps itself (``segment: {model: cascade, coactseg_maps: true}``): RUN/segment/coactseg_*.
+COACTSEG_MAPS = "coactseg"
+
+
+def makes_coactseg_maps(config: dict) -> bool:
+    """The segment stage runs CoactSeg first for the cascade's all-lesion maps."""
+    return bool(config["segment"].get("coactseg_maps"))
+
+
+def coactseg_maps_prefix(run_dir: Path) -> str:
+    return str(Path(run_dir) / "segment" / COACTSEG_MAPS)
+
+
+def all_lesion_prefix(ctx: StageContext) -> Optional[str]:
+    """Where the segment stage's CoactSeg all-lesion maps are (read by refine's cascade and by
+    activity): its own outputs, or those it made for the cascade; None when segment is off."""
+    if not enabled(ctx.config, "segment"):
+        return None
+    return coactseg_maps_prefix(ctx.run_dir) if makes_coactseg_maps(ctx.config) else ctx.prefix("segment")
+
+
 def _segment(ctx: StageContext):
+    import dataclasses
+
     from mstools.jobs.segment import segment_job
 
-    return segment_job(ctx.case_dir, ctx.prefix("segment"), ctx.options, force=True, progress=ctx.count,
-                       sequences=dict(getattr(ctx.case, "sequences", ())) or None)
+    options = ctx.options
+    if makes_coactseg_maps(ctx.config):
+        # paper 001's cascade in one stage: CoactSeg (packaged weights, the stage's other options)
+        # first, then the cascade model reading its all-lesion maps of both visits
+        maps = coactseg_maps_prefix(ctx.run_dir)
+        segment_job(ctx.case_dir, maps, dataclasses.replace(options, model="coactseg", weights=None, lesions=None),
+                    force=True, progress=ctx.count)
+        options = dataclasses.replace(options, lesions=maps)
+    # T1/T2 given beside a case folder; raw ones were brought into RUN/case by preprocess
+    given = dict(getattr(ctx.case, "sequences", ())) if not ctx.case.raw else {}
+    return segment_job(ctx.case_dir, ctx.prefix("segment"), options, force=True, progress=ctx.count,
+                       sequences=given or None)
 
 
 def _segment_arguments(c: StageContext) -> list[str]:
-    """segment's command line: the case folder, the prefix, and T1/T2 given beside the folder."""
-    options = [(f"--{'baseline' if visit == 0 else 'followup'}-{sequence}", str(path))
-               for (sequence, visit), path in sorted(getattr(c.case, "sequences", ()))]
-    return [str(c.case_dir), "-o", c.prefix("segment"), *(item for pair in options for item in pair)]
+    """segment's command line: the case folder, the prefix, T1/T2 given beside the folder, and the
+    maps the stage made itself."""
+    maps = ["--lesions", coactseg_maps_prefix(c.run_dir)] if makes_coactseg_maps(c.config) else []
+    return [str(c.case_dir), "-o", c.prefix("segment"), *([] if c.case.raw else _sequence_arguments(c)), *maps]
+
+
+def _segment_outputs(prefix: str, config: dict, case) -> list[str]:
+    """CoactSeg's outputs when the stage makes the cascade's maps (checked on reuse too)."""
+    from mstools.detections import output_paths
+    from mstools.jobs.segment import ALL_LESION_OUTPUTS
+
+    if not makes_coactseg_maps(config):
+        return []
+    maps = coactseg_maps_prefix(Path(prefix).parent.parent)
+    return [*output_paths(maps).values(),
+            *(maps + suffix + kind for suffix in ALL_LESION_OUTPUTS.values() for kind in ("_score.nii.gz",
+                                                                                       "_mask.nii.gz"))]
+
+
+def _segment_inputs(ctx: StageContext) -> list[Path]:
+    """The all-lesion masks a cascade reads from the case (``segment.lesions``)."""
+    from mstools.detect.deep.networks import network
+    from mstools.jobs.segment import cascade_entry_maps
+
+    source = ctx.config["segment"].get("lesions")
+    if makes_coactseg_maps(ctx.config) or source is None or not network(ctx.config["segment"]["model"]).lesion_maps:
+        return []
+    return list(cascade_entry_maps(ctx.case_dir, str(source)))
 
 
 def _refine(ctx: StageContext):
@@ -124,7 +205,7 @@ def _refine(ctx: StageContext):
 
     # a cascade model (paper 001) reads the segment stage's CoactSeg all-lesion maps when the
     # case has no lesions_time01/02 and none are given (mstools.jobs.segment.all_lesion_source)
-    segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
+    segment = all_lesion_prefix(ctx)
     return refine_job(ctx.case_dir, ctx.prefix(ctx.config["refine"]["candidates"]), ctx.prefix("refine"),
                       ctx.options, segment_prefix=segment, force=True)
 
@@ -136,7 +217,7 @@ def _filter(ctx: StageContext):
                       ctx.options, force=True)
 
 
-def _activity_outputs(prefix: str) -> list[str]:
+def _activity_outputs(prefix: str, config: dict, case) -> list[str]:
     from mstools.jobs.activity import output_names
 
     return list(output_names(prefix).values())
@@ -145,7 +226,7 @@ def _activity_outputs(prefix: str) -> list[str]:
 def _activity(ctx: StageContext):
     from mstools.jobs.activity import activity_job
 
-    segment = ctx.prefix("segment") if enabled(ctx.config, "segment") else None
+    segment = all_lesion_prefix(ctx)
     register = ctx.prefix("register") if enabled(ctx.config, "register") else None
     return activity_job(ctx.case_dir, ctx.prefix(ctx.config["activity"]["lesions"]), ctx.prefix("subtract"),
                         ctx.prefix("activity"), ctx.options, segment_prefix=segment, register_prefix=register,
@@ -153,10 +234,11 @@ def _activity(ctx: StageContext):
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess,
-          lambda c: [str(c.case.baseline), str(c.case.followup), str(c.run_dir / rl.CASE_DIR)],
+    Stage("preprocess", ("preprocess",), PreprocessJobOptions, _preprocess, _preprocess_arguments,
           lambda config: [],
-          about="Runs only when the input is two raw scans (not a case folder)."),
+          about="Runs only when the input is two raw scans (not a case folder); raw T1/T2 given with them are "
+                "registered to their visit's FLAIR and brought onto the common grid too.",
+          extra_outputs=_preprocess_outputs),
     Stage("subtract", ("subtract",), SubtractOptions, _subtract,
           lambda c: [str(c.case_dir), "-o", c.prefix("subtract")],
           lambda config: ["preprocess"],
@@ -170,8 +252,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("segment", ("segment",), SegmentOptions, _segment,
           _segment_arguments,
           lambda config: ["preprocess"],
-          own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores).")},
-          about="Deep-learning new-lesion segmentation."),
+          own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores)."),
+               "coactseg_maps": (False, "model cascade only: run CoactSeg (its packaged weights) in this stage "
+                                        "first and give the cascade its all-lesion maps of both visits "
+                                        "(RUN/segment/coactseg_all_time01/02_mask); false: the maps are the "
+                                        "case's, named by lesions (e.g. case: its lesions_time01/02).")},
+          about="Deep-learning new-lesion segmentation.",
+          extra_outputs=_segment_outputs, input_files=_segment_inputs),
     Stage("refine", ("refine", "apply"), RefineOptions, _refine,
           lambda c: [str(c.case_dir), "-c", c.prefix(c.config["refine"]["candidates"]), "-o", c.prefix("refine")],
           lambda config: ["preprocess", config["refine"]["candidates"], "segment"],

@@ -14,7 +14,12 @@ Order (each step can be switched off in :class:`PreprocessOptions`):
    whose transform is the identity onto its own grid is copied, not interpolated. The
    brain masks are combined (union by default) and limited to where both scans have
    data;
-6. intensity harmonisation inside the combined mask.
+6. intensity harmonisation inside the combined mask;
+7. optional T1-/T2-weighted scans of either visit (any grid): each registered rigidly to its
+   own visit's FLAIR (the registration of step 4, mutual information inside the FLAIR's brain
+   mask, started from the scanner's coordinates: one session) and resampled onto the common
+   grid through that FLAIR's transform; their intensities are left as they are (no N4, no
+   harmonisation), as ``import-open-ms`` writes a case folder's T1/T2.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class PreprocessResult:
     to_followup: np.ndarray         # 4x4 RAS: grid point -> follow-up scan point
     registration: np.ndarray        # 4x4 RAS: baseline point -> follow-up point
     carried: dict[str, np.ndarray] = field(default_factory=dict)
+    #: T1/T2 on the common grid: {(sequence, visit 0 or 1): float32 array}
+    sequences: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -173,16 +180,36 @@ def _both(job: Callable, arguments: list[tuple]) -> list:
         return list(pool.map(lambda args: job(*args), arguments))
 
 
+def sequence_onto_grid(data: np.ndarray, affine: np.ndarray, flair: np.ndarray, flair_affine: np.ndarray,
+                       flair_mask: np.ndarray, grid: Grid, to_flair: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A T1/T2 scan of one visit on the common grid: rigidly registered to that visit's FLAIR
+    (``flair`` bias-corrected, ``flair_mask`` its brain; one session, so started from the scanner's
+    coordinates), then resampled through ``to_flair`` (common grid -> FLAIR points) with cubic
+    B-splines. Returns the float32 array and what the registration moved."""
+    transform = register_rigid(flair, flair_affine, np.maximum(np.asarray(data, dtype=np.float32), 0.0), affine,
+                               baseline_mask=flair_mask, initialise="identity")
+    moved = resample(np.asarray(data, dtype=np.float32), affine, grid, transform @ to_flair, interpolation="smooth")
+    report = {"rotation_deg": round(rotation_angle_deg(transform), 4),
+              "max_brain_displacement_mm": round(max_displacement_mm(transform, mask_box_corners(flair_mask,
+                                                                                                 flair_affine)), 4),
+              "flair_to_sequence_ras": transform.round(6).tolist()}
+    return moved.astype(np.float32), report
+
+
 def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup: np.ndarray,
                     followup_affine: np.ndarray, *, options: PreprocessOptions = PreprocessOptions(),
                     baseline_mask: np.ndarray | None = None, followup_mask: np.ndarray | None = None,
                     carry: dict[str, tuple[np.ndarray, str]] | None = None,
+                    sequences: dict | None = None,
                     names: tuple[str, str] = ("baseline", "follow-up"),
                     progress: Callable[[str], None] | None = None) -> PreprocessResult:
     """Bring two FLAIR scans of one patient onto one grid with comparable intensities.
 
     ``carry`` maps a name to (binary mask, "baseline" | "followup"): masks on that
     scan's grid taken into the common space alongside (e.g. lesion masks).
+    ``sequences`` maps (``"t1"``/``"t2"``, visit 0 or 1) to (array, affine): a T1/T2 scan of that
+    visit on its own grid, registered to the visit's FLAIR and brought onto the common grid
+    (:func:`sequence_onto_grid`; ``result.sequences``).
     Bad input raises :class:`~mstools.errors.InputError`. ``progress`` receives one
     line per step (the CLI logs them on stderr).
     """
@@ -327,8 +354,29 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     report["brain_mask_volume_ml"] = round(float(brain.sum()) * float(abs(np.linalg.det(grid.affine[:3, :3]))) / 1000, 1)
     seconds["harmonisation"] = time.perf_counter() - start
     cpu_seconds["harmonisation"] = time.process_time() - cpu
+    # 7. T1/T2 of either visit: onto their own FLAIR, then the common grid
+    moved_sequences = {}
+    if sequences:
+        say("registering T1/T2 to their FLAIRs")
+        start, cpu = time.perf_counter(), time.process_time()
+        flairs = ((corrected[0], baseline_affine, masks[0], to_baseline),
+                  (corrected[1], followup_affine, masks[1], to_followup))
+        for (sequence, visit), (data, affine) in sorted(sequences.items()):
+            name = f"{sequence.upper()} scan of time point {visit + 1}"
+            bet.check_scan(data, affine, name=name)
+            flair, flair_affine, flair_mask, to_flair = flairs[visit]
+            try:
+                moved, about = sequence_onto_grid(data, affine, flair, flair_affine, flair_mask, grid, to_flair)
+            except RuntimeError as exc:  # ITK: e.g. no overlap with the FLAIR
+                reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"rigid registration of the {name} onto its FLAIR failed ({reason}); is it a scan "
+                                 "of the same head and session?") from exc
+            moved_sequences[(sequence, visit)] = moved
+            report.setdefault("sequences", {})[f"{sequence}_time0{visit + 1}"] = about
+        seconds["sequences"] = time.perf_counter() - start
+        cpu_seconds["sequences"] = time.process_time() - cpu
     report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report["cpu_seconds"] = {k: round(v, 3) for k, v in cpu_seconds.items()}
     return PreprocessResult(baseline=base_out, followup=follow_out, brain_mask=brain, grid=grid,
                             to_baseline=to_baseline, to_followup=to_followup, registration=transform,
-                            carried=carried, report=report, seconds=seconds)
+                            carried=carried, sequences=moved_sequences, report=report, seconds=seconds)

@@ -129,12 +129,15 @@ def mask_box_corners(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def register_rigid(baseline: np.ndarray, baseline_affine: np.ndarray, followup: np.ndarray,
                    followup_affine: np.ndarray, *, baseline_mask: np.ndarray | None = None,
                    followup_mask: np.ndarray | None = None, iterations: int = ITERATIONS,
-                   seed: int = 20211) -> np.ndarray:
+                   seed: int = 20211, initialise: str = "moments") -> np.ndarray:
     """Rigid transform (4x4, RAS mm) mapping baseline world points onto the follow-up's.
 
     SimpleITK: Euler transform initialised at the centres of mass (of the brain when
     masks are given), Mattes mutual information inside the masks, regular-step gradient
     descent with scales from physical shifts, on the pyramid :data:`PYRAMID_MM`.
+    ``initialise="identity"`` starts from the scanner's coordinates instead (rotation centre at
+    the baseline's (brain's) centre of mass): two sequences of one session, whose centres of
+    mass differ with their fields of view and contrasts, not with the head's position.
 
     Accuracy (`python benchmarks/bench_preprocess.py registration`): on 5 simulated 2 mm
     pairs misaligned by 4 mm and 4 degrees, after N4, the rotation error was
@@ -153,9 +156,13 @@ def register_rigid(baseline: np.ndarray, baseline_affine: np.ndarray, followup: 
     fixed_mask = to_sitk(np.asarray(baseline_mask, dtype=np.uint8), baseline_affine) if baseline_mask is not None else None
     moving_mask = to_sitk(np.asarray(followup_mask, dtype=np.uint8), followup_affine) if followup_mask is not None else None
 
+    if initialise not in ("moments", "identity"):
+        raise ValueError(f"initialise must be 'moments' or 'identity', not {initialise!r}")
     init_fixed = fixed if fixed_mask is None else sitk.Mask(fixed, fixed_mask)
     init_moving = moving if moving_mask is None else sitk.Mask(moving, moving_mask)
-    initial = sitk.CenteredTransformInitializer(init_fixed, init_moving, sitk.Euler3DTransform(),
+    # the fixed image against itself: no translation, the centre at its centre of mass
+    initial = sitk.CenteredTransformInitializer(init_fixed, init_fixed if initialise == "identity" else init_moving,
+                                                sitk.Euler3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
 
     finest = min(min(fixed.GetSpacing()), min(moving.GetSpacing()))

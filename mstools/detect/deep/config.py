@@ -77,6 +77,8 @@ PAPER_CONFIGS: dict[str, ModelConfig] = {
     "multitask": ModelConfig("multitask", base_filters=32, patch_size=224, spacing_mm=None, norm="batch", levels=4),
     # Paper 004: nnU-Net blocks, 4 down-samplings, 32-320 channels, one encoder per sequence.
     "multiseq": ModelConfig("multiseq", base_filters=32, patch_size=96, spacing_mm=None, norm="instance", levels=4),
+    # Paper 001 (McKinley's DeepSCAN): the U-Net above with the two all-lesion maps as inputs.
+    "cascade": ModelConfig("cascade", base_filters=32, patch_size=96, spacing_mm=None, norm="instance", levels=4),
 }
 
 #: The reduced configurations of the shipped default weights (trainable on 2 CPU cores
@@ -86,6 +88,8 @@ SMALL_CONFIGS: dict[str, ModelConfig] = {
     "unet": ModelConfig("unet", base_filters=8, patch_size=32, spacing_mm=1.5, norm="instance", levels=4),
     "multitask": ModelConfig("multitask", base_filters=8, patch_size=64, spacing_mm=1.5, norm="batch", levels=4),
     "multiseq": ModelConfig("multiseq", base_filters=8, patch_size=32, spacing_mm=1.5, norm="instance", levels=4),
+    # the packaged U-Net's configuration, so that its weights start a cascade (cascade.widen_state)
+    "cascade": ModelConfig("cascade", base_filters=8, patch_size=32, spacing_mm=1.5, norm="instance", levels=4),
 }
 
 
@@ -125,4 +129,4 @@ class TrainingConfig:
 #: Learning rates of the default-weight runs: paper 002's 1e-2 for CoactSeg; 1e-3 for the
 #: U-Nets (Adam's usual rate; paper 000 used 1e-4 with AMSGrad for 2D, too slow for a
 #: short CPU run).
-DEFAULT_LEARNING_RATE = {"coactseg": 1e-2, "unet": 1e-3, "multitask": 1e-3, "multiseq": 1e-3}
+DEFAULT_LEARNING_RATE = {"coactseg": 1e-2, "unet": 1e-3, "multitask": 1e-3, "multiseq": 1e-3, "cascade": 1e-3}

@@ -26,6 +26,7 @@ class Network:
     loss: str                # its training objective in mstools.detect.deep.losses (see ``objective``)
     amsgrad: bool = False    # Adam with AMSGrad (paper 000)
     default_weights: bool = True   # mstools ships trained weights (mstools.models.packaged_model)
+    lesion_maps: bool = False      # also reads the all-lesion masks of both visits (the cascade, paper 001)
 
     def load(self):
         return getattr(importlib.import_module(self.module), self.cls)
@@ -45,6 +46,11 @@ NETWORKS: dict[str, Network] = {n.name: n for n in (
     # FLAIR with any subset of T1/T2 per visit (papers 003 and 004): its own module
     Network("multiseq", "mstools.detect.deep.multisequence", "MultiSequenceUNet", ("new",), single_timepoint=False,
             difference_input=False, slices_2d=False, loss="segmentation_objective", default_weights=False),
+    # the U-Net with both visits' all-lesion maps as two more channels (paper 001: McKinley's
+    # DeepSCAN, Basaran's cascade); trained by mstools train --model cascade, no default weights
+    Network("cascade", "mstools.detect.deep.cascade", "CascadeUNet3D", ("new",), single_timepoint=False,
+            difference_input=False, slices_2d=False, loss="segmentation_objective", default_weights=False,
+            lesion_maps=True),
 )}
 
 

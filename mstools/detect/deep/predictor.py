@@ -76,6 +76,9 @@ class Predictor:
     def predict_model_grid(self, baseline: np.ndarray, followup: np.ndarray, *, options: PredictOptions = PredictOptions(),
                            progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """Probabilities for two already-normalised volumes on the model's grid."""
+        if NETWORKS[self.config.model].lesion_maps:
+            raise ValueError(f"the {self.config.model} network also reads both visits' all-lesion maps; "
+                             "apply it with mstools.detect.deep.cascade.CascadePredictor")
         volume = inference.model_channels(self.config.model, baseline, followup)
         if NETWORKS[self.config.model].slices_2d:
             forward = inference.flip_tta(self._forward, (2, 3)) if options.tta else self._forward

@@ -214,14 +214,13 @@ class Trainer:
     def validate(self, cases: list[ValidationCase], *, threshold: float = 0.5, overlap: float = 0.5,
                  batch_size: int = 2) -> dict[str, float]:
         """Mean Dice and MSSEG-2 lesion-wise F1 (``mstools.metrics``) over validation cases."""
-        from mstools.detect.deep.predictor import PredictOptions, Predictor
+        from mstools.detect.deep.predictor import PredictOptions
         from mstools.metrics import evaluate_case
 
-        predictor = Predictor(self.model, self.model_config, device=self.device)
+        predictor = self.predictor_class(self.model, self.model_config, device=self.device)
         rows = []
         for case in cases:
-            prob = predictor.predict_model_grid(case.baseline, case.followup,
-                                                options=PredictOptions(overlap=overlap, batch_size=batch_size))["new"]
+            prob = self.validation_probability(predictor, case, PredictOptions(overlap=overlap, batch_size=batch_size))
             rows.append(evaluate_case((prob > threshold).astype(np.uint8), case.truth,
                                       affine=np.diag([*case.spacing_mm, 1.0])).metrics)
         self.model.train()
@@ -232,6 +231,17 @@ class Trainer:
 
         return {"val_dice": mean("dice"), "val_lesion_f1": mean("lesion_f1"),
                 "val_lesion_sensitivity": mean("lesion_sensitivity"), "val_lesion_ppv": mean("lesion_ppv")}
+
+    @property
+    def predictor_class(self):
+        """The :class:`~mstools.detect.deep.predictor.Predictor` (sub)class that applies this network."""
+        from mstools.detect.deep.predictor import Predictor
+
+        return Predictor
+
+    def validation_probability(self, predictor, case: ValidationCase, options) -> np.ndarray:
+        """The new-lesion probability of one validation case on the model's grid."""
+        return predictor.predict_model_grid(case.baseline, case.followup, options=options)["new"]
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
