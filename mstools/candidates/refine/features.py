@@ -206,13 +206,15 @@ def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.nd
 def brain_edge_distance(brain: np.ndarray, voxels, *, spacing_mm, cap_mm: float = EDGE_CAP_MM) -> np.ndarray:
     """Distance (mm, capped at ``cap_mm``) from each voxel to the nearest voxel outside the brain
     that touches it (face neighbour); 0 for voxels outside the brain. The grid edge is not a
-    brain edge. :class:`~mstools.distance.DistanceToMask` answers only the voxels asked for."""
+    brain edge. :class:`~mstools.distance.DistanceToMask` answers only the voxels asked for, and
+    searches no further than ``cap_mm`` (a voxel deeper comes back as inf, capped like any other:
+    the same values as the uncapped search; on a 1 mm raw pair 1.1 -> 0.2 s)."""
     from mstools.distance import DistanceToMask
 
     voxels = np.stack([np.asarray(v, dtype=np.int64) for v in voxels], axis=1).reshape(-1, 3)
     if not len(voxels):
         return np.zeros(0, dtype=np.float32)
-    distance = DistanceToMask(~(np.asarray(brain) > 0), spacing_mm)(voxels)
+    distance = DistanceToMask(~(np.asarray(brain) > 0), spacing_mm)(voxels, limit_mm=cap_mm)
     return np.minimum(distance, cap_mm).astype(np.float32)
 
 
