@@ -251,8 +251,10 @@ def read_image(path: str | os.PathLike) -> Image:
     intensities that overflow float32 arithmetic."""
     img, p = _load(path)
     data = _array(img, p, as_float=True)
-    if data.size and float(np.max(np.abs(data))) > MAX_INTENSITY:
-        raise InputError(f"{p}: intensities up to {float(np.max(np.abs(data))):.3g} (above {MAX_INTENSITY:.0e}) "
+    # the largest magnitude without a temporary |data| volume (NaN/Inf were refused when decoded)
+    largest = max(float(data.max()), -float(data.min())) if data.size else 0.0
+    if largest > MAX_INTENSITY:
+        raise InputError(f"{p}: intensities up to {largest:.3g} (above {MAX_INTENSITY:.0e}) "
                          "overflow the arithmetic; rescale the image (e.g. fslmaths IN -div 1e6 OUT)")
     return _image(img, p, data)
 

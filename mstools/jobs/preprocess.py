@@ -87,8 +87,11 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     check_outputs([output / name for name in names], inputs=inputs, force=force)
     check_outputs([output / name for name in others], inputs=inputs, force=force, sidecars=False)
 
-    base = read_scan(baseline)
-    follow = read_scan(followup)
+    # the two scans decoded side by side (zlib releases the GIL); the baseline's error first
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        base, follow = pool.map(read_scan, (baseline, followup))
     masks = {}
     for key, path, scan in (("baseline_mask", baseline_mask, base), ("followup_mask", followup_mask, follow)):
         if path is not None:
