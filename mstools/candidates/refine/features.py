@@ -40,6 +40,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from mstools.parallel import side_by_side
+
 #: Neighbour positions in feature order: (name, offset along i, j, k).
 NEIGHBOURS = (("c", (0, 0, 0)), ("im", (-1, 0, 0)), ("ip", (1, 0, 0)), ("jm", (0, -1, 0)),
               ("jp", (0, 1, 0)), ("km", (0, 0, -1)), ("kp", (0, 0, 1)))
@@ -180,10 +182,10 @@ def voxel_features(baseline: np.ndarray, followup: np.ndarray, candidates: np.nd
         b, f = baseline[window].astype(np.float32), followup[window].astype(np.float32)
         maps = {"baseline": b, "followup": f, "subtraction": f - b}
         extra = [maps["subtraction"][local][:, None]]
-        for width in widths:
-            for source in _CONTEXT_MAPS:
-                mean, sd = _box_statistics(maps[source], width)
-                extra.append(np.stack([mean[local], sd[local]], axis=1))
+        # the six box filters are independent: side by side (SciPy's filters release the GIL)
+        for mean, sd in side_by_side(lambda image, width: [s[local] for s in _box_statistics(image, width)],
+                                     [(maps[source], width) for width in widths for source in _CONTEXT_MAPS]):
+            extra.append(np.stack([mean, sd], axis=1))
         score_c = (np.asarray(score)[voxels].astype(np.float32) if score is not None
                    else np.full(n, np.nan, np.float32))
         edge = brain_edge_distance(np.asarray(brain)[window] > 0, local, spacing_mm=spacing)
