@@ -218,7 +218,7 @@ def _array(img: nib.Nifti1Image, p: Path, *, as_float: bool) -> np.ndarray:
     return data
 
 
-def _decode(img: nib.Nifti1Image, p: Path, *, as_float: bool) -> np.ndarray:
+def _shape_3d(img: nib.Nifti1Image, p: Path) -> tuple[int, int, int]:
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -227,6 +227,11 @@ def _decode(img: nib.Nifti1Image, p: Path, *, as_float: bool) -> np.ndarray:
             f"{p}: has shape {img.shape}, a 3D image was expected; "
             "split 4D series first (e.g. fslsplit) and pass one volume"
         )
+    return tuple(int(n) for n in shape)  # type: ignore[return-value]
+
+
+def _decode(img: nib.Nifti1Image, p: Path, *, as_float: bool) -> np.ndarray:
+    shape = _shape_3d(img, p)
     try:
         if as_float:
             data = img.get_fdata(dtype=np.float32)
@@ -257,6 +262,15 @@ def read_image(path: str | os.PathLike) -> Image:
         raise InputError(f"{p}: intensities up to {largest:.3g} (above {MAX_INTENSITY:.0e}) "
                          "overflow the arithmetic; rescale the image (e.g. fslmaths IN -div 1e6 OUT)")
     return _image(img, p, data)
+
+
+def read_grid(path: str | os.PathLike) -> Image:
+    """An image's grid (shape, affine) and header, checked as any read checks them, without
+    decoding its voxels: for a reference that lends only its geometry. ``data`` is a read-only
+    array of zeros of the image's shape that takes no memory."""
+    img, p = _load(path)
+    shape = _shape_3d(img, p)
+    return _image(img, p, np.broadcast_to(np.zeros((), dtype=img.get_data_dtype()), shape))
 
 
 def read_scan(path: str | os.PathLike, *, brain_mask: np.ndarray | None = None) -> Image:

@@ -292,3 +292,22 @@ def test_written_images_are_nibabel_files_and_a_stage_reads_back_what_the_last_o
     read_image(path)
     nib.save(nib.Nifti1Image(np.full((5, 6, 7), 3, np.float32), ref.affine), path)
     assert (read_image(path).data == 3).all() and io.sha256(path) != before
+
+
+def test_read_grid_gives_an_images_geometry_without_its_voxels(tmp_path, write_nifti):
+    """The grid and header equal a full read's; the voxels are a read-only zero placeholder
+    (never decoded: a file whose voxel data is cut short still gives its grid); 4D is refused."""
+    from mstools.io import read_grid
+
+    path = write_nifti("scan.nii.gz", np.arange(60, dtype=np.float32).reshape(3, 4, 5) + 1)
+    full, grid = read_image(path), read_grid(path)
+    assert grid.shape == full.shape and np.array_equal(grid.affine, full.affine)
+    assert grid.header.get_qform(coded=True)[1] == full.header.get_qform(coded=True)[1]
+    assert not grid.data.any() and not grid.data.flags.writeable and grid.data.strides == (0, 0, 0)
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(gzip.decompress(path.read_bytes())[:400])
+    assert read_grid(cut).shape == (3, 4, 5)
+    with pytest.raises(InputError):
+        read_image(cut)
+    with pytest.raises(InputError, match="3D image was expected"):
+        read_grid(write_nifti("series.nii.gz", np.zeros((3, 4, 5, 2), np.float32)))

@@ -161,7 +161,7 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     import numpy as np
 
     from mstools.detections import add_image
-    from mstools.io import OutputBatch, read_image, read_labels, read_transform
+    from mstools.io import OutputBatch, read_grid, read_image, read_labels, read_transform
     from mstools.preprocess.rigid import grid_of, resample
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
@@ -170,7 +170,7 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     if inverse:
         matrix = np.linalg.inv(matrix)
     source = read_image(image)
-    target = read_image(reference)
+    target = read_grid(reference)     # only its grid and header are used
     integer = source.header.get_data_dtype().kind in "iub" and np.array_equal(source.data, np.round(source.data))
     binary = integer and bool(np.isin(np.unique(source.data), (0, 1)).all())
     method = interpolation

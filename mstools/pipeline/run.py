@@ -359,13 +359,8 @@ def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> 
                                    run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP, Path(case.followup), targets[kind],
                                    inverse=True, force=True)
 
-    def both():
-        from mstools.io import read_image
-
-        read_image(case.followup)    # the reference decoded once (kept in io's cache), not by both carries
-        return side_by_side(carry, [(kind,) for kind in kinds])
-
-    _call("preprocess", both, verbose=verbose, command="apply-transform")
+    _call("preprocess", lambda: side_by_side(carry, [(kind,) for kind in kinds]), verbose=verbose,
+          command="apply-transform")
     return {kind: targets[kind].name for kind in kinds}
 
 
