@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import io as io_module
 import json
 import os
 import re
@@ -674,28 +675,62 @@ class OutputBatch:
 #: (the stream is ordinary deflate).
 GZIP_LEVEL = 1
 GZIP_STRATEGY = zlib.Z_RLE
-_GZIP_CHUNK = 1 << 22
+
+
+class _HashedWriter(io_module.IOBase):
+    """A write-only stream for nibabel: what it writes is deflated (``compress``) into
+    ``handle`` and hashed on the way; forward seeks write zeros (as gzip files do)."""
+
+    def __init__(self, handle, *, compress: bool):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.position = 0
+        self.compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, GZIP_STRATEGY)
+                           if compress else None)
+
+    def _out(self, block) -> None:
+        if block:
+            self.digest.update(block)
+            self.handle.write(block)
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        self._out(self.compressor.compress(data) if self.compressor is not None else data)
+        self.position += size
+        return size
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self.position + offset if whence == 1 else None
+        if target is None or target < self.position:
+            raise OSError("cannot seek backwards in a stream being written")
+        if target > self.position:
+            self.write(b"\x00" * (target - self.position))
+        return self.position
+
+    def finish(self) -> str:
+        """The end of the stream written; the sha256 of all that ``handle`` received."""
+        if self.compressor is not None:
+            self._out(self.compressor.flush())
+        return self.digest.hexdigest()
 
 
 def _save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> str:
-    """Write ``img`` to ``path`` exactly as ``nib.save`` lays it out (gzip-compressed as
-    GZIP_STRATEGY says when the name ends in .gz); returns the written file's sha256."""
-    raw = memoryview(img.to_bytes())
-    digest = hashlib.sha256()
+    """Write ``img`` to ``path`` exactly as ``nib.save`` lays it out, streamed (gzip-compressed
+    as GZIP_STRATEGY says when the name ends in .gz); returns the written file's sha256."""
     with open(path, "wb") as handle:
-        if not str(path).endswith(".gz"):
-            digest.update(raw)
-            handle.write(raw)
-            return digest.hexdigest()
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, GZIP_STRATEGY)
-        for start in range(0, len(raw), _GZIP_CHUNK):
-            block = compressor.compress(raw[start:start + _GZIP_CHUNK])
-            digest.update(block)
-            handle.write(block)
-        block = compressor.flush()
-        digest.update(block)
-        handle.write(block)
-    return digest.hexdigest()
+        stream = _HashedWriter(handle, compress=str(path).endswith(".gz"))
+        img.to_stream(stream)
+        return stream.finish()
 
 
 _WRITER_POOL = None
