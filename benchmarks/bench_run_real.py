@@ -28,11 +28,17 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("preprocess", "subtract", "refine", "filter", "activity")
 
 
-def _pairs(work: Path) -> dict[str, tuple[Path, Path]]:
+def simulated_1mm_pair(work: Path) -> tuple[Path, Path]:
+    """The first row's pair (made once in WORK/sim1mm): seed 7, follow-up 3 mm / 3 degrees off."""
     sim = work / "sim1mm"
     if not (sim / "flair_time02_on_middle_space.nii.gz").exists():
         subprocess.run(["mstools", "-q", "simulate", str(sim), "--seed", "7", "--misalign-mm", "3",
                         "--misalign-deg", "3", "--force"], check=True, stdout=subprocess.DEVNULL)
+    return sim / "flair_time01_on_middle_space.nii.gz", sim / "flair_time02_on_middle_space.nii.gz"
+
+
+def _pairs(work: Path) -> dict[str, tuple[Path, Path]]:
+    sim = simulated_1mm_pair(work)
     clinical = work / "clinical"
     if not (clinical / "flair_time02_raw.nii.gz").exists():
         subprocess.run(["mstools", "-q", "simulate", str(clinical), "--seed", "8",
@@ -41,8 +47,7 @@ def _pairs(work: Path) -> dict[str, tuple[Path, Path]]:
                        check=True, stdout=subprocess.DEVNULL)
     real = REPO / "data_samples" / "real-p01"
     return {
-        "simulated 1 mm (3 mm / 3 deg apart)": (sim / "flair_time01_on_middle_space.nii.gz",
-                                                sim / "flair_time02_on_middle_space.nii.gz"),
+        "simulated 1 mm (3 mm / 3 deg apart)": sim,
         "real patient 01 (0.72x0.72x4 / x3 mm)": (real / "flair_time01_raw.nii.gz", real / "flair_time02_raw.nii.gz"),
         "simulated clinical (0.57x0.57x3.3 / 0.72x0.72x3 mm)": (clinical / "flair_time01_raw.nii.gz",
                                                                 clinical / "flair_time02_raw.nii.gz"),

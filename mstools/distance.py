@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from mstools.parallel import case_threads
+
 
 class DistanceToMask:
     """Distance (mm) from voxels to the nearest voxel of ``mask``; 0 inside it, inf if it is empty."""
@@ -41,5 +43,7 @@ class DistanceToMask:
             return out
         outside = ~self.mask[tuple(voxels.T)]
         if outside.any():
-            out[outside], _ = self.tree.query(voxels[outside] * self.spacing, distance_upper_bound=limit_mm)
+            # each voxel's search is independent: split over the case's threads
+            out[outside], _ = self.tree.query(voxels[outside] * self.spacing, distance_upper_bound=limit_mm,
+                                              workers=case_threads())
         return out

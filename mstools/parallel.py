@@ -1,4 +1,5 @@
-"""Dask set-up in one place: local clusters, connecting to a scheduler, quiet stdout.
+"""Dask set-up in one place: local clusters, connecting to a scheduler, quiet stdout;
+and the threads one case's work may use side by side (:func:`side_by_side`).
 
 Used by the cohort pipeline (:func:`mstools.pipeline.run_cohort`, one case per worker)
 and by refine training (lightgbm.dask). Dask is imported inside the functions.
@@ -13,6 +14,35 @@ from typing import Optional
 
 from mstools.errors import InputError
 from mstools.messages import log
+
+
+#: Threads one case's independent pieces of work run in (k-d tree queries, refine's box
+#: filters and tree walks): 2, the cores of the machine the speed target is set on (issue 17,
+#: "2 cores"), as preprocess runs its two scans side by side. Fewer when OMP_NUM_THREADS
+#: says so (a batch's Dask workers are single-threaded). Results never depend on it.
+CASE_THREADS = 2
+
+
+def case_threads() -> int:
+    """:data:`CASE_THREADS`, or OMP_NUM_THREADS when that is smaller."""
+    try:
+        limit = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        limit = CASE_THREADS
+    return max(1, min(CASE_THREADS, limit))
+
+
+def side_by_side(job, arguments: list[tuple]) -> list:
+    """``job(*args)`` for each argument tuple, in :func:`case_threads` threads (NumPy, SciPy
+    and zlib release the GIL in their loops); results in the arguments' order, the first
+    failure (in that order) raised."""
+    threads = min(case_threads(), len(arguments))
+    if threads <= 1:
+        return [job(*args) for args in arguments]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda args: job(*args), arguments))
 
 
 @contextlib.contextmanager

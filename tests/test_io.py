@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -230,7 +231,9 @@ def test_a_background_image_write_that_fails_is_an_error_at_commit_and_leaves_no
     def full_disk(img, filename):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(nib, "save", full_disk)
+    import mstools.io as io
+
+    monkeypatch.setattr(io, "_save_nifti", full_disk)
     before = set(os.listdir(tmp_path))
     with pytest.raises(InputError) as error:
         with OutputBatch() as out:
@@ -249,3 +252,62 @@ def test_a_missing_output_folder_is_fine_only_for_writers_that_create_it(tmp_pat
     with pytest.raises(InputError, match="is a file"):
         check_writable(tmp_path / "file" / "sub" / "x.nii.gz", create_dirs=True)
     assert not (tmp_path / "new").exists()          # checking creates nothing
+
+
+def test_written_images_are_nibabel_files_and_a_stage_reads_back_what_the_last_one_wrote(tmp_path, write_nifti):
+    """Images are gzip-compressed by mstools (run-length strategy) with nibabel's exact layout;
+    the voxels and sha256 of a file written in this process are remembered, and equal what a
+    fresh read and a fresh hash give; a file changed afterwards is read and hashed again."""
+    import hashlib
+
+    import mstools.io as io
+
+    ref = read_image(write_nifti("ref.nii.gz", np.zeros((5, 6, 7), np.float32)))
+    rng = np.random.default_rng(0)
+    images = {"score.nii.gz": (rng.normal(size=(5, 6, 7)).astype(np.float32), np.float32, read_image),
+              "mask.nii.gz": ((rng.random((5, 6, 7)) > 0.7).astype(np.uint8), np.uint8, read_mask),
+              "labels.nii.gz": (rng.integers(0, 9, (5, 6, 7)).astype(np.int32), np.int32, read_labels),
+              "mask_as_float.nii.gz": ((rng.random((5, 6, 7)) > 0.5).astype(np.uint8), np.uint8, read_image),
+              "plain.nii": (rng.normal(size=(5, 6, 7)).astype(np.float32), np.float32, read_image)}
+    with OutputBatch() as out:
+        for name, (data, dtype, _) in images.items():
+            out.image(tmp_path / name, data, ref, dtype)
+    kept = {Path(key[0]).name for key in io._decoded}
+    assert {name for name in images if name.endswith(".gz")} <= kept and "plain.nii" not in kept
+    for name, (data, dtype, reader) in images.items():
+        path = tmp_path / name
+        nib.save(io.derived_nifti(data, ref, dtype), tmp_path / f"nib_{name}")
+        ours, theirs = path.read_bytes(), (tmp_path / f"nib_{name}").read_bytes()
+        if name.endswith(".gz"):
+            ours, theirs = gzip.decompress(ours), gzip.decompress(theirs)
+        assert ours == theirs
+        remembered, digest = reader(path).data, io.sha256(path)
+        io._decoded.clear()
+        io._digests.clear()
+        fresh = reader(path).data
+        assert remembered.dtype == fresh.dtype and np.array_equal(remembered, fresh)
+        assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    path = tmp_path / "score.nii.gz"
+    before = io.sha256(path)
+    read_image(path)
+    nib.save(nib.Nifti1Image(np.full((5, 6, 7), 3, np.float32), ref.affine), path)
+    assert (read_image(path).data == 3).all() and io.sha256(path) != before
+
+
+def test_read_grid_gives_an_images_geometry_without_its_voxels(tmp_path, write_nifti):
+    """The grid and header equal a full read's; the voxels are a read-only zero placeholder
+    (never decoded: a file whose voxel data is cut short still gives its grid); 4D is refused."""
+    from mstools.io import read_grid
+
+    path = write_nifti("scan.nii.gz", np.arange(60, dtype=np.float32).reshape(3, 4, 5) + 1)
+    full, grid = read_image(path), read_grid(path)
+    assert grid.shape == full.shape and np.array_equal(grid.affine, full.affine)
+    assert grid.header.get_qform(coded=True)[1] == full.header.get_qform(coded=True)[1]
+    assert not grid.data.any() and not grid.data.flags.writeable and grid.data.strides == (0, 0, 0)
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(gzip.decompress(path.read_bytes())[:400])
+    assert read_grid(cut).shape == (3, 4, 5)
+    with pytest.raises(InputError):
+        read_image(cut)
+    with pytest.raises(InputError, match="3D image was expected"):
+        read_grid(write_nifti("series.nii.gz", np.zeros((3, 4, 5, 2), np.float32)))

@@ -14,8 +14,8 @@ from mstools.preprocess.bias_field import correct_bias
 from mstools.preprocess.harmonise import harmonise, linear_fit, relative_difference_std
 from mstools.preprocess.qc import qc_png
 from mstools.preprocess import pipeline as pipeline_module
-from mstools.preprocess.rigid import (Grid, common_grid, crop_to_boxes, half_transform, resample, resample_mask,
-                                      rotation_angle_deg)
+from mstools.preprocess.rigid import (Grid, common_grid, crop_to_boxes, half_transform, mask_bounds, resample,
+                                      resample_mask, rotation_angle_deg)
 from mstools.simulate import SimulationConfig, simulate_case
 from tests.conftest import oblique_affine
 
@@ -300,3 +300,18 @@ def test_common_grid_of_a_pair_with_a_2d_scan_is_1mm_isotropic_else_the_scans_ow
     # 3D scans: their own voxel size when they share it (in any axis order), else the finest edge
     assert _default_spacing(grid((1.0, 1.0, 1.2)), grid((1.2, 1.0, 1.0), swapped)) == (1.0, 1.0, 1.2)
     assert _default_spacing(grid((1.0, 1.0, 1.0)), grid((0.9, 0.9, 1.0))) == (0.9, 0.9, 0.9)
+
+
+def test_mask_bounds_are_the_box_of_the_listed_voxels():
+    """The projection box equals argwhere's min/max on hand-made masks (one voxel, a corner,
+    scattered voxels of several values, a bool mask) and is None for an empty one."""
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((4, 5, 6), np.uint8), np.zeros((7, 3, 5), bool), (rng.random((9, 8, 7)) > 0.97) * 3]
+    masks[0][2, 0, 5] = 1
+    masks[1][6, 2, 4] = True
+    masks[1][0, 1, 0] = True
+    for mask in masks:
+        index = np.argwhere(mask)
+        first, last = mask_bounds(mask)
+        assert first.tolist() == index.min(0).tolist() and last.tolist() == index.max(0).tolist()
+    assert mask_bounds(np.zeros((3, 3, 3), np.uint8)) is None

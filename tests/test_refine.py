@@ -309,6 +309,27 @@ def test_numpy_tree_reader_matches_lightgbm_with_missing_values():
         TreeEnsemble.from_text(booster.model_to_string().replace("objective=binary", "objective=regression"))
 
 
+def test_the_packaged_model_walked_in_chunks_side_by_side_equals_one_walk_and_lightgbm(monkeypatch):
+    """Rows split over threads keep each row's sum of leaves (bit for bit); NaN features of a
+    tree whose splits have no missing type are read as 0, as LightGBM reads them."""
+    import lightgbm as lgb
+
+    from mstools.candidates.refine.trees import _CHUNK_ROWS, TreeEnsemble
+    from mstools.models import packaged_model
+
+    text = packaged_model("refine").read_text()
+    ensemble = TreeEnsemble.from_text(text)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2 * _CHUNK_ROWS + 7, len(ensemble.feature_names)))
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = 0.0
+    chunked = ensemble.raw(x)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert np.array_equal(chunked, ensemble.raw(x))
+    booster = lgb.Booster(model_str=text)
+    np.testing.assert_allclose(ensemble.predict(x), booster.predict(x), rtol=0, atol=1e-12)
+
+
 def test_context_box_widths_are_pinned_for_the_packaged_model():
     # changing these silently changes what the packaged model's features mean
     assert ft._box_width(3.0, np.array([1.0, 0.9, 2.5])).tolist() == [5, 5, 3]

@@ -96,8 +96,11 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     check_outputs([output / name for name in names], inputs=inputs, force=force)
     check_outputs([output / name for name in others], inputs=inputs, force=force, sidecars=False)
 
-    base = read_scan(baseline)
-    follow = read_scan(followup)
+    # the two scans decoded side by side (zlib releases the GIL); the baseline's error first
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        base, follow = pool.map(read_scan, (baseline, followup))
     masks = {}
     for key, path, scan in (("baseline_mask", baseline_mask, base), ("followup_mask", followup_mask, follow)):
         if path is not None:
@@ -173,7 +176,7 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     import numpy as np
 
     from mstools.detections import add_image
-    from mstools.io import OutputBatch, read_image, read_labels, read_transform
+    from mstools.io import OutputBatch, read_grid, read_image, read_labels, read_transform
     from mstools.preprocess.rigid import grid_of, resample
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
@@ -182,7 +185,7 @@ def apply_transform_job(image: Path, transform: Path, reference: Path, output: P
     if inverse:
         matrix = np.linalg.inv(matrix)
     source = read_image(image)
-    target = read_image(reference)
+    target = read_grid(reference)     # only its grid and header are used
     integer = source.header.get_data_dtype().kind in "iub" and np.array_equal(source.data, np.round(source.data))
     binary = integer and bool(np.isin(np.unique(source.data), (0, 1)).all())
     method = interpolation

@@ -360,18 +360,22 @@ def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> Non
 
 
 def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> dict:
-    """The final mask and labels carried back onto the raw follow-up's own grid."""
+    """The final mask and labels carried back onto the raw follow-up's own grid (side by side:
+    each is a resampling onto the raw grid and a compression)."""
     from mstools.jobs.preprocess import TRANSFORM_FOLLOWUP, apply_transform_job
+    from mstools.parallel import side_by_side
 
-    written = {}
-    for kind in ("mask", "labels"):
-        source = run_dir / f"{rl.FINAL_PREFIX}_{kind}.nii.gz"
-        target = run_dir / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz"
-        _call("preprocess", lambda: apply_transform_job(
-            source, run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP, Path(case.followup), target, inverse=True,
-            force=True), verbose=verbose, command="apply-transform")
-        written[kind] = target.name
-    return written
+    kinds = ("mask", "labels")
+    targets = {kind: run_dir / f"{rl.FINAL_PREFIX}_{kind}{rl.NATIVE_SUFFIX}.nii.gz" for kind in kinds}
+
+    def carry(kind: str):
+        return apply_transform_job(run_dir / f"{rl.FINAL_PREFIX}_{kind}.nii.gz",
+                                   run_dir / rl.CASE_DIR / TRANSFORM_FOLLOWUP, Path(case.followup), targets[kind],
+                                   inverse=True, force=True)
+
+    _call("preprocess", lambda: side_by_side(carry, [(kind,) for kind in kinds]), verbose=verbose,
+          command="apply-transform")
+    return {kind: targets[kind].name for kind in kinds}
 
 
 def _ground_truth(case: CaseInput, run_dir: Path) -> Optional[Path]:

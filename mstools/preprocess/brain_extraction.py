@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from mstools.errors import InputError
+from mstools.preprocess.rigid import mask_bounds
 
 #: Erosion radius (mm) that separates the brain from scalp and fat before the largest
 #: component is taken, and the dilation radius that restores its size. The skull
@@ -105,9 +106,10 @@ def otsu_brain_mask(data: np.ndarray, spacing_mm, *, erosion_mm: float = OTSU_ER
     for axis in range(3):
         grown = np.repeat(grown, step[axis], axis=axis)
     mask = grown[: data.shape[0], : data.shape[1], : data.shape[2]] & foreground
-    box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask)) if mask.any() else None
-    if box is None:
+    bounds = mask_bounds(mask)
+    if bounds is None:
         return np.zeros(data.shape, dtype=np.uint8)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(*bounds))
     inner = ndimage.binary_closing(mask[box], structure=ndimage.generate_binary_structure(3, 1), iterations=1,
                                    border_value=0)
     inner = fill_holes(inner)

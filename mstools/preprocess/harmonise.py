@@ -89,8 +89,10 @@ def landmark_map(followup: np.ndarray, baseline: np.ndarray, mask: np.ndarray,
     out = np.interp(image, f_marks, b_marks)
     low_slope = (b_marks[1] - b_marks[0]) / (f_marks[1] - f_marks[0])
     high_slope = (b_marks[-1] - b_marks[-2]) / (f_marks[-1] - f_marks[-2])
-    out = np.where(image < f_marks[0], b_marks[0] + (image - f_marks[0]) * low_slope, out)
-    out = np.where(image > f_marks[-1], b_marks[-1] + (image - f_marks[-1]) * high_slope, out)
+    # the outer segments' lines at the voxels beyond the landmarks only (no whole-volume temporaries)
+    low, high = image < f_marks[0], image > f_marks[-1]
+    out[low] = b_marks[0] + (image[low] - f_marks[0]) * low_slope
+    out[high] = b_marks[-1] + (image[high] - f_marks[-1]) * high_slope
     return out.astype(np.float32)
 
 

@@ -238,18 +238,20 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     # 2. brain masks
     say("brain extraction")
     start, cpu = time.perf_counter(), time.process_time()
-    masks = []
-    for data, affine, given, name, key in ((baseline, baseline_affine, baseline_mask, names[0], "baseline"),
-                                           (followup, followup_affine, followup_mask, names[1], "followup")):
+    def extracted(data, affine, given):
         if given is not None:
-            mask = (np.asarray(given) > 0).astype(np.uint8)
-            source = "given"
-        elif options.brain_extraction == "none":
-            mask = np.ones(np.shape(data), dtype=np.uint8)
-            source = "none"
-        else:
-            mask = bet.brain_mask(data, affine, method=options.brain_extraction)
-            source = options.brain_extraction
+            return (np.asarray(given) > 0).astype(np.uint8), "given"
+        if options.brain_extraction == "none":
+            return np.ones(np.shape(data), dtype=np.uint8), "none"
+        return bet.brain_mask(data, affine, method=options.brain_extraction), options.brain_extraction
+
+    pairs = ((baseline, baseline_affine, baseline_mask), (followup, followup_affine, followup_mask))
+    # Otsu masks (NumPy/SciPy, which release the GIL) of the two scans side by side; deepbet's
+    # network already takes both cores
+    extract_both = _both if options.brain_extraction == "otsu" else (lambda job, args: [job(*a) for a in args])
+    masks = []
+    for (mask, source), (data, affine, _), name, key in zip(extract_both(extracted, list(pairs)), pairs, names,
+                                                           ("baseline", "followup")):
         if source != "none":
             bet.check_brain_mask(mask, affine, name=name)
         masks.append(mask)
