@@ -333,6 +333,8 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: put through `preprocess`), the chain on 32 validation cases reached F1 0.587, LTPR 0.549,
 #: LFPR 0.168, Dice 0.581, against 0.529 / 0.497 / 0.200 / 0.558 with the core rule and
 #: models retrained the same way (the card of mstools/models/refine/default.txt).
+#: Both models retrained 2026-12-07 on 108 cases (benchmarks/retrain_mixed_domain.sh) with these
+#: overrides unchanged: 33 validation cases F1 0.579 -> 0.613, Dice 0.575 -> 0.623 (the cards).
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
     "subtract": {"k": 2.5, "core_mm": 0.0},
     "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
