@@ -87,20 +87,27 @@ def load_case(folder: Path, config, *, validation: bool = False, lesion_maps: Op
 
 
 
-def load_multisequence_case(folder: Path, config):
-    """A two-time-point case folder with whichever T1/T2 it holds, as a multi-sequence training case."""
-    from mstools.case import read_sequences
-    from mstools.detect.deep.multisequence import prepare_multisequence_case
+def _read_labelled_pair(folder: Path):
+    """Both FLAIRs and the new-lesion truth of a two-time-point case folder, checked on one grid."""
     from mstools.io import check_same_grid, read_image, read_mask
 
-    if not layout.is_longitudinal_case(folder):
-        raise InputError(f"{folder}: multiseq learns from two-time-point cases only (new-lesion truth); "
-                         "remove single-time-point folders from its training data")
     baseline = read_image(folder / layout.BASELINE)
     followup = read_image(folder / layout.FOLLOWUP)
     truth = read_mask(folder / layout.GROUND_TRUTH)
     check_same_grid(baseline, followup)
     check_same_grid(baseline, truth)
+    return baseline, followup, truth
+
+
+def load_multisequence_case(folder: Path, config):
+    """A two-time-point case folder with whichever T1/T2 it holds, as a multi-sequence training case."""
+    from mstools.case import read_sequences
+    from mstools.detect.deep.multisequence import prepare_multisequence_case
+
+    if not layout.is_longitudinal_case(folder):
+        raise InputError(f"{folder}: multiseq learns from two-time-point cases only (new-lesion truth); "
+                         "remove single-time-point folders from its training data")
+    baseline, followup, truth = _read_labelled_pair(folder)
     seq = read_sequences(layout.sequence_files(folder), baseline)
 
     def pair(sequence):
@@ -114,7 +121,6 @@ def load_cascade_case(folder: Path, config, lesion_maps: Optional[tuple[Path, Pa
     """A two-time-point case folder with both visits' all-lesion masks (binary, on the case grid:
     checked) as a cascade training or validation case on the model grid."""
     from mstools.detect.deep.cascade import prepare_cascade_case, prepare_cascade_validation
-    from mstools.io import check_same_grid, read_image, read_mask
     from mstools.jobs.segment import read_lesion_maps
 
     if not layout.is_longitudinal_case(folder):
@@ -123,11 +129,7 @@ def load_cascade_case(folder: Path, config, lesion_maps: Optional[tuple[Path, Pa
     if lesion_maps is None:
         raise InputError(f"{folder}: no all-lesion maps; --model {config.model} reads both visits' maps of every "
                          "case: give --lesions SOURCE (or the manifest columns baseline_lesions and followup_lesions)")
-    baseline = read_image(folder / layout.BASELINE)
-    followup = read_image(folder / layout.FOLLOWUP)
-    truth = read_mask(folder / layout.GROUND_TRUTH)
-    check_same_grid(baseline, followup)
-    check_same_grid(baseline, truth)
+    baseline, followup, truth = _read_labelled_pair(folder)
     maps = tuple(m.data for m in read_lesion_maps(lesion_maps, baseline, model=config.model))
     prepare = prepare_cascade_validation if validation else prepare_cascade_case
     return prepare(folder.name, baseline.data, followup.data, truth.data, maps, spacing_mm=baseline.spacing_mm,
