@@ -804,18 +804,19 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     as a 4x4 RAS point transform (output point -> input point, ITK's convention)."""
     import SimpleITK as sitk
 
-    from mstools.sitk_bridge import transform_matrix
+    from mstools.sitk_bridge import ITK_LOCK, transform_matrix
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: transform file not found; check the path")
-    try:
-        transform = sitk.ReadTransform(str(p))
-        matrix = transform_matrix(transform)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable linear ITK transform ({_one_line(exc)}); "
-                         "give a .tfm written by mstools preprocess (or another rigid/affine ITK transform)") from exc
-    _check_transform_text(p, transform)
+    with ITK_LOCK:
+        try:
+            transform = sitk.ReadTransform(str(p))
+            matrix = transform_matrix(transform)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"{p}: not a readable linear ITK transform ({_one_line(exc)}); "
+                             "give a .tfm written by mstools preprocess (or another rigid/affine ITK transform)") from exc
+        _check_transform_text(p, transform)
     if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
         raise InputError(f"{p}: transform is singular or not finite; give a rigid or affine transform")
     return matrix

@@ -9,10 +9,20 @@ the two conventions. No file I/O here (``mstools/io.py`` owns files).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 #: RAS <-> LPS: negate the first two world axes (the same matrix both ways).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+#: Held around every call into SimpleITK that may run on a worker thread (preprocess's two
+#: scans side by side, run's carry-back of the final maps). SimpleITK is not safe to enter
+#: from two Python threads at once: its IO factories are created on first use without a
+#: lock (SimpleITK issues #74 and #805: concurrent reads crash about once in 100 runs), and a
+#: ``run`` on raw scans aborted once at exit with "double free or corruption" after two
+#: threads read their transforms together. ITK's own threads still share each filter's work.
+ITK_LOCK = threading.RLock()
 
 #: Largest deviation of a normalised affine from an orthonormal matrix accepted. ITK
 #: images cannot carry shear; scanner affines are orthonormal to float32 rounding.
@@ -55,11 +65,12 @@ def to_sitk(data: np.ndarray, affine: np.ndarray):
         raise ValueError(f"a 3D array was expected, got shape {data.shape}")
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
     spacing, origin, direction = affine_to_geometry(affine)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
+    with ITK_LOCK:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
     return image
 
 
@@ -67,9 +78,10 @@ def from_sitk(image) -> tuple[np.ndarray, np.ndarray]:
     """(array with axes i, j, k, NIfTI affine) of a SimpleITK image."""
     import SimpleITK as sitk
 
-    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return np.ascontiguousarray(data), geometry_to_affine(image.GetSpacing(), image.GetOrigin(),
-                                                          image.GetDirection())
+    with ITK_LOCK:
+        data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        geometry = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    return np.ascontiguousarray(data), geometry_to_affine(*geometry)
 
 
 def world_to_lps(matrix_ras: np.ndarray) -> np.ndarray:

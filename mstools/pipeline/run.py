@@ -361,7 +361,7 @@ def _carry_ground_truth(case: CaseInput, run_dir: Path, *, verbose: bool) -> Non
 
 def _carry_final_to_native(case: CaseInput, run_dir: Path, *, verbose: bool) -> dict:
     """The final mask and labels carried back onto the raw follow-up's own grid (side by side:
-    each is a resampling onto the raw grid and a compression)."""
+    each is a resampling onto the raw grid, in ITK one at a time, and a compression)."""
     from mstools.jobs.preprocess import TRANSFORM_FOLLOWUP, apply_transform_job
     from mstools.parallel import side_by_side
 

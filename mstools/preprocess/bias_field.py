@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mstools.sitk_bridge import to_sitk
+from mstools.sitk_bridge import ITK_LOCK, to_sitk
 
 #: Cabezas et al. (paper 001): 400 iterations at each of 3 resolution levels.
 N4_ITERATIONS = 400
@@ -38,11 +38,12 @@ def correct_bias(data: np.ndarray, affine: np.ndarray, *, mask: np.ndarray | Non
     mask_image = to_sitk(np.asarray(mask, dtype=np.uint8), affine)
     spacing = np.asarray(image.GetSpacing())
     factors = [int(max(1, min(shrink_factor, MAX_SHRUNK_SPACING_MM // s))) for s in spacing]
-    small = sitk.Shrink(image, factors)
-    small_mask = sitk.Shrink(mask_image, factors)
-    n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations([int(iterations)] * int(levels))
-    n4.Execute(small, small_mask)
-    log_field = n4.GetLogBiasFieldAsImage(image)
-    field = np.exp(sitk.GetArrayFromImage(log_field).transpose(2, 1, 0)).astype(np.float32)
+    with ITK_LOCK:
+        small = sitk.Shrink(image, factors)
+        small_mask = sitk.Shrink(mask_image, factors)
+        n4 = sitk.N4BiasFieldCorrectionImageFilter()
+        n4.SetMaximumNumberOfIterations([int(iterations)] * int(levels))
+        n4.Execute(small, small_mask)
+        log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(image))
+    field = np.exp(log_field.transpose(2, 1, 0)).astype(np.float32)
     return (data / field).astype(np.float32), field

@@ -173,7 +173,8 @@ def _into_common(points: np.ndarray, to_scan: np.ndarray) -> np.ndarray:
 
 
 def _both(job: Callable, arguments: list[tuple]) -> list:
-    """``job`` on each argument tuple, in two threads (ITK and NumPy release the GIL)."""
+    """``job`` on each argument tuple, in two threads (NumPy releases the GIL; SimpleITK calls
+    take turns under :data:`mstools.sitk_bridge.ITK_LOCK`, each filter using ITK's own threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -270,7 +271,7 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
             data, _ = correct_bias(data, affine, mask=mask, shrink_factor=options.n4_shrink)
         return data
 
-    # ITK's N4 and B-spline resampling use about one core each: the two scans go side by side
+    # the two scans side by side: their NumPy parts overlap, their N4 fits take turns (ITK_LOCK)
     corrected = _both(bias_corrected, [(baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])])
     seconds["bias_correction"] = time.perf_counter() - start
     cpu_seconds["bias_correction"] = time.process_time() - cpu

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstools.sitk_bridge import affine_transform, geometry_to_affine, to_sitk, affine_to_geometry
+from mstools.sitk_bridge import ITK_LOCK, affine_transform, affine_to_geometry, geometry_to_affine, to_sitk
 
 #: Coarse-to-fine pyramid: the voxel size (mm) targeted at each level; the shrink factor
 #: of each level is this size over the image's finest voxel edge (at least 1). A last
@@ -320,10 +320,11 @@ def resample(data: np.ndarray, affine: np.ndarray, grid: Grid, transform: np.nda
     source = to_sitk(data.astype(np.float32) if interpolation != "nearest" else data, affine)
     spacing, origin, direction = affine_to_geometry(grid.affine)
     method = {"smooth": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-    out = sitk.Resample(source, [int(v) for v in grid.shape], affine_transform(transform),
-                        method[interpolation], origin, spacing, direction, float(fill),
-                        source.GetPixelID())
-    array = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+    with ITK_LOCK:
+        out = sitk.Resample(source, [int(v) for v in grid.shape], affine_transform(transform),
+                            method[interpolation], origin, spacing, direction, float(fill),
+                            source.GetPixelID())
+        array = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
     if interpolation == "smooth" and data.size:
         array = np.clip(array, min(float(data.min()), fill), max(float(data.max()), fill))
     return np.ascontiguousarray(array)
