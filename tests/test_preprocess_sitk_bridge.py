@@ -97,3 +97,43 @@ def test_transform_file_round_trip_and_errors(tmp_path):
     (tmp_path / "singular.tfm").write_text(transform_text(singular))
     with pytest.raises(InputError, match="singular"):
         read_transform(tmp_path / "singular.tfm")
+
+
+def test_simpleitk_is_entered_by_one_thread_at_a_time(tmp_path, monkeypatch):
+    """run carries its final mask and labels back in two threads, each reading the transform:
+    SimpleITK's readers are not thread-safe (a run aborted at exit with "double free"), so two
+    read_transform calls side by side must never be inside SimpleITK together."""
+    import threading
+    import time
+
+    from mstools.parallel import side_by_side
+    from mstools.preprocess.rigid import grid_of, resample
+
+    path = tmp_path / "t.tfm"
+    path.write_text(transform_text(np.eye(4)))
+    inside, most, lock = [0], [0], threading.Lock()
+    real_read, real_resample = sitk.ReadTransform, sitk.Resample
+
+    def counted(real):
+        def call(*args, **kwargs):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.1)        # long enough for the other thread to come in if it can
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    inside[0] -= 1
+        return call
+
+    monkeypatch.setattr(sitk, "ReadTransform", counted(real_read))
+    monkeypatch.setattr(sitk, "Resample", counted(real_resample))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    data = np.zeros((4, 4, 4), np.float32)
+
+    def carry(_):
+        return resample(data, np.eye(4), grid_of((4, 4, 4), np.eye(4)), read_transform(path), interpolation="linear")
+
+    results = side_by_side(carry, [(0,), (1,)])
+    assert len(results) == 2 and most[0] == 1
