@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from mstools_cli.main import app
 from mstools import case_layout as layout
 from mstools.datasets import open_ms_data as omd
+from mstools.errors import InputError
 from tests.conftest import oblique_affine, save_nifti
 
 runner = CliRunner()
@@ -194,18 +195,24 @@ def test_increase_only_keeps_the_brightening_component(clone):
 
 def test_increase_only_on_hand_made_arrays():
     change = np.zeros((6, 6, 6), dtype=np.uint8)
-    change[0:2, 0:2, 0:2] = 1           # 8 voxels, brighter at follow-up
+    change[0:2, 0:2, 0:2] = 1           # 8 voxels, brighter at follow-up, brighter than the brain
     change[4:6, 4:6, 4] = 1             # 4 voxels, darker at follow-up
+    change[0:3, 5, 5] = 1               # 3 voxels, brighter at follow-up but darker than the brain
     baseline = np.full(change.shape, 10.0)
     followup = np.full(change.shape, 20.0)  # another scale: normalised by the brain medians
     followup[0:2, 0:2, 0:2] = 30.0
     followup[4:6, 4:6, 4] = 12.0
+    baseline[0:3, 5, 5], followup[0:3, 5, 5] = 5.0, 16.0     # 0.5 -> 0.8 of the brain's median
     brain = np.ones(change.shape, dtype=bool)
     truth, records = omd.increase_only(change, baseline, followup, brain)
-    assert int(truth.sum()) == 8 and truth[0, 0, 0] == 1 and truth[5, 5, 4] == 0
-    assert [(r["voxels"], r["kind"], r["mean_difference"]) for r in records] == [(8, "increase", 0.5),
-                                                                               (4, "decrease", -0.4)]
-    assert change.sum() == 12  # input untouched
+    assert int(truth.sum()) == 8 and truth[0, 0, 0] == 1 and truth[5, 5, 4] == 0 and truth[0, 5, 5] == 0
+    assert [(r["voxels"], r["kind"], r["mean_difference"], r["followup_mean"]) for r in records] == [
+        (8, "increase", 0.5, 1.5), (3, "not_hyperintense", 0.3, 0.8), (4, "decrease", -0.4, 0.6)]
+    brightening, _ = omd.increase_only(change, baseline, followup, brain, rule="brightening")
+    assert int(brightening.sum()) == 11 and brightening[0, 5, 5] == 1 and brightening[5, 5, 4] == 0
+    assert change.sum() == 15  # input untouched
+    with pytest.raises(InputError, match="unknown increase rule"):
+        omd.increase_only(change, baseline, followup, brain, rule="bigger")
 
 
 def test_available_patients_are_those_with_both_raw_flairs(clone):
@@ -240,10 +247,11 @@ def test_writes_the_case_folder_on_the_common_grid(clone, tmp_path):
         assert sidecar["command"] == "import-open-ms"
     np.testing.assert_array_equal(values(folder / layout.GROUND_TRUTH), ball(BALL_BRIGHTENS))
     rows = (folder / "change_components.tsv").read_text().splitlines()
-    assert rows[0] == "component\tvoxels\tmean_difference\tkind" and len(rows) == 3
-    assert sorted(r.split("\t")[3] for r in rows[1:]) == ["decrease", "increase"]
+    assert rows[0] == "component\tvoxels\tmean_difference\tfollowup_mean\tkind" and len(rows) == 3
+    assert sorted(r.split("\t")[4] for r in rows[1:]) == ["decrease", "increase"]
     source = json.loads((folder / "source.json").read_text())
     assert source["held_out"] is False and source["patient"] == "01" and source["increase_components"] == 1
+    assert source["increase_rule"] == "lesion-tissue"
     attribution = (folder / "ATTRIBUTION.txt").read_text()
     assert "CC-BY" in attribution and "Lesjak" in attribution
     assert sorted(p.name for p in out.iterdir()) == ["patient01"]
@@ -334,6 +342,18 @@ def test_bad_clone_is_one_line_and_no_output(clone, tmp_path, damage, message):
     assert lines[-1].startswith("mstools import-open-ms: error: ") and message in lines[-1]
     assert not any(line.startswith(("Traceback", "  File")) for line in lines)
     assert result.stdout == "" and not out.exists()
+
+
+def test_increase_rule_is_checked_and_the_old_rule_kept(clone, tmp_path):
+    out = tmp_path / "real"
+    result = runner.invoke(app, ["import-open-ms", str(clone), "-o", str(out), "--increase-rule", "bigger"])
+    assert result.exit_code == 1 and "--increase-rule 'bigger': choose one of lesion-tissue, brightening" in result.stderr
+    assert not out.exists()
+    result = runner.invoke(app, ["import-open-ms", str(clone), "-o", str(out), "-p", "01", "--increase-rule",
+                                 "brightening"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "patient01" / "source.json").read_text())["increase_rule"] == "brightening"
+    np.testing.assert_array_equal(values(out / "patient01" / layout.GROUND_TRUTH), ball(BALL_BRIGHTENS))
 
 
 def test_stub_patient_is_not_available(clone):

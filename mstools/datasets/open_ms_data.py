@@ -22,10 +22,21 @@ inside the brain mask, this composition vs the inverse intra-study transform: T1
 
 The change mask marks increases *and* decreases with one label. A new-lesion tool is
 judged on increases (new or enlarging lesion tissue), so :func:`increase_only` keeps a
-connected change component when the follow-up is brighter than the baseline inside
-it: the mean over the component of follow-up minus baseline, each divided by its
-median inside the brain, must be above 0. On development patient 01 this splits 13
-components into 8 increases (mean +0.12 to +0.45) and 5 decreases (-0.05 to -0.16).
+connected change component when, with each scan divided by its median inside the brain,
+
+* the follow-up is brighter than the baseline inside it (mean of follow-up minus baseline
+  above 0), and
+* it is lesion tissue at follow-up: FLAIR lesions are hyperintense, so its follow-up mean is
+  above the brain's median (above 1; ``rule="lesion-tissue"``, the default since 2026-12-07).
+
+On development patient 01 the 13 components split into 5 decreases (mean difference -0.05 to
+-0.16), 5 increases that are lesion tissue at follow-up (difference +0.16 to +0.45, follow-up
+mean 1.08 to 1.36) and 3 that brighten but stay darker than the brain (difference +0.12 to
++0.18, follow-up mean 0.85 to 0.92, baseline 0.72 to 0.74): those three (94, 123 and 42
+voxels, along the ventricles) are not hyperintense on the follow-up's T2W either (median z
++0.02, -0.25, +0.17 in the brain against +0.28 to +1.32 for the others' largest), so they are
+not new lesion tissue a FLAIR (or T2) tool could see. ``rule="brightening"`` is the rule
+before 2026-12-07 (the first condition only: 8 increases on patient 01).
 
 References: Lesjak Z, Pernus F, Likar B, Spiclin Z. Validation of white-matter lesion
 change detection methods on a novel publicly available MRI image database.
@@ -56,7 +67,8 @@ ATTRIBUTION = (
     "detection methods on a novel publicly available MRI image database. Neuroinformatics (2016).\n"
     "Changes made by mstools: both raw FLAIRs resampled (linear) onto the database's common grid\n"
     "with its own transforms (T1W/T2W, where stored, through their intra-study transforms too);\n"
-    "ground_truth.nii.gz = the increase components of the change mask.\n"
+    "ground_truth.nii.gz = the increase components of the change mask (the rule: source.json's\n"
+    "increase_rule; each component's kind: change_components.tsv).\n"
 )
 
 #: The database's names of the optional sequences (mstools.case_layout.OPTIONAL_SEQUENCES).
@@ -168,15 +180,26 @@ def available_patients(clone: str | os.PathLike) -> list[str]:
     return [p for p in patients if _raw_flairs_stored(clone, p)]
 
 
+#: How :func:`increase_only` separates new or enlarging lesion tissue from other changes.
+INCREASE_RULES = ("lesion-tissue", "brightening")
+
+#: Follow-up mean (scan divided by its median in the brain) above which a brightening change
+#: component is lesion tissue: the brain's median itself (FLAIR lesions are hyperintense).
+LESION_TISSUE_FOLLOWUP_MEAN = 1.0
+
+
 def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray,
-                  brain: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-    """The change components where the follow-up is brighter (see the module docstring).
+                  brain: np.ndarray, *, rule: str = "lesion-tissue") -> tuple[np.ndarray, list[dict]]:
+    """The change components that are new or enlarging lesion tissue (see the module docstring).
 
     Returns the increase mask (uint8) and one record per component (voxels, mean
-    normalised difference, kind ``increase`` or ``decrease``).
+    normalised difference, follow-up mean, kind ``increase``, ``decrease`` or
+    ``not_hyperintense``: brighter than at baseline but darker than the brain at follow-up).
     """
     from mstools.lesions import label_components
 
+    if rule not in INCREASE_RULES:
+        raise InputError(f"unknown increase rule {rule!r}; choose one of {', '.join(INCREASE_RULES)}")
     brain = brain > 0
     if not brain.any():
         raise InputError("the brain mask is empty; the increase/decrease split needs the brain's intensities")
@@ -187,11 +210,15 @@ def increase_only(change: np.ndarray, baseline: np.ndarray, followup: np.ndarray
         return np.zeros(change.shape, dtype=np.uint8), []
     index = np.arange(1, count + 1)
     means = np.asarray(ndimage.mean(f - b, labels, index))
+    followup_means = np.asarray(ndimage.mean(f, labels, index))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    increases = index[means > 0]
+    tissue = followup_means > LESION_TISSUE_FOLLOWUP_MEAN
+    kinds = np.where(means <= 0, "decrease", np.where(tissue, "increase", "not_hyperintense"))
+    kept = (means > 0) & (tissue if rule == "lesion-tissue" else True)
     records = [{"component": int(n), "voxels": int(s), "mean_difference": round(float(m), 4),
-                "kind": "increase" if m > 0 else "decrease"} for n, s, m in zip(index, sizes, means)]
-    return np.isin(labels, increases).astype(np.uint8), records
+                "followup_mean": round(float(fm), 4), "kind": str(k)}
+               for n, s, m, fm, k in zip(index, sizes, means, followup_means, kinds)]
+    return np.isin(labels, index[kept]).astype(np.uint8), records
 
 
 def read_database_transform(path: Path) -> np.ndarray:
@@ -227,8 +254,9 @@ def resample_sequence(raw, reference, flair_transform: Path, intrastudy_transfor
     return resample(raw.data, raw.affine, grid, transform, interpolation="linear").astype(np.float32)
 
 
-def read_patient(found: LongitudinalPatient):
-    """(reference Image of the common grid, :class:`PatientCase`) for one located patient."""
+def read_patient(found: LongitudinalPatient, *, rule: str = "lesion-tissue"):
+    """(reference Image of the common grid, :class:`PatientCase`) for one located patient;
+    ``rule``: how the ground truth is separated from the change mask (:func:`increase_only`)."""
     from mstools.io import check_same_grid, read_image, read_mask
 
     brain = read_mask(found.brain_mask, allow_empty=False)
@@ -241,7 +269,7 @@ def read_patient(found: LongitudinalPatient):
         if float(np.mean(data[inside] > 0)) < 0.5:
             raise InputError(f"{found.patient}: the {name} FLAIR lands mostly outside the brain mask after its "
                              "transform; the clone's files do not belong together")
-    ground_truth, components = increase_only(change.data, baseline, followup, inside)
+    ground_truth, components = increase_only(change.data, baseline, followup, inside, rule=rule)
     sequences = {}
     for (sequence, visit), (scan, transform) in sorted(found.sequences.items()):
         flair_transform = (found.baseline_transform, found.followup_transform)[visit]
