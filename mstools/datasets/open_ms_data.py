@@ -33,9 +33,9 @@ On development patient 01 the 13 components split into 5 decreases (mean differe
 -0.16), 5 increases that are lesion tissue at follow-up (difference +0.16 to +0.45, follow-up
 mean 1.08 to 1.36) and 3 that brighten but stay darker than the brain (difference +0.12 to
 +0.18, follow-up mean 0.85 to 0.92, baseline 0.72 to 0.74): those three (94, 123 and 42
-voxels, along the ventricles) are not hyperintense on the follow-up's T2W either (median z
-+0.02, -0.25, +0.17 in the brain against +0.28 to +1.32 for the others' largest), so they are
-not new lesion tissue a FLAIR (or T2) tool could see. ``rule="brightening"`` is the rule
+voxels, along the ventricles) are not hyperintense on the follow-up's T2W either (median z in
+the brain +0.02, -0.25, +0.17; the five kept: +0.91, +0.28, +0.89, -0.15, +1.32), so they are
+not new lesion tissue a FLAIR tool could see. ``rule="brightening"`` is the rule
 before 2026-12-07 (the first condition only: 8 increases on patient 01).
 
 References: Lesjak Z, Pernus F, Likar B, Spiclin Z. Validation of white-matter lesion
