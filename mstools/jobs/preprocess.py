@@ -97,10 +97,9 @@ def preprocess_job(baseline: Path, followup: Path, output: Path,
     check_outputs([output / name for name in others], inputs=inputs, force=force, sidecars=False)
 
     # the two scans decoded side by side (zlib releases the GIL); the baseline's error first
-    from concurrent.futures import ThreadPoolExecutor
+    from mstools.parallel import side_by_side
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        base, follow = pool.map(read_scan, (baseline, followup))
+    base, follow = side_by_side(read_scan, [(baseline,), (followup,)])
     masks = {}
     for key, path, scan in (("baseline_mask", baseline_mask, base), ("followup_mask", followup_mask, follow)):
         if path is not None:

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from mstools.errors import InputError
+from mstools.parallel import side_by_side
 from mstools.preprocess import brain_extraction as bet
 from mstools.preprocess import harmonise as harm
 from mstools.preprocess.bias_field import SHRINK_FACTOR, correct_bias
@@ -172,15 +173,6 @@ def _into_common(points: np.ndarray, to_scan: np.ndarray) -> np.ndarray:
     return apply_affine(np.linalg.inv(to_scan), points)
 
 
-def _both(job: Callable, arguments: list[tuple]) -> list:
-    """``job`` on each argument tuple, in two threads (NumPy releases the GIL; SimpleITK calls
-    take turns under :data:`mstools.sitk_bridge.ITK_LOCK`, each filter using ITK's own threads)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: job(*args), arguments))
-
-
 def sequence_onto_grid(data: np.ndarray, affine: np.ndarray, flair: np.ndarray, flair_affine: np.ndarray,
                        flair_mask: np.ndarray, grid: Grid, to_flair: np.ndarray) -> tuple[np.ndarray, dict]:
     """A T1/T2 scan of one visit on the common grid: rigidly registered to that visit's FLAIR
@@ -249,7 +241,7 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     pairs = ((baseline, baseline_affine, baseline_mask), (followup, followup_affine, followup_mask))
     # Otsu masks (NumPy/SciPy, which release the GIL) of the two scans side by side; deepbet's
     # network already takes both cores
-    extract_both = _both if options.brain_extraction == "otsu" else (lambda job, args: [job(*a) for a in args])
+    extract_both = side_by_side if options.brain_extraction == "otsu" else (lambda job, args: [job(*a) for a in args])
     masks = []
     for (mask, source), (data, affine, _), name, key in zip(extract_both(extracted, list(pairs)), pairs, names,
                                                            ("baseline", "followup")):
@@ -271,8 +263,9 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
             data, _ = correct_bias(data, affine, mask=mask, shrink_factor=options.n4_shrink)
         return data
 
-    # the two scans side by side: their NumPy parts overlap, their N4 fits take turns (ITK_LOCK)
-    corrected = _both(bias_corrected, [(baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])])
+    # the two scans side by side: their NumPy parts overlap, their N4 fits take turns
+    # (SimpleITK calls hold mstools.sitk_bridge.ITK_LOCK; each filter uses ITK's own threads)
+    corrected = side_by_side(bias_corrected, [(baseline, baseline_affine, masks[0]), (followup, followup_affine, masks[1])])
     seconds["bias_correction"] = time.perf_counter() - start
     cpu_seconds["bias_correction"] = time.process_time() - cpu
 
@@ -327,9 +320,9 @@ def preprocess_pair(baseline: np.ndarray, baseline_affine: np.ndarray, followup:
     report["grid"] = {"shape": list(grid.shape), "spacing_mm": [round(s, 4) for s in grid.spacing_mm],
                       "affine": grid.affine.round(6).tolist(), "space": options.space}
 
-    images = _both(lambda data, affine, transform: _into(data, affine, grid, transform, kind="image"),
+    images = side_by_side(lambda data, affine, transform: _into(data, affine, grid, transform, kind="image"),
                    [(corrected[0], baseline_affine, to_baseline), (corrected[1], followup_affine, to_followup)])
-    moved_masks = _both(lambda mask, affine, transform: _into(mask, affine, grid, transform, kind="mask",
+    moved_masks = side_by_side(lambda mask, affine, transform: _into(mask, affine, grid, transform, kind="mask",
                                                               threshold=options.mask_threshold),
                         [(masks[0], baseline_affine, to_baseline), (masks[1], followup_affine, to_followup)])
     brain = bet.combine_masks(moved_masks[0], moved_masks[1], how=options.combine_masks)

@@ -61,6 +61,14 @@ def widen_state(state: dict) -> dict:
     return out
 
 
+def _check_map_shapes(maps, baseline: np.ndarray) -> None:
+    """ValueError unless every all-lesion map has the scans' shape."""
+    for m in maps:
+        if np.asarray(m).shape != np.asarray(baseline).shape:
+            raise ValueError(f"an all-lesion map of shape {np.asarray(m).shape} for scans of "
+                             f"{np.asarray(baseline).shape}")
+
+
 def maps_on_model_grid(maps, spacing_mm, config: ModelConfig) -> list[np.ndarray]:
     """Both all-lesion masks (on the scans' grid) on the model's grid: linear, then > 0.5 (uint8)."""
     on_grid = _to_model_grid([np.asarray(m, dtype=np.float32) for m in maps], spacing_mm, config, [1, 1])
@@ -77,10 +85,7 @@ class CascadeCase(TrainingCase):
 def prepare_cascade_case(name: str, baseline: np.ndarray, followup: np.ndarray, label: np.ndarray,
                          maps: tuple[np.ndarray, np.ndarray], *, spacing_mm, config: ModelConfig) -> CascadeCase:
     """As :func:`mstools.detect.deep.training.prepare_case`, with the maps on the same grid and crop."""
-    for m in maps:
-        if np.asarray(m).shape != np.asarray(baseline).shape:
-            raise ValueError(f"an all-lesion map of shape {np.asarray(m).shape} for scans of "
-                             f"{np.asarray(baseline).shape}")
+    _check_map_shapes(maps, baseline)
     arrays = _to_model_grid([baseline, followup, label], spacing_mm, config, [1, 1, 0])
     on_grid = maps_on_model_grid(maps, spacing_mm, config)
     box = _head_box(arrays[0])
@@ -103,10 +108,7 @@ def prepare_cascade_validation(name: str, baseline: np.ndarray, followup: np.nda
     """As :func:`mstools.detect.deep.training.prepare_validation`, with the maps on the same grid."""
     from mstools.detect.deep.training import prepare_validation
 
-    for m in maps:
-        if np.asarray(m).shape != np.asarray(baseline).shape:
-            raise ValueError(f"an all-lesion map of shape {np.asarray(m).shape} for scans of "
-                             f"{np.asarray(baseline).shape}")
+    _check_map_shapes(maps, baseline)
     case = prepare_validation(name, baseline, followup, truth, spacing_mm=spacing_mm, config=config)
     return CascadeValidationCase(case.name, case.baseline, case.followup, case.truth, case.spacing_mm,
                                  maps=np.stack(maps_on_model_grid(maps, spacing_mm, config)))
