@@ -55,7 +55,13 @@ def command(func: Callable) -> Callable:
         try:
             check_finite_options(kwargs)
             return func(*args, **kwargs)
-        except InputError as exc:
+        except (InputError, ModuleNotFoundError) as exc:
+            if isinstance(exc, ModuleNotFoundError):
+                from mstools.errors import missing_extra
+
+                exc = missing_extra(exc) or exc
+                if not isinstance(exc, InputError):
+                    raise
             if STATE.level >= 1:
                 traceback.print_exc(file=sys.stderr)
             print(f"mstools {name}: error: {exc}", file=sys.stderr)

@@ -55,12 +55,17 @@ def filter_apply(
     min_wm_fraction: float = common.opt(O, "min_wm_fraction"),
     keep_touching_csf: bool = common.opt(O, "keep_touching_csf"),
     keep_touching_lesions: bool = common.opt(O, "keep_touching_lesions"),
+    confirm: Optional[str] = common.opt(O, "confirm"),
+    confirm_min: float = common.opt(O, "confirm_min"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
 ) -> None:
     """Keep the candidates that pass La Rosa et al.'s rules (or a learned model); write them and a feature table.
 
     Example: mstools filter data_samples/sim-001 --candidates out/s1 -o out/s1_filtered
+
+    Two detectors agreeing (what `mstools run` does): mstools segment CASE --model multitask -o out/mt,
+    then mstools filter CASE -c out/refine -o out/final --learned --confirm out/mt
 
     `mstools filter` is this command; `mstools filter train --help` fits a learned filter.
     """

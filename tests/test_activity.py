@@ -241,10 +241,10 @@ def test_run_classifies_changes_and_evaluate_scores_them(case, tmp_path):
 
 def test_config_refuses_activity_without_its_inputs(case, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("activity:\n  lesions: segment\n")
+    config.write_text("activity:\n  lesions: register\n")
     result = runner.invoke(app, ["run", str(case / "case"), "-o", str(tmp_path / "r"), "-c", str(config)])
     assert result.exit_code == 1
-    assert "activity reads segment's outputs" in result.stderr and not (tmp_path / "r").exists()
+    assert "activity reads register's outputs" in result.stderr and not (tmp_path / "r").exists()
     config.write_text("activity:\n  lesions: activity\n")
     result = runner.invoke(app, ["run", str(case / "case"), "-o", str(tmp_path / "r"), "-c", str(config)])
     assert result.exit_code == 1 and "activity.lesions must be" in result.stderr

@@ -358,6 +358,7 @@ def test_print_config_keeps_the_cascade_off():
     from mstools import pipeline
 
     config = pipeline.default_config()
-    assert config["segment"]["enabled"] is False and config["segment"]["coactseg_maps"] is False
-    assert config["segment"]["lesions"] is None and config["segment"]["model"] == "coactseg"
+    # the run's segment stage is the multitask network confirming the filter's lesions, not the cascade
+    assert config["segment"]["enabled"] is True and config["segment"]["coactseg_maps"] is False
+    assert config["segment"]["lesions"] is None and config["segment"]["model"] == "multitask"
     assert "coactseg_maps: false" in pipeline.default_config_text()

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mstools_cli.main import app
 from mstools import case_layout as layout
-from mstools.candidates.filtering import (FilterRules, candidate_features, candidate_truth, decide_by_rules,
-                                          kept_detections, rule_reasons)
+from mstools.candidates.filtering import (FilterRules, candidate_features, candidate_truth, confirm_by_score,
+                                          decide_by_rules, kept_detections, rule_reasons)
 from tests.conftest import oblique_affine, save_nifti
 
 runner = CliRunner()
@@ -161,6 +161,67 @@ def test_filter_cli_refuses_missing_candidates(case_with_candidates, tmp_path):
                                  "-o", str(tmp_path / "f")])
     assert result.exit_code == 1 and "not found" in result.stderr
     assert not list(tmp_path.glob("f_*"))
+
+
+def test_confirmation_keeps_only_what_the_second_score_also_sees(rows):
+    _, _, _, _, labels = volumes()
+    decided = [dict(row, decision="kept") for row in rows]
+    score = np.zeros(SHAPE, np.float32)
+    score[20, 20, 14] = 0.9                  # one voxel of the blob (label 1)
+    score[30, 5:35, 14] = 0.2                # the whole streak (label 2), below the minimum
+    confirm_by_score(decided, labels, score, 0.3)
+    assert {r["label"]: r["decision"] for r in decided} == {1: "kept", 2: "unconfirmed<0.3", 3: "unconfirmed<0.3"}
+    assert by_label(decided, 1)["confirm_max"] == pytest.approx(0.9)
+    assert by_label(decided, 2)["confirm_max"] == pytest.approx(0.2) and by_label(decided, 3)["confirm_max"] == 0
+    # a candidate already rejected stays rejected for its own reason
+    rejected = [dict(row, decision="least_axis<1.2") for row in rows]
+    confirm_by_score(rejected, labels, score, 0.3)
+    assert {r["decision"] for r in rejected} == {"least_axis<1.2"}
+
+
+def test_filter_cli_confirms_with_another_detectors_score(case_with_candidates, tmp_path):
+    case = case_with_candidates
+    _, _, _, _, labels = volumes()
+    affine = oblique_affine()
+    score = np.where(labels == 1, 0.8, 0.0).astype(np.float32)      # the second detector sees the blob only
+    save_nifti(tmp_path / "mt_score.nii.gz", score, affine)
+    before = (tmp_path / "mt_score.nii.gz").read_bytes()
+    out = str(tmp_path / "confirmed")
+    rules_off = ["--min-least-axis-mm", "0", "--min-sphericity", "0", "--min-contrast", "0", "--keep-touching-csf"]
+    result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out, *rules_off,
+                                 "--confirm", str(tmp_path / "mt"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["kept"] == 1
+    kept = np.asarray(nib.load(out + "_mask.nii.gz").dataobj) > 0
+    assert np.array_equal(kept, labels == 1)
+    lines = open(out + "_features.tsv").read().splitlines()
+    header = lines[0].split("\t")
+    assert "confirm_max" in header
+    assert sorted(line.split("\t")[header.index("decision")] for line in lines[1:]) == [
+        "kept", "unconfirmed<0.3", "unconfirmed<0.3"]
+    assert json.loads(Path(out + "_mask.json").read_text())["parameters"]["confirm_min"] == 0.3
+    assert (tmp_path / "mt_score.nii.gz").read_bytes() == before
+    # --confirm-min 0.9: nothing reaches it
+    result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out, *rules_off, "--force",
+                                 "--confirm", str(tmp_path / "mt"), "--confirm-min", "0.9", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["kept"] == 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d, labels, affine: None, "mt_score.nii.gz not found"),
+    (lambda d, labels, affine: save_nifti(d / "mt_score.nii.gz", (labels > 0).astype(np.float32) * 3, affine),
+     "scores outside [0, 1]"),
+    (lambda d, labels, affine: save_nifti(d / "mt_score.nii.gz", np.zeros((10, 10, 10), np.float32), affine),
+     "grid"),
+])
+def test_filter_cli_refuses_a_bad_confirming_score(case_with_candidates, tmp_path, make, message):
+    _, _, _, _, labels = volumes()
+    make(tmp_path, labels, oblique_affine())
+    out = tmp_path / "f"
+    result = runner.invoke(app, ["filter", str(case_with_candidates), "-c", str(case_with_candidates / "subtract"),
+                                 "-o", str(out), "--confirm", str(tmp_path / "mt")])
+    assert result.exit_code == 1 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("f_*"))
 
 
 def test_learned_filter_round_trip_is_deterministic_and_strict(case_with_candidates, tmp_path):

@@ -73,6 +73,8 @@ def test_job_defaults_are_the_library_defaults():
             job_filter.MIN_WM_FRACTION) == (rules.min_least_axis_mm, rules.min_sphericity,
                                            rules.min_neighbour_contrast, rules.min_wm_fraction)
     assert job_filter.FilterOptions().rules() == rules
+    from mstools.candidates.filtering import CONFIRM_MIN_SCORE
+    assert job_filter.CONFIRM_MIN_SCORE == CONFIRM_MIN_SCORE == job_filter.FilterOptions().confirm_min
     job, library = PreprocessJobOptions(), PreprocessOptions()
     assert (job.brain_extraction, job.combine, job.bias_correction, job.n4_shrink, job.space, job.harmonisation) == (
         library.brain_extraction, library.combine_masks, library.bias_correction, library.n4_shrink, library.space,
@@ -112,17 +114,20 @@ def test_run_case_is_the_run_command(tmp_path):
     ran = pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base,
                             progress=heard)
     assert ran.record["status"] == "complete" and [row["stage"] for row in ran.evaluation] == [
-        "subtract", "refine", "filter", "activity"]
+        "subtract", "segment", "refine", "filter", "activity"]
     # the progress hook hears the plan, then each stage start and end, in order
-    assert heard.events[0] == ("plan", ["subtract", "refine", "filter", "activity"])
-    assert [e[:3] for e in heard.events[1:]] == [("started", "subtract"), ("finished", "subtract", "ran"),
+    assert heard.events[0] == ("plan", ["subtract", "segment", "refine", "filter", "activity"])
+    # (segment also reports its slices as counted steps)
+    assert [e[:3] for e in heard.events[1:] if e[0] != "count"] == [
+                                                 ("started", "subtract"), ("finished", "subtract", "ran"),
+                                                 ("started", "segment"), ("finished", "segment", "ran"),
                                                  ("started", "refine"), ("finished", "refine", "ran"),
                                                  ("started", "filter"), ("finished", "filter", "ran"),
                                                  ("started", "activity"), ("finished", "activity", "ran")]
     again = Heard()
     pipeline.run_case(pipeline.CaseInput("sim", folder=case), tmp_path / "library", config, base, progress=again)
     assert again.events[1:] == [("finished", stage, "reused", 0.0)
-                                for stage in ("subtract", "refine", "filter", "activity")]
+                                for stage in ("subtract", "segment", "refine", "filter", "activity")]
     (tmp_path / "c.yaml").write_text("report: false\n")
     result = runner.invoke(app, ["run", str(case), "-o", str(tmp_path / "command"), "-c", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0, result.output

@@ -59,7 +59,10 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     # where the run departs from a command's default, the value and the reason are printed
     assert parsed["refine"]["min_volume_mm3"] == pipeline.RUN_OVERRIDES["refine"]["min_volume_mm3"]
     assert "mstools run uses 5.0 instead of the command's None" in text
-    assert parsed["register"]["enabled"] is False and parsed["segment"]["enabled"] is False
+    assert parsed["register"]["enabled"] is False
+    # the multitask network's score confirms the filter's lesions (two detectors agreeing)
+    assert parsed["segment"]["enabled"] is True and parsed["segment"]["model"] == "multitask"
+    assert parsed["filter"]["confirm_with"] == "segment" and parsed["filter"]["confirm_min"] == 0.3
 
 
 def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_path, no_report):
@@ -68,8 +71,8 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     assert result.exit_code == 0, result.output
     record = json.loads((out / rl.RUN_RECORD).read_text())
     assert record["status"] == "complete" and record["final_stage"] == "activity"
-    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "refine", "filter",
-                                                                                 "activity"]
+    assert [s for s, v in record["stages"].items() if v["status"] == "ran"] == ["subtract", "segment", "refine",
+                                                                                 "filter", "activity"]
     assert record["stages"]["preprocess"]["status"] == "off"
     for stage in ("subtract", "filter", "refine"):
         assert (out / stage / rl.STAGE_RECORD).is_file()
@@ -81,10 +84,16 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     activity_mask = nib.load(out / "activity" / "activity_mask.nii.gz")     # filter's lesions without growths
     assert np.array_equal(np.asarray(final.dataobj), np.asarray(activity_mask.dataobj))
     assert not (np.asarray(final.dataobj) > np.asarray(filter_mask.dataobj)).any()
-    assert json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]["candidates"].endswith(
-        "refine/refine")
+    parameters = json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]
+    assert parameters["candidates"].endswith("refine/refine") and parameters["confirm"].endswith("segment/segment")
+    # every lesion the run reports reaches the confirming score somewhere inside it
+    from scipy import ndimage
+
+    score = np.asarray(nib.load(out / "segment" / "segment_score.nii.gz").dataobj)
+    kept, count = ndimage.label(np.asarray(filter_mask.dataobj) > 0, structure=np.ones((3, 3, 3)))
+    assert all(score[kept == label].max() >= parameters["confirm_min"] for label in range(1, count + 1))
     rows = (out / rl.EVALUATION).read_text().splitlines()
-    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "refine", "filter", "activity"]
+    assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "segment", "refine", "filter", "activity"]
     assert record["metrics"]["stage"] == "activity" and record["metrics"]["gt_lesions"] == 3
     assert str(out / record["final"]["mask"]) in result.stdout and "lesion" not in result.stderr.split("\n")[0][:0]
     assert result.stdout.splitlines()[-1].startswith("activity")  # the evaluation table on stdout
@@ -97,7 +106,7 @@ def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort,
     result = _run(case, out, "-c", str(no_report), "--json")
     assert result.exit_code == 0
     assert {s: v["status"] for s, v in json.loads(result.stdout)["stages"].items() if v["status"] != "off"} == \
-        {"subtract": "reused", "filter": "reused", "refine": "reused", "activity": "reused"}
+        {"subtract": "reused", "segment": "reused", "filter": "reused", "refine": "reused", "activity": "reused"}
     said = _run(case, out, "-c", str(no_report))       # the terminal says it plainly
     assert "subtract done earlier" in said.stderr and "reused" not in said.stderr
     assert re.search(r"\b\d+ new lesions?, ", said.stderr) and "lesion(s)" not in said.stderr
@@ -118,14 +127,15 @@ def test_run_shows_each_stage_on_stderr_as_plain_lines_and_keeps_stdout_for_resu
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "complete"      # --json: stdout is the record only
     lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert [re.sub(r"\d+\.\d s$", "N s", line) for line in lines] == [
-        "[1/4] subtract: started", "[1/4] subtract: done in N s", "[2/4] refine: started",
-        "[2/4] refine: done in N s", "[3/4] filter: started", "[3/4] filter: done in N s",
-        "[4/4] activity: started", "[4/4] activity: done in N s"]
+    assert [re.sub(r"\d+/\d+ slices$", "N/N slices", re.sub(r"\d+\.\d s$", "N s", line)) for line in lines] == [
+        "[1/5] subtract: started", "[1/5] subtract: done in N s", "[2/5] segment: started",
+        "[2/5] segment: N/N slices", "[2/5] segment: done in N s", "[3/5] refine: started",
+        "[3/5] refine: done in N s", "[4/5] filter: started", "[4/5] filter: done in N s",
+        "[5/5] activity: started", "[5/5] activity: done in N s"]
     again = _run(case, out, "-c", str(no_report))
     assert [line for line in again.stderr.splitlines() if line.startswith("[")] == [
-        "[1/4] subtract: done earlier", "[2/4] refine: done earlier", "[3/4] filter: done earlier",
-        "[4/4] activity: done earlier"]
+        "[1/5] subtract: done earlier", "[2/5] segment: done earlier", "[3/5] refine: done earlier",
+        "[4/5] filter: done earlier", "[5/5] activity: done earlier"]
     assert not any(line.startswith("[") for line in again.stdout.splitlines())
     quiet = runner.invoke(app, ["-q", "run", str(case), "-o", str(out), "-c", str(no_report)])
     assert quiet.exit_code == 0 and quiet.stderr == ""
@@ -148,9 +158,9 @@ def test_run_on_a_terminal_draws_a_rich_display_of_its_stages(cohort, tmp_path, 
     drawn = screen.getvalue()
     assert "\x1b[" in drawn                                   # drawn with terminal codes
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
-    for number, stage in enumerate(("subtract", "refine", "filter", "activity"), start=1):
-        assert f"[{number}/4] {stage}" in text
-    assert re.search(r"\[4/4\] activity +━+ done in \d+\.\d s", text), text[-500:]
+    for number, stage in enumerate(("subtract", "segment", "refine", "filter", "activity"), start=1):
+        assert f"[{number}/5] {stage}" in text
+    assert re.search(r"\[5/5\] activity +━+ done in \d+\.\d s", text), text[-500:]
     assert not any(line.startswith("[") for line in result.stderr.splitlines())   # no plain lines as well
     assert result.stdout.splitlines()[0].endswith("new_lesions_mask.nii.gz") and "━" not in result.stdout
 
@@ -179,7 +189,7 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     # preprocess's steps are shown inside the run (stderr is not a terminal: plain lines)
     for step in ("brain extraction", "N4 bias-field correction", "rigid registration",
                  "resampling into the common space", "intensity harmonisation"):
-        assert f"[1/5] preprocess: {step}\n" in result.stderr
+        assert f"[1/6] preprocess: {step}\n" in result.stderr
     assert record["inputs"]["ground_truth"] == f"{rl.CASE_DIR}/{layout.GROUND_TRUTH}"
     carried = nib.load(out / rl.CASE_DIR / layout.GROUND_TRUTH)
     middle = nib.load(out / rl.CASE_DIR / layout.FOLLOWUP)
@@ -215,7 +225,10 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     ("subtract:\n  kk: 2\n", "subtract has no option 'kk'"),
     ("subtract:\n  rule: magic\n", "config: subtract:"),
     ("refine:\n  threshold: 2\n", "config: refine:"),
-    ("final: segment\n", "final is segment but that stage is not enabled"),
+    ("final: register\n", "final is register but that stage is not enabled"),
+    ("segment:\n  enabled: false\n", "filter confirms its lesions with segment's score but segment is not enabled"),
+    ("filter:\n  confirm_with: subtract\n", "filter.confirm_with must be segment, none"),
+    ("filter:\n  confirm: out/mt\n", "filter.confirm (a score map prefix) and filter.confirm_with (a stage) both"),
     ("filter:\n  enabled: false\n", "activity reads filter's outputs but filter is not enabled"),
     ("activity:\n  enabled: false\n", "final is activity but that stage is not enabled"),
     ("refine:\n  enabled: false\n", "filter reads the refine candidates but refine is not enabled"),
@@ -230,6 +243,30 @@ def test_bad_config_is_one_line_and_writes_nothing(cohort, tmp_path, config, mes
     assert result.exit_code == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_missing_extra_is_one_line_that_says_which_to_install(cohort, tmp_path):
+    """Without PyTorch (the [deep] extra) the run's segment stage says what to install or switch
+    off; a fresh interpreter in which `import torch` fails as on a machine without it."""
+    import subprocess
+    import sys
+
+    hide = ("import sys, importlib.abc\n"
+            "class NoTorch(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoTorch())\n")
+    code = (hide + "from mstools_cli.main import main; "
+            f"sys.argv = ['mstools', 'run', {str(cohort / 'sim-11')!r}, '-o', {str(tmp_path / 'run')!r}, "
+            f"'-c', {str(tmp_path / 'c.yaml')!r}]; main()")
+    (tmp_path / "c.yaml").write_text(NO_REPORT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "needs torch, which is not installed" in lines[0] and "[deep]" in lines[0]
+    assert "confirm_with: none" in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()       # refused before any stage
 
 
 def test_bad_case_leaves_no_run_folder(cohort, tmp_path):
@@ -367,7 +404,7 @@ def test_batch_on_a_terminal_shows_each_running_cases_stage(cohort, tmp_path, no
                                      "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 0, result.output
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
-    assert re.search(r"sim-13 \[1/4\] subtract", text) and re.search(r"sim-13 \[2/4\] refine", text), text[-800:]
+    assert re.search(r"sim-13 \[1/5\] subtract", text) and re.search(r"sim-13 \[3/5\] refine", text), text[-800:]
     assert "[1/1] sim-13: " in text          # the case's result line, drawn above the rows
     assert not result.stdout.count("━")
 

@@ -91,7 +91,7 @@ def test_a_dead_runs_lock_is_taken_over_and_another_case_reruns_every_stage(case
     assert record["case"] == "B"
     # stage keys hold the case's input hashes: nothing of case A is reused
     assert {s: v["status"] for s, v in record["stages"].items() if v["status"] != "off"} == {
-        "subtract": "ran", "refine": "ran", "filter": "ran", "activity": "ran"}
+        "subtract": "ran", "segment": "ran", "refine": "ran", "filter": "ran", "activity": "ran"}
     assert not (out / rl.LOCK).exists()
 
 

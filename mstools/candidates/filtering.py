@@ -237,6 +237,31 @@ def decide_by_model(rows: list[dict], model_text: str, features: list[str], thre
         row["decision"] = "kept" if p >= threshold else f"probability<{threshold:g}"
 
 
+#: A second detector's score a kept candidate must reach somewhere inside it when the filter
+#: confirms by agreement (``filter --confirm``, `mstools run`'s default with the multitask
+#: network's score). Chosen 2026-12-07 on the 21 validation cases that neither the chain's
+#: models nor the multitask weights were trained on (backgrounds 20 and 26: real and injected
+#: lesions on real scans, some through `preprocess`; data_samples), from the chain's kept
+#: lesions and the network's score maps (`python benchmarks/confirm_sweep.py`):
+#: lesion F1 0.558 without, 0.582 / 0.585 / 0.577 / 0.592 / 0.571 at 0.05 / 0.1 / 0.2 / 0.3 / 0.5,
+#: LFPR 0.296 -> 0.098 and LTPR 0.524 -> 0.483 at 0.3, Dice 0.543 -> 0.597.
+CONFIRM_MIN_SCORE = 0.3
+
+
+def confirm_by_score(rows: list[dict], labels: np.ndarray, score: np.ndarray, minimum: float) -> None:
+    """Agreement of two detectors: a kept candidate stays kept only where ``score`` (another
+    detector's map on the same grid) reaches ``minimum`` inside it. Sets each row's
+    ``confirm_max`` (that map's maximum over the candidate) and rejects the others."""
+    count = int(labels.max()) if labels.size else 0
+    if count == 0:
+        return
+    highest = ndimage.maximum(np.asarray(score, dtype=np.float32), labels, index=np.arange(count + 1))
+    for row in rows:
+        row["confirm_max"] = float(highest[row["label"]])
+        if row["decision"] == "kept" and row["confirm_max"] < minimum:
+            row["decision"] = f"unconfirmed<{minimum:g}"
+
+
 def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
     """The kept candidates in the common convention; sets each row's ``output_label``.
 

@@ -12,6 +12,9 @@ from mstools.jobs.options import option
 
 #: La Rosa et al.'s thresholds (paper 001) = mstools.candidates.filtering.FilterRules' defaults (a test checks).
 MIN_LEAST_AXIS_MM, MIN_SPHERICITY, MIN_NEIGHBOUR_CONTRAST, MIN_WM_FRACTION = 1.2, 0.2, 0.9, 0.1
+#: = mstools.candidates.filtering.CONFIRM_MIN_SCORE (its measurement is there; a test checks), written
+#: here so that `mstools filter --help` does not import NumPy and SciPy.
+CONFIRM_MIN_SCORE = 0.3
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class FilterOptions:
     min_wm_fraction: float = option(MIN_WM_FRACTION, kind="float", help="Drop if less than this share lies in white matter (needs --tissues); 0 = off.")
     keep_touching_csf: bool = option(False, kind="bool", help="Do not drop candidates touching CSF.")
     keep_touching_lesions: bool = option(False, kind="bool", help="Do not drop candidates touching a baseline lesion.")
+    confirm: Optional[str] = option(None, kind="str", help="Another detector's output prefix P (its P_score.nii.gz on the case grid, e.g. from mstools segment --model multitask): keep only candidates where that score reaches --confirm-min (two detectors agree).")
+    confirm_min: float = option(CONFIRM_MIN_SCORE, kind="float", min=0.0, max=1.0, help="With --confirm: the score a kept candidate must reach somewhere inside it (measured on validation cases; see mstools.candidates.filtering).")
 
     def rules(self):
         from mstools.candidates.filtering import FilterRules
@@ -68,6 +73,34 @@ def compute_features(case: Optional[Path], candidates: str, *, baseline: Optiona
     return b_img, labels, rows, inputs
 
 
+def confirmation_score_path(prefix: Optional[str]) -> Optional[Path]:
+    """The score map ``--confirm P`` names (P_score.nii.gz), checked to exist; None without --confirm."""
+    from mstools.detections import SCORE_SUFFIX
+    from mstools.errors import InputError
+
+    if prefix is None:
+        return None
+    path = Path(prefix + SCORE_SUFFIX)
+    if not path.is_file():
+        raise InputError(f"{path} not found; --confirm takes the output prefix of a detector that wrote a score map "
+                         "(e.g. mstools segment CASE --model multitask -o CASE/multitask, then --confirm "
+                         "CASE/multitask)")
+    return path
+
+
+def read_confirmation(path: Path, reference):
+    """The confirming detector's score on the candidates' grid, as probabilities in [0, 1]."""
+    from mstools.errors import InputError
+    from mstools.io import check_same_grid, read_image
+
+    image = read_image(path)
+    check_same_grid(reference, image)
+    if image.data.size and (float(image.data.min()) < 0 or float(image.data.max()) > 1):
+        raise InputError(f"{path}: scores outside [0, 1] ({float(image.data.min()):g} to {float(image.data.max()):g}); "
+                         "--confirm needs a probability map such as mstools segment's P_score.nii.gz")
+    return image.data
+
+
 def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterOptions = FilterOptions(), *,
                baseline: Optional[Path] = None, followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
                tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
@@ -75,20 +108,28 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     """Keep the candidates that pass the rules (or the learned model); write them and a feature table."""
     from mstools.case import resolve_case_inputs
     from mstools.detections import add_detections, add_table, output_paths
-    from mstools.candidates.filtering import FEATURE_COLUMNS, decide_by_model, decide_by_rules, kept_detections
+    from mstools.candidates.filtering import (FEATURE_COLUMNS, confirm_by_score, decide_by_model, decide_by_rules,
+                                              kept_detections)
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
     from mstools.models import load_filter_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
+    confirm_score = confirmation_score_path(options.confirm)
     read = [*resolve_case_inputs(case, baseline, followup, brain_mask), tissues, baseline_lesions,
-            *output_paths(candidates).values()]
+            *output_paths(candidates).values(), confirm_score]
     check_outputs([*output_paths(out).values(), out + "_features.tsv"], inputs=read, force=force)  # before the work
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
     if model is None and options.learned:
         model = packaged_model("filter")
     model_text, card = load_filter_model(model) if model is not None else (None, None)
+    confirming = None
+    if confirm_score is not None:   # checked before the features are computed
+        from mstools.io import read_grid
+
+        confirming = read_confirmation(confirm_score, read_grid(resolve_case_inputs(case, baseline, followup,
+                                                                                    brain_mask)[0]))
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
                                                        baseline_lesions=baseline_lesions)
@@ -103,6 +144,11 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
         decide_by_rules(rows, rules, have_tissues=tissues is not None,
                         have_baseline_lesions=baseline_lesions is not None)
         parameters = {"mode": "rules", **rules.as_dict()}
+    if confirm_score is not None:
+        confirm_by_score(rows, labels, confirming, options.confirm_min)
+        columns.append("confirm_max")
+        parameters.update(confirm=options.confirm, confirm_min=options.confirm_min)
+        inputs = [*inputs, confirm_score]
     detections = kept_detections(labels, rows, reference.affine)
     kept = sum(row["decision"] == "kept" for row in rows)
     record = sidecar(command="filter", parameters={**parameters, "candidates": candidates},

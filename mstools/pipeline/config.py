@@ -11,7 +11,7 @@ from mstools import run_layout as rl
 from mstools.errors import InputError
 from mstools.jobs.options import build, command_line, defaults, specs
 from mstools.messages import check_finite_options
-from mstools.pipeline.stages import ACTIVITY_SOURCES, CANDIDATE_SOURCES, PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, enabled
+from mstools.pipeline.stages import ACTIVITY_SOURCES, CANDIDATE_SOURCES, CONFIRM_SOURCES, PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, enabled
 
 
 def default_config() -> dict:
@@ -148,6 +148,16 @@ def check_config(config: dict) -> None:
         if enabled(config, stage) and not enabled(config, source):
             raise InputError(f"config: {stage} reads the {source} candidates but {source} is not enabled; "
                              f"enable it or set {stage}.candidates")
+    confirm = config["filter"]["confirm_with"]
+    if confirm not in CONFIRM_SOURCES:
+        raise InputError(f"config: filter.confirm_with must be {', '.join(CONFIRM_SOURCES)}, not {confirm!r}")
+    if enabled(config, "filter") and confirm != "none":
+        if not enabled(config, confirm):
+            raise InputError(f"config: filter confirms its lesions with {confirm}'s score but {confirm} is not "
+                             f"enabled; enable it or set filter.confirm_with: none")
+        if config["filter"].get("confirm") is not None:
+            raise InputError("config: filter.confirm (a score map prefix) and filter.confirm_with (a stage) both "
+                             "name the confirming detector; keep one (confirm_with: none to use confirm)")
     if (enabled(config, "refine") and enabled(config, "filter") and config["refine"]["candidates"] == "filter"
             and config["filter"]["candidates"] == "refine"):
         raise InputError("config: refine reads filter's candidates and filter reads refine's; one of them must "
@@ -178,6 +188,23 @@ def check_config(config: dict) -> None:
             check_finite_options({k: getattr(options, k) for k in declared}, where=f"config: {stage.name}.")
     if enabled(config, "segment"):
         _check_cascade_maps(config["segment"])
+        _check_installed("torch", "deep", "segment", " and filter: {confirm_with: none}")
+    if enabled(config, "register"):
+        _check_installed("itk", "register", "register", "")
+
+
+def _check_installed(package: str, extra: str, stage: str, also: str) -> None:
+    """A stage's heavy package is installed (found, not imported: checked before any stage runs)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise InputError(f"config: the {stage} stage needs {package}, which is not installed: pip install -e "
+                         f"\".[{extra}]\" in the checkout (README, Installing), or run without it: {stage}: "
+                         f"{{enabled: false}}{also} in a config file (-c)")
 
 
 def _check_cascade_maps(segment: dict) -> None:

@@ -277,6 +277,7 @@ def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command:
     import sys
     import traceback
 
+    from mstools.errors import missing_extra
     from mstools.messages import INTERRUPTED
 
     with _stage_messages(verbose):
@@ -284,7 +285,14 @@ def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command:
             job()
         except StageFailed:
             raise
-        except InputError as exc:
+        except (InputError, ModuleNotFoundError) as exc:
+            if isinstance(exc, ModuleNotFoundError):   # a heavy package of an extra not installed
+                exc = missing_extra(exc) or exc
+                if not isinstance(exc, InputError):
+                    raise
+                if stage_name == "segment":
+                    exc = InputError(f"{exc}; or run without the segment stage: segment: {{enabled: false}} and "
+                                     "filter: {confirm_with: none} in a config file (-c)")
             if verbose:
                 traceback.print_exc(file=sys.stderr)
                 print(f"mstools {command}: error: {exc}", file=sys.stderr)

@@ -210,11 +210,30 @@ def _refine(ctx: StageContext):
                       ctx.options, segment_prefix=segment, force=True)
 
 
+def confirming_stage(config: dict) -> Optional[str]:
+    """The stage whose score map confirms the filter's kept lesions (``filter.confirm_with``), or None."""
+    source = config["filter"].get("confirm_with", "none")
+    return None if source == "none" else source
+
+
+def _filter_options(ctx: StageContext):
+    import dataclasses
+
+    source = confirming_stage(ctx.config)
+    return dataclasses.replace(ctx.options, confirm=ctx.prefix(source)) if source else ctx.options
+
+
 def _filter(ctx: StageContext):
     from mstools.jobs.filter import filter_job
 
     return filter_job(ctx.case_dir, ctx.prefix(ctx.config["filter"]["candidates"]), ctx.prefix("filter"),
-                      ctx.options, force=True)
+                      _filter_options(ctx), force=True)
+
+
+def _filter_arguments(c: StageContext) -> list[str]:
+    source = confirming_stage(c.config)
+    return [str(c.case_dir), "-c", c.prefix(c.config["filter"]["candidates"]), "-o", c.prefix("filter"),
+            *(["--confirm", c.prefix(source)] if source else [])]
 
 
 def _activity_outputs(prefix: str, config: dict, case) -> list[str]:
@@ -252,7 +271,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("segment", ("segment",), SegmentOptions, _segment,
           _segment_arguments,
           lambda config: ["preprocess"],
-          own={"enabled": (False, "Learned segmentation (PyTorch; 8-50 s per 1 mm case on 2 CPU cores)."),
+          own={"enabled": (True, "Learned segmentation (PyTorch; 5-10 s per case with the run's multitask "
+                                 "network on 2 CPU cores, 8-50 s with coactseg). Its score confirms the "
+                                 "filter's lesions (filter.confirm_with); to switch it off set filter.confirm_with: "
+                                 "none too."),
                "coactseg_maps": (False, "model cascade only: run CoactSeg (its packaged weights) in this stage "
                                         "first and give the cascade its all-lesion maps of both visits "
                                         "(RUN/segment/coactseg_all_time01/02_mask); false: the maps are the "
@@ -266,13 +288,18 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                "candidates": ("subtract", "The stage whose candidates are refined: subtract, filter, register "
                                           "or segment.")},
           about="Voxel-wise refinement of one detector's candidates."),
-    Stage("filter", ("filter", "apply"), FilterOptions, _filter,
-          lambda c: [str(c.case_dir), "-c", c.prefix(c.config["filter"]["candidates"]), "-o", c.prefix("filter")],
-          lambda config: ["preprocess", config["filter"]["candidates"]],
+    Stage("filter", ("filter", "apply"), FilterOptions, _filter, _filter_arguments,
+          lambda config: ["preprocess", config["filter"]["candidates"],
+                          *([confirming_stage(config)] if confirming_stage(config) else [])],
           own={"enabled": (True, "Filter candidates by shape, contrast and location."),
                "candidates": ("refine", "The stage whose candidates are filtered: subtract, refine, register or "
                                         "segment. Measured (benchmarks/pipeline_chain.py): filtering refine's "
-                                        "output gives the best lesion F1 and Dice.")},
+                                        "output gives the best lesion F1 and Dice."),
+               "confirm_with": ("segment", "Keep only lesions this second detector's score also sees (reaches "
+                                           "confirm_min inside them): segment or none. "
+                                           "Measured (benchmarks/confirm_sweep.py, 21 validation cases): with "
+                                           "segment's multitask network, lesion F1 0.558 -> 0.592 and false "
+                                           "lesions 0.296 -> 0.098 of the reported ones.")},
           about="The packaged learned filter (learned: true, the run's default), La Rosa et al.'s rules "
                 "(learned: false; paper 001), or your model:."),
     Stage("activity", ("activity",), ActivityOptions, _activity,
@@ -292,6 +319,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 #: Which stage's candidates refine and filter may read.
 CANDIDATE_SOURCES = {"refine": ("subtract", "filter", "register", "segment"),
                      "filter": ("subtract", "refine", "register", "segment")}
+
+#: Which stage's score map may confirm the filter's lesions (``filter.confirm_with``).
+#: A probability map is needed (subtract's and register's scores are not in [0, 1]).
+CONFIRM_SOURCES = ("segment", "none")
 
 #: Which stage's new lesions activity may classify.
 ACTIVITY_SOURCES = ("subtract", "register", "segment", "refine", "filter")
@@ -335,8 +366,17 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: models retrained the same way (the card of mstools/models/refine/default.txt).
 #: Both models retrained 2026-12-07 on 108 cases (benchmarks/retrain_mixed_domain.sh) with these
 #: overrides unchanged: 33 validation cases F1 0.579 -> 0.613, Dice 0.575 -> 0.623 (the cards).
+#:
+#: segment with the multitask network, whose score confirms the filter's lesions (two detectors
+#: agreeing; 2026-12-07): on the 21 validation cases that neither the chain's models nor the
+#: multitask weights were trained on (real scans of backgrounds 20 and 26 with real and injected
+#: new lesions, some through `preprocess`; data_samples), the chain's lesion F1 0.558 -> 0.592,
+#: LTPR 0.524 -> 0.483, LFPR 0.296 -> 0.098, Dice 0.543 -> 0.597 (benchmarks/confirm_sweep.py;
+#: the threshold, 0.3, in mstools.candidates.filtering.CONFIRM_MIN_SCORE). The multitask network
+#: confirms best of the three packaged ones (F1 0.592 against 0.554 for the mean of all three).
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
     "subtract": {"k": 2.5, "core_mm": 0.0},
+    "segment": {"model": "multitask"},
     "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
     "filter": {"learned": True},
 }
