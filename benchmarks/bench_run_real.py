@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("preprocess", "subtract", "refine", "filter", "activity")
+STAGES = ("preprocess", "subtract", "segment", "refine", "filter", "activity")
 
 
 def simulated_1mm_pair(work: Path) -> tuple[Path, Path]:
@@ -62,7 +62,7 @@ def _one_run(baseline: Path, followup: Path, out: Path) -> dict:
     wall = time.perf_counter() - start
     record = json.loads((out / "run.json").read_text())
     grid = json.loads((out / "case" / "preprocess_report.json").read_text()).get("grid", {})
-    return {"wall": wall, **{s: record["stages"][s]["seconds"] for s in STAGES},
+    return {"wall": wall, **{s: record["stages"][s].get("seconds", 0.0) for s in STAGES},
             "grid": "x".join(str(v) for v in grid.get("shape", [])),
             "spacing": "x".join(f"{v:g}" for v in grid.get("spacing_mm", []))}
 
@@ -73,15 +73,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Runs per pair (the median is printed).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    print("| pair | common grid (mm) | voxels | preprocess | subtract | refine | filter | activity | whole run | "
-          "peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| pair | common grid (mm) | voxels | preprocess | subtract | segment | refine | filter | activity | "
+          "whole run | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (baseline, followup) in _pairs(args.work).items():
         runs = [_one_run(baseline, followup, args.work / "run") for _ in range(args.repeats)]
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
         median = {k: statistics.median(r[k] for r in runs) for k in ("wall", *STAGES)}
         print(f"| {name} | {runs[0]['spacing']} | {runs[0]['grid']} | {median['preprocess']:.1f} s | "
-              f"{median['subtract']:.1f} s | {median['refine']:.1f} s | {median['filter']:.1f} s | "
+              f"{median['subtract']:.1f} s | {median['segment']:.1f} s | {median['refine']:.1f} s | {median['filter']:.1f} s | "
               f"{median['activity']:.1f} s | "
               f"{median['wall']:.1f} s | {peak_gb:.2f} GB (largest so far) |", flush=True)
 
