@@ -529,3 +529,19 @@ def test_output_batch_cleans_its_temporaries_when_a_write_fails(tmp_path, monkey
             batch.json(tmp_path / "a.json", {"a": 1})
             batch.table(tmp_path / "b.tsv", [], ["x"])
     assert not list(tmp_path.iterdir())
+
+
+def test_each_missing_package_names_an_extra_that_exists():
+    """mstools.errors.missing_extra's table names only extras of pyproject.toml, and a missing
+    heavy package becomes a one-line InputError while any other missing module stays a bug."""
+    import tomllib
+    from pathlib import Path
+
+    from mstools.errors import EXTRA_OF_PACKAGE, InputError, missing_extra
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(EXTRA_OF_PACKAGE.values()) <= set(extras)
+    error = missing_extra(ModuleNotFoundError("No module named 'torch.nn'", name="torch.nn"))
+    assert isinstance(error, InputError) and "[deep]" in str(error) and "\n" not in str(error)
+    assert missing_extra(ModuleNotFoundError("No module named 'mstools.nothing'", name="mstools.nothing")) is None
