@@ -116,8 +116,8 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     confirm_score = confirmation_score_path(options.confirm)
-    read = [*resolve_case_inputs(case, baseline, followup, brain_mask), tissues, baseline_lesions,
-            *output_paths(candidates).values(), confirm_score]
+    pair = resolve_case_inputs(case, baseline, followup, brain_mask)
+    read = [*pair, tissues, baseline_lesions, *output_paths(candidates).values(), confirm_score]
     check_outputs([*output_paths(out).values(), out + "_features.tsv"], inputs=read, force=force)  # before the work
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
@@ -128,8 +128,7 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     if confirm_score is not None:   # checked before the features are computed
         from mstools.io import read_grid
 
-        confirming = read_confirmation(confirm_score, read_grid(resolve_case_inputs(case, baseline, followup,
-                                                                                    brain_mask)[0]))
+        confirming = read_confirmation(confirm_score, read_grid(pair[0]))
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
                                                        baseline_lesions=baseline_lesions)

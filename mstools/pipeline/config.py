@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 
 from mstools import __version__
 from mstools import run_layout as rl
-from mstools.errors import InputError
+from mstools.errors import EXTRA_OF_PACKAGE, InputError
 from mstools.jobs.options import build, command_line, defaults, specs
 from mstools.messages import check_finite_options
 from mstools.pipeline.stages import ACTIVITY_SOURCES, CANDIDATE_SOURCES, CONFIRM_SOURCES, PATH_OPTIONS, RUN_OVERRIDES, STAGES, TOP_LEVEL, Stage, enabled
@@ -188,15 +188,16 @@ def check_config(config: dict) -> None:
             check_finite_options({k: getattr(options, k) for k in declared}, where=f"config: {stage.name}.")
     if enabled(config, "segment"):
         _check_cascade_maps(config["segment"])
-        _check_installed("torch", "deep", "segment", " and filter: {confirm_with: none}")
+        _check_installed("torch", "segment", also=" and filter: {confirm_with: none}")
     if enabled(config, "register"):
-        _check_installed("itk", "register", "register", "")
+        _check_installed("itk", "register")
 
 
-def _check_installed(package: str, extra: str, stage: str, also: str) -> None:
+def _check_installed(package: str, stage: str, *, also: str = "") -> None:
     """A stage's heavy package is installed (found, not imported: checked before any stage runs)."""
     import importlib.util
 
+    extra = EXTRA_OF_PACKAGE[package]
     try:
         found = importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):

@@ -290,9 +290,6 @@ def _call(stage_name: str, job: Callable[[], object], *, verbose: bool, command:
                 exc = missing_extra(exc) or exc
                 if not isinstance(exc, InputError):
                     raise
-                if stage_name == "segment":
-                    exc = InputError(f"{exc}; or run without the segment stage: segment: {{enabled: false}} and "
-                                     "filter: {confirm_with: none} in a config file (-c)")
             if verbose:
                 traceback.print_exc(file=sys.stderr)
                 print(f"mstools {command}: error: {exc}", file=sys.stderr)

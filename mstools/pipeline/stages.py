@@ -289,8 +289,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                           "or segment.")},
           about="Voxel-wise refinement of one detector's candidates."),
     Stage("filter", ("filter", "apply"), FilterOptions, _filter, _filter_arguments,
-          lambda config: ["preprocess", config["filter"]["candidates"],
-                          *([confirming_stage(config)] if confirming_stage(config) else [])],
+          lambda config: ["preprocess", config["filter"]["candidates"], *filter(None, [confirming_stage(config)])],
           own={"enabled": (True, "Filter candidates by shape, contrast and location."),
                "candidates": ("refine", "The stage whose candidates are filtered: subtract, refine, register or "
                                         "segment. Measured (benchmarks/pipeline_chain.py): filtering refine's "
