@@ -20,6 +20,7 @@ def segment_command(
     case: Optional[Path] = typer.Argument(None, help=f"Case folder with {layout.BASELINE} and {layout.FOLLOWUP}."),
     baseline: Optional[Path] = typer.Option(None, help="Baseline FLAIR (instead of the case folder's)."),
     followup: Optional[Path] = typer.Option(None, help="Follow-up FLAIR, on the baseline's grid."),
+    brain_mask: Optional[Path] = typer.Option(None, help="Brain mask on the scans' grid: new lesions are kept inside it (default: the case folder's brain_mask.nii.gz when it has one; the whole image otherwise)."),
     baseline_t1: Optional[Path] = typer.Option(None, help="multiseq: baseline T1-weighted scan on the FLAIRs' grid (default: the case folder's, if any)."),
     followup_t1: Optional[Path] = typer.Option(None, help="multiseq: follow-up T1-weighted scan."),
     baseline_t2: Optional[Path] = typer.Option(None, help="multiseq: baseline T2-weighted scan."),
@@ -51,7 +52,7 @@ def segment_command(
 
     with common.progress_bar("segment", progress_unit(model.value)) as progress:
         result = segment_job(case, output, common.options(O, locals()), baseline=baseline, followup=followup,
-                             force=force, progress=progress,
+                             brain_mask=brain_mask, force=force, progress=progress,
                              sequences={("t1", 0): baseline_t1, ("t1", 1): followup_t1, ("t2", 0): baseline_t2,
                                         ("t2", 1): followup_t2})
     common.report(result, as_json=as_json)

@@ -87,6 +87,45 @@ def test_segment_keeps_the_native_oblique_grid(tmp_path, model):
     assert len(payload["written"]) == len(names) * 2 + 2
 
 
+def test_segment_keeps_its_lesions_inside_the_brain_mask(tmp_path, write_nifti):
+    """The case folder's brain mask by default, a given one instead; outside it every map is 0
+    and inside it nothing changes; a bad mask is a one-line error with nothing written."""
+    case = make_case(tmp_path / "case")
+    weights = tiny_weights(tmp_path / "unet.pt", "unet")
+    affine = nib.load(case / layout.BASELINE).affine
+
+    def segment(prefix, *extra):
+        result = runner.invoke(app, ["segment", str(case), "--model", "unet", "--weights", str(weights), "-o",
+                                     str(tmp_path / prefix), "--threads", "1", "--threshold", "0", *extra])
+        assert result.exit_code == 0, result.stderr
+        return (nib.load(tmp_path / f"{prefix}_score.nii.gz").get_fdata(),
+                nib.load(tmp_path / f"{prefix}_mask.nii.gz").get_fdata(),
+                json.loads((tmp_path / f"{prefix}_score.json").read_text())["parameters"]["brain_mask"])
+
+    whole, whole_mask, recorded = segment("whole")          # no brain mask in the folder: the whole image
+    assert recorded is None and (whole[:, :9] > 0).any() and (whole_mask[:, :9] > 0).any()
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[:, 9:] = 1
+    save_nifti(case / layout.BRAIN_MASK, brain, affine)
+    score, mask, recorded = segment("folder")
+    assert recorded == str(case / layout.BRAIN_MASK)
+    assert not score[:, :9].any() and not mask[:, :9].any()
+    np.testing.assert_allclose(score[:, 9:], whole[:, 9:], atol=1e-6)
+    other = np.zeros(SHAPE, np.uint8)
+    other[:, :9] = 1
+    given = write_nifti("given.nii.gz", other, affine)
+    score, _, recorded = segment("given", "--brain-mask", str(given))
+    assert recorded == str(given) and not score[:, 9:].any() and score[:, :9].any()
+
+    off_grid = write_nifti("off.nii.gz", other, oblique_affine(spacing=(1, 1, 1)))
+    empty = write_nifti("empty.nii.gz", np.zeros(SHAPE, np.uint8), affine)
+    for bad, says in ((off_grid, "grid"), (empty, "empty"), (tmp_path / "none.nii.gz", "not found")):
+        result = runner.invoke(app, ["segment", str(case), "--model", "unet", "--weights", str(weights), "-o",
+                                     str(tmp_path / "bad"), "--brain-mask", str(bad)])
+        assert result.exit_code == 1 and says in result.stderr.lower() and len(result.stderr.splitlines()) == 1
+        assert not list(tmp_path.glob("bad*"))
+
+
 def test_segment_error_paths(tmp_path, write_nifti):
     case = make_case(tmp_path / "case")
     unet = tiny_weights(tmp_path / "unet.pt", "unet")

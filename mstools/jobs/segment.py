@@ -150,20 +150,32 @@ def sequence_paths(case: Optional[Path], model: str, given: Optional[dict] = Non
     return paths
 
 
+def brain_mask_path(case: Optional[Path], given: Optional[Path]) -> Optional[Path]:
+    """The brain mask a segmentation keeps its lesions inside: the given one, else the case
+    folder's when it has one, else None (the whole image)."""
+    from mstools import case_layout as layout
+
+    if given is not None:
+        return Path(given)
+    if case is not None and (case / layout.BRAIN_MASK).is_file():
+        return case / layout.BRAIN_MASK
+    return None
+
+
 def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOptions = SegmentOptions(), *,
                 baseline: Optional[Path] = None, followup: Optional[Path] = None, force: bool = False,
-                sequences: Optional[dict] = None,
+                sequences: Optional[dict] = None, brain_mask: Optional[Path] = None,
                 progress: Optional[Callable[[int, int], None]] = None) -> JobResult:
     """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows
     (slices for multitask: :func:`progress_unit`). ``sequences``: {(``"t1"``/``"t2"``, visit 0/1):
     path} of optional scans on the FLAIRs' grid for the multi-sequence model (the case folder's
-    are read when not given)."""
+    are read when not given). Every map is 0 outside the brain mask (:func:`brain_mask_path`)."""
     import time
 
     from mstools.case import read_sequences, resolve_pair
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
-    from mstools.io import OutputBatch, check_same_grid, check_scan, read_image
+    from mstools.io import OutputBatch, check_same_grid, check_scan, read_image, read_mask
     from mstools.lesions import detections_from_mask
     from mstools.messages import log
     from mstools.models import packaged_model
@@ -188,17 +200,23 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     targets = list(paths.values()) + [p for e in extra.values() for p in e.values()]
     extra_paths = sequence_paths(case, model, sequences)
     map_paths = lesion_map_source(case, model, o.lesions)
-    inputs = [baseline_path, followup_path, *(extra_paths[k] for k in sorted(extra_paths)), *(map_paths or ())]
+    brain_path = brain_mask_path(case, brain_mask)
+    inputs = [baseline_path, followup_path, *(extra_paths[k] for k in sorted(extra_paths)), *(map_paths or ()),
+              *([brain_path] if brain_path is not None else [])]
     check_outputs(targets, inputs=inputs, force=force)  # fail before the work
     base = read_image(baseline_path)
     follow = read_image(followup_path)
     check_same_grid(base, follow)
     check_scan(base)
     check_scan(follow)
+    brain = None
+    if brain_path is not None:
+        brain = read_mask(brain_path, allow_empty=False)
+        check_same_grid(base, brain)
     extra_images = read_sequences(extra_paths, base)
     lesion_maps = read_lesion_maps(map_paths, base, model=model) if map_paths is not None else None
 
-    from mstools.detect.deep.predictor import PredictOptions, Predictor, lesion_mask
+    from mstools.detect.deep.predictor import PredictOptions, Predictor, inside_brain, lesion_mask
 
     predictor_class = Predictor
     if lesion_maps is not None:   # the cascade (paper 001): the maps are two more input channels
@@ -233,10 +251,13 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         from mstools.detect.deep.predictor import time02_all_lesions
 
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
+    if brain is not None:
+        maps = inside_brain(maps, brain.data > 0)
     parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
-                  "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict()}
+                  "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict(),
+                  "brain_mask": str(brain_path) if brain_path is not None else None}
     if map_paths is not None:
         parameters["lesions"] = o.lesions
         parameters["lesion_maps"] = [str(p) for p in map_paths]
