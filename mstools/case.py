@@ -14,7 +14,7 @@ from mstools import case_layout as layout
 from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 
-__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "read_sequences", "check_case_input",
+__all__ = ["CaseInput", "resolve_case_inputs", "resolve_pair", "read_pair", "imaged_in_both", "read_sequences", "check_case_input",
            "input_files", "given_truth"]
 
 
@@ -45,15 +45,30 @@ def resolve_pair(case: Optional[Path], baseline: Optional[Path], followup: Optio
     return baseline or case / layout.BASELINE, followup or case / layout.FOLLOWUP
 
 
+def imaged_in_both(baseline, followup):
+    """Voxels where both scans hold data (boolean). Resampling a scan onto a common grid fills
+    what lies outside its field of view (beyond a 2D slab, past a cropped edge) with exactly 0;
+    no change can be measured there, and the zeros would pass for the largest change of all."""
+    import numpy as np
+
+    return (np.asarray(baseline) != 0) & (np.asarray(followup) != 0)
+
+
 def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
-    """Baseline, follow-up and brain mask, checked to share one grid; the mask non-empty."""
-    from mstools.io import check_same_grid, check_scan, read_image, read_mask
+    """Baseline, follow-up and brain mask, checked to share one grid; the mask non-empty. The
+    returned mask keeps only the brain voxels both scans imaged (:func:`imaged_in_both`)."""
+    from mstools.io import Image, check_same_grid, check_scan, read_image, read_mask
 
     baseline = read_image(baseline_path)
     followup = read_image(followup_path)
     brain = read_mask(brain_path, allow_empty=False)
     check_same_grid(baseline, followup)
     check_same_grid(baseline, brain)
+    inside = (brain.data > 0) & imaged_in_both(baseline.data, followup.data)
+    if not inside.any():
+        raise InputError(f"{baseline_path}, {followup_path}: no brain voxel of {brain_path} holds data in both scans "
+                         "(0 outside a scan's field of view); check that the scans cover the same brain")
+    brain = Image(data=inside.astype(brain.data.dtype), affine=brain.affine, header=brain.header, path=brain.path)
     check_scan(baseline, brain_mask=brain.data)
     check_scan(followup, brain_mask=brain.data)
     return baseline, followup, brain

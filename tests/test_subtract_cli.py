@@ -99,6 +99,28 @@ def test_bad_inputs_give_one_line(case, tmp_path, problem, message):
     assert not list(tmp_path.glob("s_*"))
 
 
+@pytest.mark.parametrize("rule", ["prados", "larosa", "hamzaoui"])
+def test_brain_a_scan_did_not_image_is_left_out(case, tmp_path, rule):
+    """A baseline slab shorter than the follow-up's (0 beyond it after resampling, inside the brain
+    mask): the slices only one scan imaged give no candidate, and the new blob is still found."""
+    baseline = np.asanyarray(nib.load(case / layout.BASELINE).dataobj).copy()
+    baseline[:, :, 17:] = 0
+    save_nifti(case / layout.BASELINE, baseline, oblique_affine())
+    prefix = str(tmp_path / "s")
+    result = runner.invoke(app, ["subtract", str(case), "-o", prefix, "--json", "--rule", rule])
+    assert result.exit_code == 0, result.stderr
+    mask = np.asanyarray(nib.load(prefix + "_mask.nii.gz").dataobj)
+    assert mask[BLOB] == 1 and not mask[:, :, 17:].any()
+    assert json.loads(result.stdout)["candidates"] == 1
+
+    baseline[:] = 0
+    baseline[:, :, :2] = 100     # imaged, but only outside the brain (which spans slices 2-21)
+    save_nifti(case / layout.BASELINE, baseline, oblique_affine())
+    result = runner.invoke(app, ["subtract", str(case), "-o", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "holds data in both scans" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not list(tmp_path.glob("none*"))
+
+
 def test_no_case_and_no_files_is_an_input_error(tmp_path):
     result = runner.invoke(app, ["subtract", "-o", str(tmp_path / "s")])
     assert result.exit_code == 1 and "--baseline" in result.stderr

@@ -169,10 +169,11 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     """Segment new lesions with a learned model; ``progress(done, total)`` follows the windows
     (slices for multitask: :func:`progress_unit`). ``sequences``: {(``"t1"``/``"t2"``, visit 0/1):
     path} of optional scans on the FLAIRs' grid for the multi-sequence model (the case folder's
-    are read when not given). Every map is 0 outside the brain mask (:func:`brain_mask_path`)."""
+    are read when not given). Every map is 0 outside the brain mask (:func:`brain_mask_path`) and
+    where a scan holds no data (:func:`mstools.case.imaged_in_both`)."""
     import time
 
-    from mstools.case import read_sequences, resolve_pair
+    from mstools.case import imaged_in_both, read_sequences, resolve_pair
     from mstools.detections import add_detections, add_image, output_paths
     from mstools.errors import InputError
     from mstools.io import OutputBatch, check_same_grid, check_scan, read_image, read_mask
@@ -216,7 +217,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     extra_images = read_sequences(extra_paths, base)
     lesion_maps = read_lesion_maps(map_paths, base, model=model) if map_paths is not None else None
 
-    from mstools.detect.deep.predictor import PredictOptions, Predictor, inside_brain, lesion_mask
+    from mstools.detect.deep.predictor import PredictOptions, Predictor, inside_region, lesion_mask
 
     predictor_class = Predictor
     if lesion_maps is not None:   # the cascade (paper 001): the maps are two more input channels
@@ -251,8 +252,8 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         from mstools.detect.deep.predictor import time02_all_lesions
 
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
-    if brain is not None:
-        maps = inside_brain(maps, brain.data > 0)
+    region = imaged_in_both(base.data, follow.data)
+    maps = inside_region(maps, region if brain is None else region & (brain.data > 0))
     parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,

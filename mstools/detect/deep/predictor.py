@@ -129,8 +129,9 @@ def lesion_mask(probability: np.ndarray, *, voxel_volume_mm3: float, threshold: 
     return keep[labels].astype(np.uint8)
 
 
-def inside_brain(maps: dict, brain: np.ndarray) -> dict:
-    """Each probability map of ``maps`` set to 0 outside the boolean ``brain`` mask (dtype kept).
+def inside_region(maps: dict, region: np.ndarray) -> dict:
+    """Each probability map of ``maps`` set to 0 outside the boolean ``region`` (dtype kept): the
+    brain voxels both scans imaged.
 
     Lesions are brain tissue. On development patient 01 (database grid, `benchmarks/real_scans.py`)
     most of the networks' false lesions lay wholly outside the brain mask, in the slices beyond the
@@ -138,7 +139,7 @@ def inside_brain(maps: dict, brain: np.ndarray) -> dict:
     inside it, false lesions fall from 6 to 1 (coactseg), 26 to 1 (unet) and 8 to 2 (multitask), and
     every true lesion found stays found.
     """
-    inside = np.asarray(brain, dtype=bool)
+    inside = np.asarray(region, dtype=bool)
     return {name: np.where(inside, p, np.zeros((), dtype=np.asarray(p).dtype)) for name, p in maps.items()}
 
 
