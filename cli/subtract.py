@@ -11,6 +11,7 @@ from mstools_cli import common
 from mstools.jobs.subtract import SubtractOptions as O
 
 Rule = common.choices("Rule", O, "rule")
+Noise = common.choices("Noise", O, "noise")
 
 
 def subtract_command(
@@ -23,6 +24,7 @@ def subtract_command(
     tissues: Optional[Path] = typer.Option(None, help="Tissue map (1 CSF, 2 GM, 3 WM) for the prados CSF exclusion; default: CSF from FLAIR intensities."),
     k: float = common.opt(O, "k"),
     core_mm: float = common.opt(O, "core_mm"),
+    noise: Noise = common.opt(O, "noise", Noise),
     threshold: Optional[float] = common.opt(O, "threshold"),
     ratio_threshold: float = common.opt(O, "ratio_threshold"),
     bias_sigma_mm: float = common.opt(O, "bias_sigma_mm"),

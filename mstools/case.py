@@ -64,13 +64,13 @@ def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
     brain = read_mask(brain_path, allow_empty=False)
     check_same_grid(baseline, followup)
     check_same_grid(baseline, brain)
+    check_scan(baseline, brain_mask=brain.data)
+    check_scan(followup, brain_mask=brain.data)
     inside = (brain.data > 0) & imaged_in_both(baseline.data, followup.data)
     if not inside.any():
         raise InputError(f"{baseline_path}, {followup_path}: no brain voxel of {brain_path} holds data in both scans "
                          "(0 outside a scan's field of view); check that the scans cover the same brain")
     brain = Image(data=inside.astype(brain.data.dtype), affine=brain.affine, header=brain.header, path=brain.path)
-    check_scan(baseline, brain_mask=brain.data)
-    check_scan(followup, brain_mask=brain.data)
     return baseline, followup, brain
 
 

@@ -113,9 +113,11 @@ def test_brain_a_scan_did_not_image_is_left_out(case, tmp_path, rule):
     assert mask[BLOB] == 1 and not mask[:, :, 17:].any()
     assert json.loads(result.stdout)["candidates"] == 1
 
-    baseline[:] = 0
-    baseline[:, :, :2] = 100     # imaged, but only outside the brain (which spans slices 2-21)
+    baseline[:, :, 12:] = 0      # the baseline's slab and the follow-up's do not overlap
+    followup = np.asanyarray(nib.load(case / layout.FOLLOWUP).dataobj).copy()
+    followup[:, :, :12] = 0
     save_nifti(case / layout.BASELINE, baseline, oblique_affine())
+    save_nifti(case / layout.FOLLOWUP, followup, oblique_affine())
     result = runner.invoke(app, ["subtract", str(case), "-o", str(tmp_path / "none")])
     assert result.exit_code == 1 and "holds data in both scans" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and not list(tmp_path.glob("none*"))

@@ -57,6 +57,35 @@ def test_a_new_bright_blob_is_found_and_nothing_else(pair, rule):
     assert row["voxels"] == found.sum()
 
 
+def test_the_robust_spread_ignores_heavy_tails_and_equals_the_sd_on_gaussian_noise():
+    from mstools.detect.subtraction import difference_spread
+
+    rng = np.random.default_rng(0)
+    gaussian = rng.normal(0.0, 1.0, 50_000)
+    for noise in ("sd", "robust"):
+        centre, spread = difference_spread(gaussian, noise)
+        assert abs(centre) < 0.02 and abs(spread - 1.0) < 0.02
+    tailed = np.concatenate([gaussian, rng.normal(0.0, 6.0, 5_000)])   # residual misregistration
+    assert difference_spread(tailed, "sd")[1] > 2.0
+    assert difference_spread(tailed, "robust")[1] < 1.15
+    assert difference_spread(np.zeros(10), "robust") == (0.0, 0.0)    # no spread: the SD's answer
+
+
+def test_a_robust_spread_finds_a_faint_blob_the_sd_misses_under_heavy_tails(pair):
+    """Scattered large residuals (5 % of the brain, as misregistered edges leave) swell the SD
+    twofold; the blob stays above k robust spreads."""
+    baseline, followup, brain, _, rng = pair
+    scattered = brain & (rng.random(followup.shape) < 0.05)
+    followup = followup + np.where(scattered, rng.normal(0.0, 40.0, followup.shape), 0) + np.where(brain, blob(25.0), 0)
+    found = {noise: detect(baseline, followup.astype(np.float32), brain, affine=oblique_affine(), noise=noise)
+             for noise in ("sd", "robust")}
+    assert found["robust"].detections.labels[BLOB] > 0 and found["sd"].detections.labels[BLOB] == 0
+    assert found["robust"].details["noise"] == "robust"
+    assert found["robust"].details["difference_sd"] < found["sd"].details["difference_sd"]
+    with pytest.raises(ValueError, match="noise estimate"):
+        detect(baseline, followup, brain, affine=oblique_affine(), noise="mad")
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_a_global_intensity_change_gives_no_candidate(pair, rule):
     baseline, _, brain, anatomy, rng = pair

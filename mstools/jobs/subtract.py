@@ -15,6 +15,8 @@ PRADOS_CORE_EROSION_MM = 1.0
 HAMZAOUI_RATIO = 1.15
 DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 RULES = ("prados", "larosa", "hamzaoui")
+NOISE_ESTIMATES = ("sd", "robust")
+PRADOS_NOISE = "sd"
 
 #: The subtraction image written after the output prefix (read by activity and the report).
 SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
@@ -28,6 +30,7 @@ class SubtractOptions:
     core_mm: float = option(PRADOS_CORE_EROSION_MM, kind="float", min=0, help="prados: a candidate must survive an erosion of this radius (mm; along axes of voxels <= it); 0 = no core needed.")
     threshold: Optional[float] = option(None, kind="float", help="larosa: fixed threshold on the z-scored subtraction (default: adapts to the registration quality).")
     ratio_threshold: float = option(HAMZAOUI_RATIO, kind="float", help="hamzaoui: follow-up / baseline ratio.")
+    noise: str = option(PRADOS_NOISE, kind="choice", choices=NOISE_ESTIMATES, help="prados: the spread k counts: sd (standard deviation about the mean) or robust (1.4826 x median absolute deviation about the median).")
     bias_sigma_mm: float = option(DIFFERENTIAL_BIAS_SIGMA_MM, kind="float", min=0, help="Differential bias correction width (mm); 0 = off.")
 
 
@@ -62,7 +65,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
         csf = tissue_img.data == layout.TISSUE_LABELS["csf"]
         inputs.append(tissues)
     rule = options.rule
-    chosen = {"prados": {"k": options.k, "core_mm": options.core_mm, "csf": csf}, "larosa": {"threshold": options.threshold},
+    chosen = {"prados": {"k": options.k, "core_mm": options.core_mm, "noise": options.noise, "csf": csf}, "larosa": {"threshold": options.threshold},
               "hamzaoui": {"ratio_threshold": options.ratio_threshold}}[rule]
     log(f"subtract ({rule}): {paths[0]} -> {paths[1]}")
     try:
