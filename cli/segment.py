@@ -28,7 +28,7 @@ def segment_command(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output prefix P (P_score.nii.gz, P_mask.nii.gz, ...); default CASE/<model>, i.e. inside the input case folder."),
     model: ModelChoice = common.opt(O, "model", ModelChoice),
     weights: Optional[Path] = common.opt(O, "weights"),
-    threshold: float = common.opt(O, "threshold"),
+    threshold: Optional[float] = common.opt(O, "threshold"),
     min_lesion_mm3: float = common.opt(O, "min_lesion_mm3"),
     overlap: float = common.opt(O, "overlap"),
     batch_size: int = common.opt(O, "batch_size"),

@@ -126,6 +126,29 @@ def test_segment_keeps_its_lesions_inside_the_brain_mask(tmp_path, write_nifti):
         assert not list(tmp_path.glob("bad*"))
 
 
+def test_multitask_thresholds_thick_grids_lower_unless_told(tmp_path):
+    """0.3 for multitask on a grid with a 2 mm+ voxel edge, 0.5 on thinner grids and for the
+    other networks; a given --threshold wins. The threshold used is in the sidecar."""
+    from mstools.detect.deep.predictor import DEFAULT_THRESHOLD, THICK_SLICE_THRESHOLD, default_threshold
+
+    assert default_threshold("multitask", (0.72, 0.72, 3.0)) == THICK_SLICE_THRESHOLD["multitask"] == 0.3
+    assert default_threshold("multitask", (1.0, 1.0, 1.5)) == DEFAULT_THRESHOLD == 0.5
+    assert default_threshold("coactseg", (0.72, 0.72, 3.0)) == DEFAULT_THRESHOLD
+
+    def used(affine, *extra):
+        case = make_case(tmp_path / f"case{len(list(tmp_path.iterdir()))}", affine=affine)
+        weights = tiny_weights(tmp_path / "m.pt", "multitask")
+        prefix = str(case / "m")
+        result = runner.invoke(app, ["segment", str(case), "--model", "multitask", "--weights", str(weights), "-o",
+                                     prefix, "--threads", "1", *extra])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(open(prefix + "_score.json").read())["parameters"]["threshold"]
+
+    assert used(oblique_affine()) == 0.3                            # 0.9 x 1.1 x 2.5 mm voxels
+    assert used(oblique_affine(spacing=(1.0, 1.0, 1.5))) == 0.5
+    assert used(oblique_affine(), "--threshold", "0.6") == 0.6
+
+
 def test_segment_error_paths(tmp_path, write_nifti):
     case = make_case(tmp_path / "case")
     unet = tiny_weights(tmp_path / "unet.pt", "unet")
@@ -281,7 +304,7 @@ def test_segment_cli_defaults_are_the_library_defaults():
     from mstools.detect.deep import inference, predictor
 
     options = inspect.signature(segment_command).parameters
-    assert options["threshold"].default.default == predictor.DEFAULT_THRESHOLD
+    assert options["threshold"].default.default is None   # per model and grid: predictor.default_threshold
     assert options["min_lesion_mm3"].default.default == predictor.DEFAULT_MIN_LESION_MM3
     assert options["overlap"].default.default == inference.DEFAULT_OVERLAP
     assert options["batch_size"].default.default == predictor.PredictOptions().batch_size

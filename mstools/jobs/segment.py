@@ -113,7 +113,7 @@ class SegmentOptions:
     # Literals or the light registry, not the predictor: `mstools --help` must not import torch.
     model: str = option("coactseg", "--model", "-m", kind="choice", choices=MODELS, help="Network (default weights ship with mstools for all but multiseq and cascade: train them, give --weights).")
     weights: Optional[str] = option(None, kind="path", help="Weight file from mstools train (model.pt) instead of the default weights.")
-    threshold: float = option(0.5, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks.")
+    threshold: Optional[float] = option(None, kind="float", min=0.0, max=1.0, help="Probability threshold of the masks (default 0.5; multitask on a grid with a voxel edge of 2 mm or more: 0.3, measured).")
     min_lesion_mm3: float = option(4.0, kind="float", min=0.0, help="Keep components larger than this (paper 001, Masson: > 4 mm3).")
     overlap: float = option(0.5, kind="float", min=0.0, max=0.95, help="Sliding-window overlap (fraction of the window).")
     batch_size: int = option(2, kind="int", min=1, help="Windows per forward pass.")
@@ -217,7 +217,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     extra_images = read_sequences(extra_paths, base)
     lesion_maps = read_lesion_maps(map_paths, base, model=model) if map_paths is not None else None
 
-    from mstools.detect.deep.predictor import PredictOptions, Predictor, inside_region, lesion_mask
+    from mstools.detect.deep.predictor import PredictOptions, Predictor, default_threshold, inside_region, lesion_mask
 
     predictor_class = Predictor
     if lesion_maps is not None:   # the cascade (paper 001): the maps are two more input channels
@@ -254,7 +254,8 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
     region = imaged_in_both(base.data, follow.data)
     maps = inside_region(maps, region if brain is None else region & (brain.data > 0))
-    parameters = {"model": model, "weights": str(weights_path), "threshold": o.threshold,
+    threshold = default_threshold(model, base.spacing_mm) if o.threshold is None else o.threshold
+    parameters = {"model": model, "weights": str(weights_path), "threshold": threshold,
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
                   "min_lesion_mm3": o.min_lesion_mm3, "overlap": o.overlap, "batch_size": o.batch_size, "tta": o.tta,
                   "device": str(predictor.device), "threads": o.threads, "model_config": predictor.config.as_dict(),
@@ -267,7 +268,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
     record = sidecar(command="segment", parameters=parameters,
                      inputs=describe_inputs(inputs),
                      models={str(weights_path): predictor.sha256}, extra={"seconds": round(seconds, 2)})
-    masks = {name: lesion_mask(p, voxel_volume_mm3=base.voxel_volume_mm3, threshold=o.threshold,
+    masks = {name: lesion_mask(p, voxel_volume_mm3=base.voxel_volume_mm3, threshold=threshold,
                                min_lesion_mm3=o.min_lesion_mm3) for name, p in maps.items()}
     detections = detections_from_mask(masks["new"], maps["new"], base.affine)
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as out:
