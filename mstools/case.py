@@ -45,13 +45,15 @@ def resolve_pair(case: Optional[Path], baseline: Optional[Path], followup: Optio
     return baseline or case / layout.BASELINE, followup or case / layout.FOLLOWUP
 
 
-def imaged_in_both(baseline, followup):
-    """Voxels where both scans hold data (boolean). Resampling a scan onto a common grid fills
-    what lies outside its field of view (beyond a 2D slab, past a cropped edge) with exactly 0;
-    no change can be measured there, and the zeros would pass for the largest change of all."""
+def imaged_in_both(baseline, followup, within=None):
+    """Voxels where both scans hold data (boolean), inside the mask ``within`` when given.
+    Resampling a scan onto a common grid fills what lies outside its field of view (beyond a 2D
+    slab, past a cropped edge) with exactly 0; no change can be measured there, and the zeros
+    would pass for the largest change of all."""
     import numpy as np
 
-    return (np.asarray(baseline) != 0) & (np.asarray(followup) != 0)
+    imaged = (np.asarray(baseline) != 0) & (np.asarray(followup) != 0)
+    return imaged if within is None else imaged & (np.asarray(within) > 0)
 
 
 def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
@@ -66,7 +68,7 @@ def read_pair(baseline_path: Path, followup_path: Path, brain_path: Path):
     check_same_grid(baseline, brain)
     check_scan(baseline, brain_mask=brain.data)
     check_scan(followup, brain_mask=brain.data)
-    inside = (brain.data > 0) & imaged_in_both(baseline.data, followup.data)
+    inside = imaged_in_both(baseline.data, followup.data, within=brain.data)
     if not inside.any():
         raise InputError(f"{baseline_path}, {followup_path}: no brain voxel of {brain_path} holds data in both scans "
                          "(0 outside a scan's field of view); check that the scans cover the same brain")

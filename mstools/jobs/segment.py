@@ -252,8 +252,7 @@ def segment_job(case: Optional[Path], output: Optional[str], options: SegmentOpt
         from mstools.detect.deep.predictor import time02_all_lesions
 
         maps = {**maps, "all_t2": time02_all_lesions(maps, source=o.all_time02)}
-    region = imaged_in_both(base.data, follow.data)
-    maps = inside_region(maps, region if brain is None else region & (brain.data > 0))
+    maps = inside_region(maps, imaged_in_both(base.data, follow.data, within=None if brain is None else brain.data))
     threshold = default_threshold(model, base.spacing_mm) if o.threshold is None else o.threshold
     parameters = {"model": model, "weights": str(weights_path), "threshold": threshold,
                   "all_time02": o.all_time02 if "all_t2" in outputs else None,
