@@ -57,6 +57,7 @@ def filter_apply(
     keep_touching_lesions: bool = common.opt(O, "keep_touching_lesions"),
     confirm: Optional[str] = common.opt(O, "confirm"),
     confirm_min: float = common.opt(O, "confirm_min"),
+    add_confirming: str = common.opt(O, "add_confirming"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
 ) -> None:
@@ -66,6 +67,7 @@ def filter_apply(
 
     Two detectors agreeing (what `mstools run` does): mstools segment CASE --model multitask -o out/mt,
     then mstools filter CASE -c out/refine -o out/final --learned --confirm out/mt
+    (`mstools run` also adds out/mt's own lesions on thick-slice grids: --add-confirming thick)
 
     `mstools filter` is this command; `mstools filter train --help` fits a learned filter.
     """

@@ -280,3 +280,56 @@ def test_learned_filter_probabilities_are_lightgbms():
     features[rng.random(features.shape) < 0.05] = np.nan
     assert np.allclose(predict(text, features), booster.predict(features), rtol=0, atol=1e-12)
     assert model_feature_names(text) == booster.feature_name()
+
+
+def test_filter_cli_adds_the_confirming_detectors_lesions_on_thick_slices(case_with_candidates, tmp_path):
+    """--add-confirming: the confirming detector's own lesions join the kept ones on a thick-slice
+    grid (this case's 2.5 mm), with that detector's score; its P_mask is read, never written."""
+    case = case_with_candidates
+    _, _, _, _, labels = volumes()
+    affine = oblique_affine()                                  # 0.9 x 1.1 x 2.5 mm: thick slices
+    score = np.where(labels == 1, 0.8, 0.0).astype(np.float32)
+    network_only = np.zeros(SHAPE, bool)
+    network_only[10:13, 28:31, 20:23] = True                   # a lesion no candidate covers
+    score[network_only] = 0.6
+    save_nifti(tmp_path / "mt_score.nii.gz", score, affine)
+    save_nifti(tmp_path / "mt_mask.nii.gz", ((labels == 1) | network_only).astype(np.uint8), affine)
+    rules_off = ["--min-least-axis-mm", "0", "--min-sphericity", "0", "--min-contrast", "0", "--keep-touching-csf"]
+    results = {}
+    for mode in ("never", "thick", "always"):
+        out = str(tmp_path / mode)
+        result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out, *rules_off,
+                                     "--confirm", str(tmp_path / "mt"), "--add-confirming", mode, "--json"])
+        assert result.exit_code == 0, result.stderr
+        results[mode] = json.loads(result.stdout)
+        reported = np.asarray(nib.load(out + "_mask.nii.gz").dataobj) > 0
+        expected = (labels == 1) | (network_only if mode != "never" else False)
+        assert np.array_equal(reported, expected), mode
+    assert [results[m]["kept"] for m in ("never", "thick", "always")] == [1, 1, 1]
+    assert [results[m]["added"] for m in ("never", "thick", "always")] == [0, 1, 1]
+    added_score = np.asarray(nib.load(str(tmp_path / "thick") + "_score.nii.gz").dataobj)
+    assert added_score[network_only].max() == pytest.approx(0.6)
+    record = json.loads(Path(str(tmp_path / "thick") + "_mask.json").read_text())["parameters"]
+    assert record["add_confirming"] == "thick" and record["added_confirming"] is True
+
+
+def test_thick_slices_are_told_by_the_largest_voxel_edge():
+    from mstools.acquisition import has_thick_slices
+
+    assert has_thick_slices((0.72, 0.72, 3.0)) and has_thick_slices((2.0, 1.0, 1.0))
+    assert not has_thick_slices((1.0, 1.0, 1.0)) and not has_thick_slices((1.5, 1.5, 1.5))
+
+
+@pytest.mark.parametrize("confirm, message", [
+    (False, "name that detector with --confirm P"),
+    (True, "mt_mask.nii.gz not found"),
+])
+def test_filter_cli_refuses_to_add_without_a_confirming_mask(case_with_candidates, tmp_path, confirm, message):
+    _, _, _, _, labels = volumes()
+    save_nifti(tmp_path / "mt_score.nii.gz", (labels == 1).astype(np.float32), oblique_affine())
+    out = tmp_path / "f"
+    result = runner.invoke(app, ["filter", str(case_with_candidates), "-c", str(case_with_candidates / "subtract"),
+                                 "-o", str(out), "--add-confirming", "always",
+                                 *(["--confirm", str(tmp_path / "mt")] if confirm else [])])
+    assert result.exit_code == 1 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("f_*"))

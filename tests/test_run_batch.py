@@ -92,11 +92,26 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     score = np.asarray(nib.load(out / "segment" / "segment_score.nii.gz").dataobj)
     kept, count = ndimage.label(np.asarray(filter_mask.dataobj) > 0, structure=np.ones((3, 3, 3)))
     assert all(score[kept == label].max() >= parameters["confirm_min"] for label in range(1, count + 1))
+    # on this 3 mm grid (thick slices) the network's own lesions are reported too
+    network = np.asarray(nib.load(out / "segment" / "segment_mask.nii.gz").dataobj) > 0
+    assert parameters["add_confirming"] == "thick" and parameters["added_confirming"] is True
+    assert not (network & ~(np.asarray(filter_mask.dataobj) > 0)).any()
     rows = (out / rl.EVALUATION).read_text().splitlines()
     assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "segment", "refine", "filter", "activity"]
     assert record["metrics"]["stage"] == "activity" and record["metrics"]["gt_lesions"] == 3
     assert str(out / record["final"]["mask"]) in result.stdout and "lesion" not in result.stderr.split("\n")[0][:0]
     assert result.stdout.splitlines()[-1].startswith("activity")  # the evaluation table on stdout
+
+
+def test_run_without_a_confirming_detector_adds_nothing(cohort, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(NO_REPORT + "segment:\n  enabled: false\nfilter:\n  confirm_with: none\n")
+    out = tmp_path / "run"
+    result = _run(cohort / "sim-11", out, "-c", str(config))
+    assert result.exit_code == 0, result.output
+    command = json.loads((out / "filter" / rl.STAGE_RECORD).read_text())["command"]
+    assert "--confirm" not in command and command[command.index("--add-confirming") + 1] == "never"
+    assert "add_confirming" not in json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]
 
 
 def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort, tmp_path, no_report):

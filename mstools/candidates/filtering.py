@@ -262,11 +262,14 @@ def confirm_by_score(rows: list[dict], labels: np.ndarray, score: np.ndarray, mi
             row["decision"] = f"unconfirmed<{minimum:g}"
 
 
-def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
+def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray, *,
+                    added: np.ndarray | None = None, added_score: np.ndarray | None = None):
     """The kept candidates in the common convention; sets each row's ``output_label``.
 
     The score of a kept candidate is its probability (learned filter) or 1 (rules).
-    One pass over the volume whatever the number of candidates.
+    ``added`` (another detector's lesion mask, ``filter --add-confirming``) joins the
+    output; its voxels outside the kept candidates score ``added_score`` (that detector's
+    map; 1 without one). One pass over the volume whatever the number of candidates.
     """
     from mstools.lesions import detections_from_mask
 
@@ -279,7 +282,13 @@ def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
             keep[row["label"]] = True
             value[row["label"]] = row.get("probability", 1.0)
     kept_voxels = keep[labels]
-    detections = detections_from_mask(kept_voxels, value[labels], affine, connectivity=26)
+    score = value[labels]
+    reported = kept_voxels
+    if added is not None:
+        extra = np.asarray(added, dtype=bool) & ~kept_voxels
+        score[extra] = 1.0 if added_score is None else np.asarray(added_score, dtype=np.float32)[extra]
+        reported = kept_voxels | extra
+    detections = detections_from_mask(reported, score, affine, connectivity=26)
     mapping = {}
     if kept:
         new = np.zeros(size, dtype=np.int64)   # each kept candidate's output label (its largest)
@@ -288,6 +297,12 @@ def kept_detections(labels: np.ndarray, rows: list[dict], affine: np.ndarray):
     for row in rows:
         row["output_label"] = mapping.get(row["label"], 0)
     return detections
+
+
+def added_lesion_count(detections, rows: list[dict]) -> int:
+    """How many of ``detections``' lesions hold no kept candidate (those ``added`` brought)."""
+    with_candidates = {row["output_label"] for row in rows if row["output_label"]}
+    return len(detections.table) - len(with_candidates)
 
 
 def csf_and_white_matter(baseline: np.ndarray, brain: np.ndarray, tissues: np.ndarray | None):

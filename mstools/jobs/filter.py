@@ -15,6 +15,9 @@ MIN_LEAST_AXIS_MM, MIN_SPHERICITY, MIN_NEIGHBOUR_CONTRAST, MIN_WM_FRACTION = 1.2
 #: = mstools.candidates.filtering.CONFIRM_MIN_SCORE (its measurement is there; a test checks), written
 #: here so that `mstools filter --help` does not import NumPy and SciPy.
 CONFIRM_MIN_SCORE = 0.3
+#: When ``--add-confirming`` adds the confirming detector's own lesions: never, on thick-slice
+#: grids only (mstools.acquisition.has_thick_slices), or always.
+ADD_CONFIRMING = ("never", "thick", "always")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class FilterOptions:
     keep_touching_lesions: bool = option(False, kind="bool", help="Do not drop candidates touching a baseline lesion.")
     confirm: Optional[str] = option(None, kind="str", help="Another detector's output prefix P (its P_score.nii.gz on the case grid, e.g. from mstools segment --model multitask): keep only candidates where that score reaches --confirm-min (two detectors agree).")
     confirm_min: float = option(CONFIRM_MIN_SCORE, kind="float", min=0.0, max=1.0, help="With --confirm: the score a kept candidate must reach somewhere inside it (measured on validation cases; see mstools.candidates.filtering).")
+    add_confirming: str = option("never", kind="choice", choices=ADD_CONFIRMING, help="With --confirm: also report the confirming detector's own lesions (its P_mask.nii.gz), never, on thick-slice grids only (largest voxel edge >= 2 mm, where subtraction misses most new lesions) or always. mstools run: thick (measured; see mstools/pipeline/stages.py).")
 
     def rules(self):
         from mstools.candidates.filtering import FilterRules
@@ -101,6 +105,24 @@ def read_confirmation(path: Path, reference):
     return image.data
 
 
+def confirming_mask_path(options: FilterOptions) -> Optional[Path]:
+    """The lesion mask ``--add-confirming`` may add (P_mask.nii.gz of ``--confirm P``), checked to
+    exist; None when nothing is to be added."""
+    from mstools.detections import MASK_SUFFIX
+    from mstools.errors import InputError
+
+    if options.add_confirming == "never":
+        return None
+    if options.confirm is None:
+        raise InputError(f"--add-confirming {options.add_confirming} adds the confirming detector's lesions; "
+                         "name that detector with --confirm P")
+    path = Path(options.confirm + MASK_SUFFIX)
+    if not path.is_file():
+        raise InputError(f"{path} not found; --add-confirming adds the lesion mask of the detector --confirm names "
+                         "(mstools segment writes P_mask.nii.gz beside P_score.nii.gz)")
+    return path
+
+
 def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterOptions = FilterOptions(), *,
                baseline: Optional[Path] = None, followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
                tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
@@ -108,27 +130,35 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     """Keep the candidates that pass the rules (or the learned model); write them and a feature table."""
     from mstools.case import resolve_case_inputs
     from mstools.detections import add_detections, add_table, output_paths
-    from mstools.candidates.filtering import (FEATURE_COLUMNS, confirm_by_score, decide_by_model, decide_by_rules,
-                                              kept_detections)
+    from mstools.candidates.filtering import (FEATURE_COLUMNS, added_lesion_count, confirm_by_score, decide_by_model,
+                                              decide_by_rules, kept_detections)
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
     from mstools.models import load_filter_model, packaged_model
     from mstools.provenance import check_outputs, describe_inputs, sidecar
 
     confirm_score = confirmation_score_path(options.confirm)
+    confirm_mask = confirming_mask_path(options)
     pair = resolve_case_inputs(case, baseline, followup, brain_mask)
-    read = [*pair, tissues, baseline_lesions, *output_paths(candidates).values(), confirm_score]
+    read = [*pair, tissues, baseline_lesions, *output_paths(candidates).values(), confirm_score, confirm_mask]
     check_outputs([*output_paths(out).values(), out + "_features.tsv"], inputs=read, force=force)  # before the work
     rules = options.rules()
     model = Path(options.model) if options.model is not None else None
     if model is None and options.learned:
         model = packaged_model("filter")
     model_text, card = load_filter_model(model) if model is not None else (None, None)
-    confirming = None
+    confirming = added = None
     if confirm_score is not None:   # checked before the features are computed
-        from mstools.io import read_grid
+        from mstools.acquisition import has_thick_slices
+        from mstools.io import check_same_grid, read_grid, read_mask
 
-        confirming = read_confirmation(confirm_score, read_grid(pair[0]))
+        grid = read_grid(pair[0])
+        confirming = read_confirmation(confirm_score, grid)
+        if confirm_mask is not None:
+            lesions = read_mask(confirm_mask)
+            check_same_grid(grid, lesions)
+            if options.add_confirming == "always" or has_thick_slices(grid.spacing_mm):
+                added = lesions.data > 0
     reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
                                                        brain_mask=brain_mask, tissues=tissues,
                                                        baseline_lesions=baseline_lesions)
@@ -146,18 +176,21 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     if confirm_score is not None:
         confirm_by_score(rows, labels, confirming, options.confirm_min)
         columns.append("confirm_max")
-        parameters.update(confirm=options.confirm, confirm_min=options.confirm_min)
-        inputs = [*inputs, confirm_score]
-    detections = kept_detections(labels, rows, reference.affine)
+        parameters.update(confirm=options.confirm, confirm_min=options.confirm_min,
+                          add_confirming=options.add_confirming, added_confirming=added is not None)
+        inputs = [*inputs, confirm_score, *([confirm_mask] if confirm_mask is not None else [])]
+    detections = kept_detections(labels, rows, reference.affine, added=added, added_score=confirming)
     kept = sum(row["decision"] == "kept" for row in rows)
+    extra = added_lesion_count(detections, rows) if added is not None else 0
     record = sidecar(command="filter", parameters={**parameters, "candidates": candidates},
                      inputs=describe_inputs(inputs), models={str(model): sha256(model)} if model else None)
     with OutputBatch(inputs=inputs, force=force, create_dirs=True) as batch:
         add_detections(batch, out, detections, reference, record)
         add_table(batch, out + "_features.tsv", rows, columns + ["decision", "output_label"], record)
-    log(f"kept {kept} of {len(rows)}")
-    return JobResult(list(batch.written),
-                     {"candidates": len(rows), "kept": kept, "written": [str(p) for p in batch.written]})
+    log(f"kept {kept} of {len(rows)}" + (f"; added {extra} of the confirming detector's lesions" if added is not None
+                                         else ""))
+    return JobResult(list(batch.written), {"candidates": len(rows), "kept": kept, "added": extra,
+                                           "written": [str(p) for p in batch.written]})
 
 
 def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str = "subtract",
