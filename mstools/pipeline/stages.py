@@ -382,6 +382,9 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: LTPR 0.524 -> 0.483, LFPR 0.296 -> 0.098, Dice 0.543 -> 0.597 (benchmarks/confirm_sweep.py;
 #: the threshold, 0.3, in mstools.candidates.filtering.CONFIRM_MIN_SCORE). The multitask network
 #: confirms best of the three packaged ones (F1 0.592 against 0.554 for the mean of all three).
+#: Correction (2026-12-07 14:50): 3 of those 21 cases (xs-xs26-0..2, seeds 4260-4262) are in the
+#: multitask weights' training set, and 3 more are them through `preprocess`. On the other 15 the
+#: choice stands: F1 0.514 / 0.546 / 0.548 / 0.565 / 0.548 without and at 0.1 / 0.2 / 0.3 / 0.5.
 #:
 #: filter add_confirming = thick (2026-12-07): on thick-slice grids the multitask network's own
 #: lesions (its mask at 0.3 there) join the confirmed chain's. Subtraction touches few of the new
@@ -390,7 +393,8 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: Dice 0.581 -> 0.598; adding only the network's lesions that touch a subtraction candidate gave
 #: 0.549. On the 12 thin-grid cases the union lowers F1 (0.635 -> 0.630 at the network's 0.5,
 #: 0.571 at 0.3) and Dice (0.609 -> 0.588), so thin grids (the 1 mm cohort, data_samples) keep
-#: the chain alone.
+#: the chain alone. Without the 3 thick cases the network was trained on (xs-xs26-0..2), 6 thick
+#: cases: F1 0.547 -> 0.554, LTPR 0.429 -> 0.501, LFPR 0.111 -> 0.150, Dice 0.607 -> 0.615.
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
     "subtract": {"k": 2.5, "core_mm": 0.0},
     "segment": {"model": "multitask"},
