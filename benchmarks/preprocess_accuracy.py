@@ -14,6 +14,8 @@ Variants:
 * ``today``: today's ``mstools preprocess`` (the grid policy of today);
 * ``isotropic``: today's ``preprocess --spacing-mm`` at the finest voxel edge (the former grid);
 * ``iso1mm``: today's ``preprocess --spacing-mm 1`` (1 mm isotropic, the detectors' home grid);
+* ``followup``: today's ``preprocess --spacing-mm`` at the follow-up's own voxel size (thick
+  slices stay thick, so the run's thick-slice rules apply);
 * ``before``: ``--before CMD``, another version's command, e.g. the checkout at the start of
   the speed work: ``--before "env PYTHONPATH=/old python -m cli.main"`` (run in /old).
 
@@ -71,6 +73,12 @@ def _pairs(work: Path, clinical: list[int], raw1mm: list[int]) -> dict[str, tupl
     return pairs
 
 
+def _voxel_size(path: Path) -> tuple[float, ...]:
+    import nibabel as nib
+
+    return tuple(float(v) for v in nib.load(str(path)).header.get_zooms()[:3])
+
+
 def _finest_edge(*paths: Path) -> float:
     import nibabel as nib
 
@@ -126,6 +134,8 @@ def main() -> None:
                 extra = ["--spacing-mm", f"{_finest_edge(baseline, followup):.6g}"]
             if variant == "iso1mm":
                 extra = ["--spacing-mm", "1"]
+            if variant == "followup":
+                extra = ["--spacing-mm", ",".join(f"{v:.6g}" for v in _voxel_size(followup))]
             seconds = _preprocess(command, cwd, baseline, followup, truth, case, extra)
             m = _chain(case, args.work / variant / f"run-{name}")
             rows.setdefault((domain, variant), []).append(m)
