@@ -92,10 +92,8 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     score = np.asarray(nib.load(out / "segment" / "segment_score.nii.gz").dataobj)
     kept, count = ndimage.label(np.asarray(filter_mask.dataobj) > 0, structure=np.ones((3, 3, 3)))
     assert all(score[kept == label].max() >= parameters["confirm_min"] for label in range(1, count + 1))
-    # on this 3 mm grid (thick slices) the network's own lesions are reported too
-    network = np.asarray(nib.load(out / "segment" / "segment_mask.nii.gz").dataobj) > 0
-    assert parameters["add_confirming"] == "thick" and parameters["added_confirming"] is True
-    assert not (network & ~(np.asarray(filter_mask.dataobj) > 0)).any()
+    # the network's own lesions are not added by default, on this 3 mm grid either
+    assert parameters["add_confirming"] == "never" and parameters["added_confirming"] is False
     rows = (out / rl.EVALUATION).read_text().splitlines()
     assert [line.split("\t")[0] for line in rows[1:]] == ["subtract", "segment", "refine", "filter", "activity"]
     assert record["metrics"]["stage"] == "activity" and record["metrics"]["gt_lesions"] == 3
@@ -103,15 +101,17 @@ def test_run_writes_every_stage_the_final_result_and_the_evaluation(cohort, tmp_
     assert result.stdout.splitlines()[-1].startswith("activity")  # the evaluation table on stdout
 
 
-def test_run_without_a_confirming_detector_adds_nothing(cohort, tmp_path):
+def test_run_adds_the_networks_lesions_on_thick_grids_when_configured(cohort, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(NO_REPORT + "segment:\n  enabled: false\nfilter:\n  confirm_with: none\n")
+    config.write_text(NO_REPORT + "filter:\n  add_confirming: thick\n")
     out = tmp_path / "run"
     result = _run(cohort / "sim-11", out, "-c", str(config))
     assert result.exit_code == 0, result.output
-    command = json.loads((out / "filter" / rl.STAGE_RECORD).read_text())["command"]
-    assert "--confirm" not in command and command[command.index("--add-confirming") + 1] == "never"
-    assert "add_confirming" not in json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]
+    parameters = json.loads((out / "filter" / "filter_mask.json").read_text())["parameters"]
+    assert parameters["add_confirming"] == "thick" and parameters["added_confirming"] is True   # 3 mm: thick
+    network = np.asarray(nib.load(out / "segment" / "segment_mask.nii.gz").dataobj) > 0
+    reported = np.asarray(nib.load(out / "filter" / "filter_mask.nii.gz").dataobj) > 0
+    assert network.any() and not (network & ~reported).any()
 
 
 def test_rerun_reuses_unchanged_stages_and_reruns_what_an_option_changes(cohort, tmp_path, no_report):
@@ -244,6 +244,7 @@ def test_raw_scans_are_preprocessed_and_results_carried_both_ways(cohort, tmp_pa
     ("segment:\n  enabled: false\n", "filter confirms its lesions with segment's score but segment is not enabled"),
     ("filter:\n  confirm_with: subtract\n", "filter.confirm_with must be segment, none"),
     ("filter:\n  confirm: out/mt\n", "filter.confirm (a score map prefix) and filter.confirm_with (a stage) both"),
+    ("filter:\n  confirm_with: none\n  add_confirming: thick\n", "filter.add_confirming is thick but no detector confirms"),
     ("filter:\n  enabled: false\n", "activity reads filter's outputs but filter is not enabled"),
     ("activity:\n  enabled: false\n", "final is activity but that stage is not enabled"),
     ("refine:\n  enabled: false\n", "filter reads the refine candidates but refine is not enabled"),

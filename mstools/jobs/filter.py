@@ -33,7 +33,7 @@ class FilterOptions:
     keep_touching_lesions: bool = option(False, kind="bool", help="Do not drop candidates touching a baseline lesion.")
     confirm: Optional[str] = option(None, kind="str", help="Another detector's output prefix P (its P_score.nii.gz on the case grid, e.g. from mstools segment --model multitask): keep only candidates where that score reaches --confirm-min (two detectors agree).")
     confirm_min: float = option(CONFIRM_MIN_SCORE, kind="float", min=0.0, max=1.0, help="With --confirm: the score a kept candidate must reach somewhere inside it (measured on validation cases; see mstools.candidates.filtering).")
-    add_confirming: str = option("never", kind="choice", choices=ADD_CONFIRMING, help="With --confirm: also report the confirming detector's own lesions (its P_mask.nii.gz), never, on thick-slice grids only (largest voxel edge >= 2 mm, where subtraction misses most new lesions) or always (mstools run: thick).")
+    add_confirming: str = option("never", kind="choice", choices=ADD_CONFIRMING, help="With --confirm: also report the confirming detector's own lesions (its P_mask.nii.gz), never, on thick-slice grids only (largest voxel edge >= 2 mm, where subtraction misses most new lesions) or always. Measured, not run's default: see mstools/pipeline/stages.py.")
 
     def rules(self):
         from mstools.candidates.filtering import FilterRules

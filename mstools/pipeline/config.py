@@ -158,6 +158,10 @@ def check_config(config: dict) -> None:
         if config["filter"].get("confirm") is not None:
             raise InputError("config: filter.confirm (a score map prefix) and filter.confirm_with (a stage) both "
                              "name the confirming detector; keep one (confirm_with: none to use confirm)")
+    if (enabled(config, "filter") and config["filter"].get("add_confirming", "never") != "never" and confirm == "none"
+            and config["filter"].get("confirm") is None):
+        raise InputError(f"config: filter.add_confirming is {config['filter']['add_confirming']} but no detector "
+                         "confirms (filter.confirm_with: none); set confirm_with: segment or add_confirming: never")
     if (enabled(config, "refine") and enabled(config, "filter") and config["refine"]["candidates"] == "filter"
             and config["filter"]["candidates"] == "refine"):
         raise InputError("config: refine reads filter's candidates and filter reads refine's; one of them must "

@@ -27,7 +27,7 @@ from mstools.cohort_inputs import CaseInput
 from mstools.errors import InputError
 from mstools.pipeline.config import (check_config, check_config_files, resolve, stage_options,
                                      stage_options_args)
-from mstools.pipeline.stages import PATH_OPTIONS, STAGES, StageContext, configured_values, enabled, stage_order
+from mstools.pipeline.stages import PATH_OPTIONS, STAGES, StageContext, enabled, stage_order
 
 
 class StageFailed(InputError):
@@ -316,11 +316,10 @@ def _run(case: CaseInput, run_dir: Path, config: dict, base: Path, *, verbose: b
         if name not in active:
             outcomes[name] = StageOutcome("off")
             continue
-        values = configured_values(name, config)
-        context = StageContext(case, case_dir, run_dir, config, stage_options(stage, values, base),
+        context = StageContext(case, case_dir, run_dir, config, stage_options(stage, config[name], base),
                                step=functools.partial(progress.step, name),
                                count=functools.partial(progress.count, name))
-        args = [*stage.arguments(context), *stage_options_args(stage, values, base), "--force"]
+        args = [*stage.arguments(context), *stage_options_args(stage, config[name], base), "--force"]
         payload = {"stage": name, "version": __version__, "options": config[name], "models": models,
                    "inputs": input_hashes, "upstream": [keys.get(u, "") for u in stage.reads(config)]}
         read = _stage_input_hashes(stage, context)

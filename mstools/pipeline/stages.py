@@ -216,15 +216,6 @@ def confirming_stage(config: dict) -> Optional[str]:
     return None if source == "none" else source
 
 
-def configured_values(name: str, config: dict) -> dict:
-    """A stage's configured values as its command takes them: with no confirming detector
-    (``filter.confirm_with: none`` and no ``filter.confirm``) the filter has none to add."""
-    values = config[name]
-    if name == "filter" and confirming_stage(config) is None and values.get("confirm") is None:
-        return {**values, "add_confirming": "never"}
-    return values
-
-
 def _filter_options(ctx: StageContext):
     import dataclasses
 
@@ -386,20 +377,20 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: multitask weights' training set, and 3 more are them through `preprocess`. On the other 15 the
 #: choice stands: F1 0.514 / 0.546 / 0.548 / 0.565 / 0.548 without and at 0.1 / 0.2 / 0.3 / 0.5.
 #:
-#: filter add_confirming = thick (2026-12-07): on thick-slice grids the multitask network's own
-#: lesions (its mask at 0.3 there) join the confirmed chain's. Subtraction touches few of the new
-#: lesions of 3 mm slices, and the network finds others: on the 9 thick-grid cases of those 21
-#: validation cases the run's lesion F1 0.539 -> 0.567, LTPR 0.410 -> 0.478, LFPR 0.074 -> 0.096,
-#: Dice 0.581 -> 0.598; adding only the network's lesions that touch a subtraction candidate gave
-#: 0.549. On the 12 thin-grid cases the union lowers F1 (0.635 -> 0.630 at the network's 0.5,
-#: 0.571 at 0.3) and Dice (0.609 -> 0.588), so thin grids (the 1 mm cohort, data_samples) keep
-#: the chain alone. Without the 3 thick cases the network was trained on (xs-xs26-0..2), 6 thick
-#: cases: F1 0.547 -> 0.554, LTPR 0.429 -> 0.501, LFPR 0.111 -> 0.150, Dice 0.607 -> 0.615.
+#: filter add_confirming stays never (the command's default; tried 2026-12-07 14:35-15:15): on
+#: thick-slice grids the multitask network's own lesions (its mask, at 0.3 there) joined to the
+#: confirmed chain's. On the 9 thick-grid cases of those 21 validation cases lesion F1 0.539 ->
+#: 0.565, LTPR 0.410 -> 0.478, LFPR 0.074 -> 0.100, but without the 3 the network was trained on
+#: (xs-xs26-0..2) only 0.547 -> 0.554 (LTPR 0.429 -> 0.501, LFPR 0.111 -> 0.150); on 9 simulated
+#: clinical case folders on their 3-3.3 mm grids (seeds 9100-9108, never trained on) F1 0.648 ->
+#: 0.632, Dice 0.632 -> 0.567, LFPR 0.022 -> 0.072; on development patient 01 F1 0.571 -> 0.400
+#: (6 false lesions added). Net lower F1 and Dice on development data, so the run leaves it off;
+#: `filter: {add_confirming: thick}` trades them for recall (README, "Accuracy on real scans").
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
     "subtract": {"k": 2.5, "core_mm": 0.0},
     "segment": {"model": "multitask"},
     "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
-    "filter": {"learned": True, "add_confirming": "thick"},
+    "filter": {"learned": True},
 }
 
 #: Options whose value is a file: relative paths are taken from the config file's folder.
