@@ -29,6 +29,7 @@ def register_command(
     bending_weight: float = common.opt(O, "bending_weight"),
     mode: Mode = common.opt(O, "mode", Mode),
     threshold: Optional[float] = common.opt(O, "threshold"),
+    hyperintense_sd: Optional[float] = common.opt(O, "hyperintense_sd"),
     min_mm3: Optional[float] = common.opt(O, "min_mm3"),
     register_in_mask: bool = common.opt(O, "register_in_mask"),
     threads: Optional[int] = common.opt(O, "threads"),

@@ -234,6 +234,27 @@ def test_candidate_mask_threshold_size_and_affine_check():
     assert score[6, 5, 2] == 2.5 and score[2, 2, 2] == 3.0
 
 
+def test_candidates_must_be_hyperintense_at_follow_up():
+    """A rise from a dark baseline (CSF) to average tissue is no new FLAIR lesion; a rise to a
+    hyperintensity is (Prados et al.'s 1 SD above the mean brain intensity)."""
+    brain = np.ones(SHAPE, dtype=bool)
+    followup = np.random.default_rng(0).normal(100.0, 10.0, SHAPE).astype(np.float32)
+    sub = np.zeros(SHAPE, dtype=np.float32)
+    sub[2:4, 2:4, 2:4] = 3.0
+    followup[2:4, 2:4, 2:4] = 100.0      # average tissue at follow-up: a rise out of a dark baseline
+    sub[6:8, 5:8, 2:4] = 3.0
+    followup[6:8, 5:8, 2:4] = 160.0      # a hyperintensity
+    plain = detection.candidate_mask(sub, brain, threshold=2.0, min_voxels=5)
+    assert plain.sum() == 20
+    kept = detection.candidate_mask(sub, brain, threshold=2.0, min_voxels=5, followup=followup,
+                                    hyperintense_sd=detection.DEFAULT_HYPERINTENSE_SD)
+    assert kept.sum() == 12 and kept[6:8, 5:8, 2:4].all()
+    # 0 switches the condition off
+    assert detection.candidate_mask(sub, brain, threshold=2.0, min_voxels=5, followup=followup,
+                                    hyperintense_sd=0.0).sum() == 20
+    assert detection.DEFAULT_HYPERINTENSE_SD == 1.0
+
+
 def test_candidate_features_by_hand():
     labels = np.zeros(SHAPE, dtype=np.int32)
     labels[1:3, 1, 1] = 1          # 2 voxels

@@ -32,6 +32,7 @@ class RegisterOptions:
     bending_weight: float = option(0.0, kind="float", min=0.0, help="Weight of elastix's bending-energy penalty (stiffer; runs on one thread).")
     mode: str = option("registered", kind="choice", choices=MODES, help="registered: candidates from the registered subtraction; affine-check: also from the affine-only subtraction (keeps new lesions a flexible B-spline shrank away).")
     threshold: Optional[float] = option(None, kind="float", help="z-score threshold of the subtraction. [default: measured]")
+    hyperintense_sd: Optional[float] = option(None, kind="float", min=0.0, help="Candidate voxels must be this many SDs above the follow-up's mean brain intensity (new FLAIR lesions are hyperintense); 0 = off. [default: 1, Prados et al.'s hyperintensity; measured]")
     min_mm3: Optional[float] = option(None, kind="float", min=0.0, help="Smallest candidate (mm3, 26-connected; at least 1 voxel). [default: 5, La Rosa et al.'s 5 voxels of ~1 mm3]")
     register_in_mask: bool = option(False, kind="bool", help="Also restrict elastix's sampling to --followup-mask (measured: worse at the brain edge; off by default).")
     threads: Optional[int] = option(None, kind="int", min=1, help="elastix threads (default: all cores).")
@@ -59,6 +60,7 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     clock = {"start": time.perf_counter()}
     threshold = detection.DEFAULT_THRESHOLD if o.threshold is None else o.threshold
     min_mm3 = detection.DEFAULT_MIN_MM3 if o.min_mm3 is None else o.min_mm3
+    hyperintense_sd = detection.DEFAULT_HYPERINTENSE_SD if o.hyperintense_sd is None else o.hyperintense_sd
     if not np.isfinite(threshold):
         raise InputError(f"--threshold must be a finite number, not {threshold}")
     parameter_files = [Path(p) for p in o.parameters or []]
@@ -89,13 +91,14 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
 
     log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages)")
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
-                   affine_check=use_affine, fixed_brain=fixed_brain, moving_brain=moving_brain,
+                   hyperintense_sd=hyperintense_sd, affine_check=use_affine, fixed_brain=fixed_brain, moving_brain=moving_brain,
                    register_in_mask=o.register_in_mask, threads=o.threads,
                    progress=progress or (lambda message: log(f"register: {message}")))
     clock["registered"] = time.perf_counter()
     quality = found.quality
     parameters_record = {
-        "mode": o.mode, "threshold": threshold, "min_mm3": min_mm3, "min_voxels": min_voxels,
+        "mode": o.mode, "threshold": threshold, "hyperintense_sd": hyperintense_sd, "min_mm3": min_mm3,
+        "min_voxels": min_voxels,
         "register_in_mask": o.register_in_mask,
         "connectivity": detection.CANDIDATE_CONNECTIVITY, "threads": o.threads,
         "parameter_files": [str(p) for p in parameter_files],
