@@ -377,6 +377,9 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: multitask weights' training set, and 3 more are them through `preprocess`. On the other 15 the
 #: choice stands: F1 0.514 / 0.546 / 0.548 / 0.565 / 0.548 without and at 0.1 / 0.2 / 0.3 / 0.5.
 #:
+#: subtract min_followup_sd = 0 (the command's hyperintensity condition off): refine and the
+#: learned filter were trained on, and sort, the candidates without it (2026-12-07).
+#:
 #: filter add_confirming stays never (the command's default; tried 2026-12-07 14:35-15:15): on
 #: thick-slice grids the multitask network's own lesions (its mask, at 0.3 there) joined to the
 #: confirmed chain's. On the 9 thick-grid cases of those 21 validation cases lesion F1 0.539 ->
@@ -387,7 +390,7 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: (6 false lesions added). Net lower F1 and Dice on development data, so the run leaves it off;
 #: `filter: {add_confirming: thick}` trades them for recall (README, "Accuracy on real scans").
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
-    "subtract": {"k": 2.5, "core_mm": 0.0},
+    "subtract": {"k": 2.5, "core_mm": 0.0, "min_followup_sd": 0.0},
     "segment": {"model": "multitask"},
     "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
     "filter": {"learned": True},
