@@ -59,19 +59,26 @@ PRADOS_CORE_EROSION_MM = 1.0      # clusters "that survive one erosion"
 # protocol change: sd / robust = 1.02-1.04 on simulated pairs, 1.28-1.31 on real ones).
 NOISE_ESTIMATES = ("sd", "robust")
 PRADOS_NOISE = "sd"
-# Not in the paper: a candidate's mean follow-up intensity (bias-corrected, z-scored in the
-# brain) must reach this many SDs (new FLAIR lesions are hyperintense; 0 = off). Most false
-# candidates on real pairs are tissue brightening from dark (CSF edges, partial volume of thick
-# slices) to about the brain's mean. Chosen offline from the command's candidates (k 3, 1 mm
-# core; off / 0.5 / 1.0): 9 simulated clinical pairs on 3-3.3 mm grids (seeds 9100-9108) lesion
-# F1 0.286 / 0.433 / 0.469, LTPR 0.489 / 0.489 / 0.467; development patient 01 F1 0.113 / 0.276 /
-# 0.312, LTPR 0.8 / 0.8 / 0.6; 15 validation cases F1 0.237 / 0.268 / 0.319, LTPR 0.385 / 0.385 /
-# 0.348; simulated 1 mm seeds 1000-1004 F1 0.704 / 0.704 / 0.676: 0.5 loses no true lesion
-# anywhere. The command with it (off -> 0.5): clinical F1 0.286 -> 0.453, LFPR 0.697 -> 0.508;
-# patient 01 82 -> 27 candidates, LFPR 0.939 -> 0.815; validation F1 0.237 -> 0.272, LFPR 0.724 ->
-# 0.635; 1 mm unchanged; LTPR unchanged on all. `mstools run` keeps it off: refine and the
+# Not in the papers, for all three rules: a candidate's mean follow-up intensity (bias-corrected,
+# z-scored in the brain) must reach this many SDs (new FLAIR lesions are hyperintense; 0 = off,
+# the papers' rules). Most false candidates on real pairs are tissue brightening from dark (CSF
+# edges, partial volume of thick slices) to about the brain's mean. Chosen offline from the
+# command's candidates (off / 0.5 / 1.0; lesion F1, LTPR):
+#   prados (k 3, 1 mm core): 9 simulated clinical pairs on 3-3.3 mm grids (seeds 9100-9108) F1
+#   0.286 / 0.433 / 0.469, LTPR 0.489 / 0.489 / 0.467; development patient 01 F1 0.113 / 0.276 /
+#   0.312, LTPR 0.8 / 0.8 / 0.6; 15 validation cases F1 0.237 / 0.268 / 0.319, LTPR 0.385 / 0.385 /
+#   0.348; simulated 1 mm seeds 1000-1004 F1 0.704 / 0.704 / 0.676, LTPR 0.72 / 0.72 / 0.68.
+#   larosa: clinical F1 0.230 / 0.392 / 0.382 (LTPR 0.556 / 0.556 / 0.533); patient 01 0.033 /
+#   0.111 / 0.250 (LTPR 0.4 all); validation 0.165 / 0.187 / 0.206 (LTPR 0.342 / 0.327 / 0.327);
+#   1 mm 0.595 / 0.610 / 0.610 (LTPR 0.76 all).
+#   hamzaoui: clinical F1 0.114 / 0.230 / 0.357 (LTPR 0.444 / 0.378 / 0.333); patient 01 0.052 /
+#   0.222 / 0.250 (LTPR 0.4 / 0.4 / 0.2); validation 0.102 / 0.200 / 0.260 (LTPR 0.472 / 0.434 /
+#   0.356); 1 mm 0.182 / 0.685 / 0.610 (LTPR 0.96 / 0.96 / 0.64).
+# 0.5 raises F1 everywhere and keeps LTPR but for a few faint lesions of the ratio rule; 1.0 costs
+# recall on the 1 mm cohort. The prados command with it (off -> 0.5): clinical LFPR 0.697 -> 0.508,
+# patient 01 82 -> 27 candidates, 1 mm unchanged. `mstools run` keeps it off: refine and the
 # learned filter were trained on, and sort, the candidates without it (mstools/pipeline/stages.py).
-PRADOS_MIN_FOLLOWUP_SD = 0.5
+MIN_FOLLOWUP_SD = 0.5
 
 # La Rosa et al. (paper 001): "depending on [the mutual information], different
 # thresholds are applied to the subtraction image" -- the paper gives no values. Ours
@@ -266,7 +273,7 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
                       baseline_hyper_sd: float = PRADOS_BASELINE_HYPER_SD,
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
                       core_mm: float = PRADOS_CORE_EROSION_MM, noise: str = PRADOS_NOISE,
-                      min_followup_sd: float = PRADOS_MIN_FOLLOWUP_SD) -> SubtractionResult:
+                      min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
     """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring.
 
     ``core_mm``: a cluster must survive an erosion of this radius (0: no core needed).
@@ -318,19 +325,23 @@ def larosa_threshold(nmi: float) -> float:
 
 def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
                       threshold: float | None = None, min_mm3: float = LAROSA_MIN_MM3,
-                      bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
-    """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001)."""
+                      bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
+                      min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
+    """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001); clusters
+    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`)."""
     brain = brain > 0
     b, f, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     nmi = normalised_mutual_information(b, f, brain)
     level = larosa_threshold(nmi) if threshold is None else threshold
     min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))))
     labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
+    if min_followup_sd > 0:
+        labels = keep_bright(labels, f, min_followup_sd)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, d, affine),
         details={"rule": "larosa", "nmi": nmi, "threshold": level, "adaptive": threshold is None,
-                 "min_mm3": min_mm3, "min_voxels": min_voxels})
+                 "min_mm3": min_mm3, "min_voxels": min_voxels, "min_followup_sd": min_followup_sd})
 
 
 def discretise(image: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
@@ -344,12 +355,14 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
                         ratio_threshold: float = HAMZAOUI_RATIO, levels: int = HAMZAOUI_GREY_LEVELS,
                         opening_mm: float = HAMZAOUI_OPENING_MM,
                         min_mm3: float = HAMZAOUI_MIN_MM3,
-                        bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM) -> SubtractionResult:
-    """Hamzaoui et al.'s intensity-ratio ROI detection (paper 001, step one)."""
+                        bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
+                        min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
+    """Hamzaoui et al.'s intensity-ratio ROI detection (paper 001, step one); clusters
+    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`)."""
     brain = brain > 0
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    _, _, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
+    _, f, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     matched = _matched_baseline(baseline, corrected, brain)
     ratio = _ratio(baseline, corrected, brain, matched)
     level_f = discretise(corrected, brain, levels)
@@ -361,11 +374,13 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
     min_voxels = min_voxels_for(min_mm3, voxel_mm3, strictly=True)
     labels = select_clusters(mask, min_voxels=min_voxels)
+    if min_followup_sd > 0:
+        labels = keep_bright(labels, f, min_followup_sd)
     return SubtractionResult(
         subtraction=d, ratio=ratio,
         detections=detections_from_labels(labels, ratio, affine),
         details={"rule": "hamzaoui", "ratio_threshold": ratio_threshold, "grey_levels": levels,
-                 "opening_mm": opening_mm, "min_mm3": min_mm3})
+                 "opening_mm": opening_mm, "min_mm3": min_mm3, "min_followup_sd": min_followup_sd})
 
 
 def detect(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,

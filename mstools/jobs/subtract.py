@@ -17,7 +17,7 @@ DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 RULES = ("prados", "larosa", "hamzaoui")
 NOISE_ESTIMATES = ("sd", "robust")
 PRADOS_NOISE = "sd"
-PRADOS_MIN_FOLLOWUP_SD = 0.5
+MIN_FOLLOWUP_SD = 0.5
 
 #: The subtraction image written after the output prefix (read by activity and the report).
 SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
@@ -32,7 +32,7 @@ class SubtractOptions:
     threshold: Optional[float] = option(None, kind="float", help="larosa: fixed threshold on the z-scored subtraction (default: adapts to the registration quality).")
     ratio_threshold: float = option(HAMZAOUI_RATIO, kind="float", help="hamzaoui: follow-up / baseline ratio.")
     noise: str = option(PRADOS_NOISE, kind="choice", choices=NOISE_ESTIMATES, help="prados: the spread k counts: sd (standard deviation about the mean) or robust (1.4826 x median absolute deviation about the median).")
-    min_followup_sd: float = option(PRADOS_MIN_FOLLOWUP_SD, kind="float", min=0, help="prados: a candidate's mean follow-up intensity must be this many SDs above the brain's mean (new FLAIR lesions are hyperintense); 0 = off. Measured, see mstools/detect/subtraction.py.")
+    min_followup_sd: float = option(MIN_FOLLOWUP_SD, kind="float", min=0, help="A candidate's mean follow-up intensity must be this many SDs above the brain's mean (new FLAIR lesions are hyperintense); 0 = off. Measured, see mstools/detect/subtraction.py.")
     bias_sigma_mm: float = option(DIFFERENTIAL_BIAS_SIGMA_MM, kind="float", min=0, help="Differential bias correction width (mm); 0 = off.")
 
 
@@ -67,9 +67,10 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
         csf = tissue_img.data == layout.TISSUE_LABELS["csf"]
         inputs.append(tissues)
     rule = options.rule
-    chosen = {"prados": {"k": options.k, "core_mm": options.core_mm, "noise": options.noise,
-                         "min_followup_sd": options.min_followup_sd, "csf": csf}, "larosa": {"threshold": options.threshold},
+    chosen = {"prados": {"k": options.k, "core_mm": options.core_mm, "noise": options.noise, "csf": csf},
+              "larosa": {"threshold": options.threshold},
               "hamzaoui": {"ratio_threshold": options.ratio_threshold}}[rule]
+    chosen["min_followup_sd"] = options.min_followup_sd
     log(f"subtract ({rule}): {paths[0]} -> {paths[1]}")
     try:
         result = sub.detect(b_img.data, f_img.data, brain_img.data > 0, affine=b_img.affine, rule=rule,
