@@ -67,7 +67,7 @@ def filter_apply(
 
     Two detectors agreeing (what `mstools run` does): mstools segment CASE --model multitask -o out/mt,
     then mstools filter CASE -c out/refine -o out/final --learned --confirm out/mt
-    (`mstools run` also adds out/mt's own lesions on thick-slice grids: --add-confirming thick)
+    (--add-confirming thick also reports out/mt's own lesions on thick-slice grids; measured, off in `mstools run`)
 
     `mstools filter` is this command; `mstools filter train --help` fits a learned filter.
     """

@@ -38,14 +38,18 @@ def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
     return np.bincount(labels.ravel(), minlength=count + 1)
 
 
-def remove_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int]:
-    """Drop components with fewer than ``min_voxels`` voxels and relabel 1..n."""
-    sizes = component_sizes(labels, count)
-    keep = sizes >= min_voxels
+def relabel_kept(labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels 0..count kept where ``keep`` (indexed by label; index 0 ignored), relabelled 1..n."""
+    keep = np.asarray(keep, dtype=bool).copy()
     keep[0] = False
-    new_index = np.zeros(count + 1, dtype=np.int32)
+    new_index = np.zeros(keep.size, dtype=np.int32)
     new_index[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return new_index[labels], int(keep.sum())
+
+
+def remove_small(labels: np.ndarray, count: int, min_voxels: int) -> tuple[np.ndarray, int]:
+    """Drop components with fewer than ``min_voxels`` voxels and relabel 1..n."""
+    return relabel_kept(labels, component_sizes(labels, count) >= min_voxels)
 
 
 @dataclass(frozen=True)

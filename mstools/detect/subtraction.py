@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from mstools.intensity import (csf_from_flair, differential_bias_correction, match_histogram,
                                normalised_mutual_information, zscore_in_mask)
-from mstools.lesions import Detections, detections_from_labels, label_components
+from mstools.lesions import Detections, component_sizes, detections_from_labels, label_components, relabel_kept
 
 RULES = ("prados", "larosa", "hamzaoui")
 
@@ -173,15 +173,12 @@ def select_clusters(mask: np.ndarray, *, min_voxels: int = 1, require_core: bool
     labels, count = label_components(mask, connectivity=connectivity)
     if count == 0:
         return labels
-    keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_voxels
+    keep = component_sizes(labels, count) >= min_voxels
     if require_core:
         has_core = np.zeros(count + 1, dtype=bool)
         has_core[np.unique(labels[erode_mm(mask, core_mm, spacing_mm)])] = True
         keep &= has_core
-    keep[0] = False
-    new_index = np.zeros(count + 1, dtype=np.int32)
-    new_index[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_index[labels]
+    return relabel_kept(labels, keep)[0]
 
 
 def keep_bright(labels: np.ndarray, image: np.ndarray, minimum: float) -> np.ndarray:
@@ -190,12 +187,7 @@ def keep_bright(labels: np.ndarray, image: np.ndarray, minimum: float) -> np.nda
     if count == 0:
         return labels
     sums = np.bincount(labels.ravel(), weights=np.asarray(image, dtype=np.float64).ravel(), minlength=count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sums[1:] >= minimum * np.maximum(sizes[1:], 1)
-    new_index = np.zeros(count + 1, dtype=np.int32)
-    new_index[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_index[labels]
+    return relabel_kept(labels, sums >= minimum * np.maximum(component_sizes(labels, count), 1))[0]
 
 
 def survives_erosion(mask: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> np.ndarray:
