@@ -376,6 +376,9 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: Correction (2026-12-07 14:50): 3 of those 21 cases (xs-xs26-0..2, seeds 4260-4262) are in the
 #: multitask weights' training set, and 3 more are them through `preprocess`. On the other 15 the
 #: choice stands: F1 0.514 / 0.546 / 0.548 / 0.565 / 0.548 without and at 0.1 / 0.2 / 0.3 / 0.5.
+#: Since 2026-12-07 17:35 the packaged multitask weights trained on none of the validation
+#: cases, their backgrounds or patient 01 (their card); the choice stands with them too
+#: (mstools.candidates.filtering.CONFIRM_MIN_SCORE).
 #:
 #: subtract min_followup_sd = 0 (the command's hyperintensity condition off): refine and the
 #: learned filter were trained on, and sort, the candidates without it (2026-12-07).
