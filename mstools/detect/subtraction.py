@@ -182,9 +182,10 @@ def select_clusters(mask: np.ndarray, *, min_voxels: int = 1, require_core: bool
 
 
 def keep_bright(labels: np.ndarray, image: np.ndarray, minimum: float) -> np.ndarray:
-    """The clusters of ``labels`` whose mean of ``image`` reaches ``minimum``, relabelled 1..n."""
+    """The clusters of ``labels`` whose mean of ``image`` reaches ``minimum``, relabelled 1..n;
+    ``minimum`` <= 0 keeps them all (the condition off, :data:`MIN_FOLLOWUP_SD`)."""
     count = int(labels.max()) if labels.size else 0
-    if count == 0:
+    if count == 0 or minimum <= 0:
         return labels
     sums = np.bincount(labels.ravel(), weights=np.asarray(image, dtype=np.float64).ravel(), minlength=count + 1)
     return relabel_kept(labels, sums >= minimum * np.maximum(component_sizes(labels, count), 1))[0]
@@ -287,8 +288,7 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     mask = inclusion & (score > k)
     labels = select_clusters(mask, min_voxels=min_voxels, require_core=core_mm > 0, spacing_mm=spacing,
                              core_mm=core_mm)
-    if min_followup_sd > 0:
-        labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_bright(labels, f, min_followup_sd)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, score, affine),
@@ -327,8 +327,7 @@ def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     level = larosa_threshold(nmi) if threshold is None else threshold
     min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))))
     labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
-    if min_followup_sd > 0:
-        labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_bright(labels, f, min_followup_sd)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, d, affine),
@@ -366,8 +365,7 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
     min_voxels = min_voxels_for(min_mm3, voxel_mm3, strictly=True)
     labels = select_clusters(mask, min_voxels=min_voxels)
-    if min_followup_sd > 0:
-        labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_bright(labels, f, min_followup_sd)
     return SubtractionResult(
         subtraction=d, ratio=ratio,
         detections=detections_from_labels(labels, ratio, affine),

@@ -91,7 +91,8 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
 
     log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages)")
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
-                   hyperintense_sd=hyperintense_sd, affine_check=use_affine, fixed_brain=fixed_brain, moving_brain=moving_brain,
+                   hyperintense_sd=hyperintense_sd, affine_check=use_affine, fixed_brain=fixed_brain,
+                   moving_brain=moving_brain,
                    register_in_mask=o.register_in_mask, threads=o.threads,
                    progress=progress or (lambda message: log(f"register: {message}")))
     clock["registered"] = time.perf_counter()
