@@ -30,6 +30,7 @@ def register_command(
     mode: Mode = common.opt(O, "mode", Mode),
     threshold: Optional[float] = common.opt(O, "threshold"),
     hyperintense_sd: Optional[float] = common.opt(O, "hyperintense_sd"),
+    min_peak_sd: Optional[float] = common.opt(O, "min_peak_sd"),
     min_mm3: Optional[float] = common.opt(O, "min_mm3"),
     register_in_mask: bool = common.opt(O, "register_in_mask"),
     threads: Optional[int] = common.opt(O, "threads"),

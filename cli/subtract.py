@@ -26,6 +26,7 @@ def subtract_command(
     core_mm: float = common.opt(O, "core_mm"),
     noise: Noise = common.opt(O, "noise", Noise),
     min_followup_sd: float = common.opt(O, "min_followup_sd"),
+    min_peak_sd: Optional[float] = common.opt(O, "min_peak_sd"),
     threshold: Optional[float] = common.opt(O, "threshold"),
     ratio_threshold: float = common.opt(O, "ratio_threshold"),
     bias_sigma_mm: float = common.opt(O, "bias_sigma_mm"),

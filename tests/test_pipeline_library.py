@@ -66,10 +66,10 @@ def test_job_defaults_are_the_library_defaults():
 
     assert (job_subtract.PRADOS_K_SD, job_subtract.HAMZAOUI_RATIO, job_subtract.DIFFERENTIAL_BIAS_SIGMA_MM,
             job_subtract.PRADOS_CORE_EROSION_MM, job_subtract.PRADOS_NOISE, job_subtract.NOISE_ESTIMATES,
-            job_subtract.MIN_FOLLOWUP_SD) == (
+            job_subtract.MIN_FOLLOWUP_SD, job_subtract.MIN_PEAK_SD) == (
         subtraction.PRADOS_K_SD, subtraction.HAMZAOUI_RATIO, subtraction.DIFFERENTIAL_BIAS_SIGMA_MM,
         subtraction.PRADOS_CORE_EROSION_MM, subtraction.PRADOS_NOISE, subtraction.NOISE_ESTIMATES,
-        subtraction.MIN_FOLLOWUP_SD)
+        subtraction.MIN_FOLLOWUP_SD, subtraction.MIN_PEAK_SD)
     rules = FilterRules()
     assert (job_filter.MIN_LEAST_AXIS_MM, job_filter.MIN_SPHERICITY, job_filter.MIN_NEIGHBOUR_CONTRAST,
             job_filter.MIN_WM_FRACTION) == (rules.min_least_axis_mm, rules.min_sphericity,

@@ -255,6 +255,20 @@ def test_candidates_must_be_hyperintense_at_follow_up():
     assert detection.DEFAULT_HYPERINTENSE_SD == 1.0
 
 
+def test_candidates_must_peak_high_enough():
+    """Grow at the threshold, keep what peaks high: a faint broad rise goes, a bright core stays."""
+    brain = np.ones(SHAPE, dtype=bool)
+    sub = np.random.default_rng(1).normal(0.0, 1.0, SHAPE).astype(np.float32)
+    sub[2:5, 2:5, 2:4] = 2.5             # crosses the threshold, peaks low
+    sub[6:9, 5:8, 2:4] = 2.5
+    sub[7, 6, 3] = 12.0                  # a bright core
+    plain = detection.candidate_mask(sub, brain, threshold=2.0, min_voxels=5)
+    kept = detection.candidate_mask(sub, brain, threshold=2.0, min_voxels=5, min_peak_sd=detection.DEFAULT_MIN_PEAK_SD)
+    assert plain[2:5, 2:5, 2:4].all() and plain[6:9, 5:8, 2:4].all()
+    assert not kept[2:5, 2:5, 2:4].any() and kept[6:9, 5:8, 2:4].all()
+    assert detection.DEFAULT_MIN_PEAK_SD == 5.0
+
+
 def test_candidate_features_by_hand():
     labels = np.zeros(SHAPE, dtype=np.int32)
     labels[1:3, 1, 1] = 1          # 2 voxels

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mstools.intensity import differential_bias_correction, match_histogram, normalised_mutual_information
-from mstools.detect.subtraction import RULES, ball, detect, keep_larger_than, larosa_threshold, survives_erosion
+from mstools.detect.subtraction import (MIN_PEAK_SD, RULES, ball, conditioned_subtraction, detect, keep_larger_than,
+                                       keep_peaked, larosa_threshold, peak_units, survives_erosion)
 from tests.conftest import oblique_affine
 
 SHAPE = (32, 32, 24)
@@ -77,7 +78,8 @@ def test_a_robust_spread_finds_a_faint_blob_the_sd_misses_under_heavy_tails(pair
     baseline, followup, brain, _, rng = pair
     scattered = brain & (rng.random(followup.shape) < 0.05)
     followup = followup + np.where(scattered, rng.normal(0.0, 40.0, followup.shape), 0) + np.where(brain, blob(25.0), 0)
-    found = {noise: detect(baseline, followup.astype(np.float32), brain, affine=oblique_affine(), noise=noise)
+    found = {noise: detect(baseline, followup.astype(np.float32), brain, affine=oblique_affine(), noise=noise,
+                           min_peak_sd=0.0)   # the spread k counts, alone
              for noise in ("sd", "robust")}
     assert found["robust"].detections.labels[BLOB] > 0 and found["sd"].detections.labels[BLOB] == 0
     assert found["robust"].details["noise"] == "robust"
@@ -100,6 +102,34 @@ def test_only_candidates_hyperintense_at_follow_up_are_kept(pair, rule):
     assert found[0.0][8, 22, 12] > 0 and found[0.0][BLOB] > 0
     assert found[0.5][8, 22, 12] == 0 and found[0.5][BLOB] > 0
     assert found[0.5][found[0.5] > 0].min() == 1 and len(np.unique(found[0.5])) == found[0.5].max() + 1  # 1..n
+
+
+def test_a_faint_broad_rise_is_dropped_unless_its_peak_stands_out(pair):
+    """Grow low, keep what peaks high: a plateau that crosses k but peaks under --min-peak-sd
+    (protocol change, partial volume) goes; the bright blob stays; 0 keeps both."""
+    baseline, followup, brain, _, _ = pair
+    faint = (9, 22, 12)
+    idx = np.indices(SHAPE).astype(float)
+    plateau = np.where(sum((idx[a] - faint[a]) ** 2 for a in range(3)) <= 9, 22.0, 0.0)
+    followup = (followup + np.where(brain, blob() + plateau, 0)).astype(np.float32)
+    _, _, difference, _ = conditioned_subtraction(baseline, followup, brain, oblique_affine(), 15.0)
+    units = peak_units(difference, brain)
+    assert 3.0 < units[faint] < MIN_PEAK_SD["prados"] < units[BLOB]   # the setting, checked
+    found = {sd: detect(baseline, followup, brain, affine=oblique_affine(), min_peak_sd=sd)
+             for sd in (0.0, None)}
+    kept_all, default = found[0.0].detections.labels, found[None].detections.labels
+    assert kept_all[faint] > 0 and kept_all[BLOB] > 0
+    assert default[faint] == 0 and default[BLOB] == 1 and default.max() == 1
+    assert found[None].details["min_peak_sd"] == MIN_PEAK_SD["prados"]
+
+
+def test_keep_peaked_relabels_and_zero_keeps_all():
+    labels = np.zeros((6, 6, 6), np.int32)
+    labels[0, 0, :2], labels[3, 3, :2], labels[5, 5, :2] = 1, 2, 3
+    image = np.where(labels == 2, 9.0, 1.0)
+    assert np.array_equal(keep_peaked(labels, image, 0.0), labels)
+    kept = keep_peaked(labels, image, 5.0)
+    assert kept.max() == 1 and kept[3, 3, 0] == 1 and (kept > 0).sum() == 2
 
 
 @pytest.mark.parametrize("rule", RULES)

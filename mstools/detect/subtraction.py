@@ -80,6 +80,27 @@ PRADOS_NOISE = "sd"
 # learned filter were trained on, and sort, the candidates without it (mstools/pipeline/stages.py).
 MIN_FOLLOWUP_SD = 0.5
 
+# Not in the papers either: a candidate's peak must stand this many SDs above the brain's
+# subtraction (d / its SD in the brain, d = z-scored follow-up minus z-scored baseline), per rule;
+# 0 = off. The rules grow their clusters at a lower level (prados k 3, larosa 1.25-2.5, hamzaoui a
+# ratio), so this is a hysteresis: grow low, keep what peaks high. On real pairs most false
+# candidates are broad, faint rises (protocol change, partial volume) that only just cross the
+# growing level. Chosen offline from the command's outputs (2026-12-07, /work/exp30; MSSEG-2 rule):
+# lesion F1 / LTPR / LFPR over 25 development cases (15 validation cases on real backgrounds of
+# patient 20 and cross-sectional 26 and data_samples, 9 simulated clinical pairs 9100-9108,
+# patient 01), then F1 on 10 simulated 1 mm pairs (seeds 1000-1009), off / 4 / 4.5 / 5 / 5.5 SD:
+#   prados   0.341 / 0.354 / 0.368 / 0.392 / 0.348 (LTPR 0.441 / 0.426 / 0.422 / 0.405 / 0.322,
+#            LFPR 0.595 / 0.571 / 0.543 / 0.459 / 0.483); 1 mm 0.683 / 0.683 / 0.683 / 0.679 / 0.679
+#   larosa   0.261 / 0.262 / 0.267 / 0.272 / 0.249 (LTPR 0.416 / 0.416 / 0.412 / 0.386 / 0.301,
+#            LFPR 0.584 -> 0.562 at best); 1 mm 0.610 / 0.610 / 0.613 / 0.617 / 0.624
+#   hamzaoui 0.212 / 0.329 / 0.334 / 0.327 / 0.272 (LTPR 0.412 / 0.384 / 0.350 / 0.328 / 0.246,
+#            LFPR 0.760 / 0.475 / 0.447 / 0.429 / 0.411); 1 mm 0.634 / 0.682 / 0.649 / 0.599 / 0.595
+# prados keeps 5 (the F1 peak), hamzaoui 4 (F1 within 0.005 of the best, the best on 1 mm, less
+# recall lost), larosa none: its false candidates peak as high as its lesions (LFPR stays 0.56).
+# A robust spread (1.4826 x MAD) instead of the SD did worse (prados best 0.383, hamzaoui 0.328).
+# `mstools run` keeps it off, as the hyperintensity condition (mstools/pipeline/stages.py).
+MIN_PEAK_SD = {"prados": 5.0, "larosa": 0.0, "hamzaoui": 4.0}
+
 # La Rosa et al. (paper 001): "depending on [the mutual information], different
 # thresholds are applied to the subtraction image" -- the paper gives no values. Ours
 # were measured on simulated 1 mm pairs (benchmarks/calibrate_subtract.py): the
@@ -191,6 +212,36 @@ def keep_bright(labels: np.ndarray, image: np.ndarray, minimum: float) -> np.nda
     return relabel_kept(labels, sums >= minimum * np.maximum(component_sizes(labels, count), 1))[0]
 
 
+def keep_peaked(labels: np.ndarray, image: np.ndarray, minimum: float) -> np.ndarray:
+    """The clusters of ``labels`` whose maximum of ``image`` reaches ``minimum``, relabelled 1..n;
+    ``minimum`` <= 0 keeps them all (the condition off, :data:`MIN_PEAK_SD`)."""
+    count = int(labels.max()) if labels.size else 0
+    if count == 0 or minimum <= 0:
+        return labels
+    peaks = ndimage.maximum(np.asarray(image, dtype=np.float64), labels, np.arange(1, count + 1))
+    return relabel_kept(labels, np.concatenate([[False], np.asarray(peaks) >= minimum]))[0]
+
+
+def peak_units(subtraction: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The subtraction in SDs of its values in the brain, about their mean (what
+    :data:`MIN_PEAK_SD` counts); zeros when the brain's subtraction is constant."""
+    values = subtraction[brain].astype(np.float64)
+    spread = float(values.std()) if values.size else 0.0
+    if spread <= 0:
+        return np.zeros(subtraction.shape, dtype=np.float32)
+    return ((subtraction - values.mean()) / spread).astype(np.float32)
+
+
+def keep_candidates(labels: np.ndarray, followup_z: np.ndarray, subtraction: np.ndarray, brain: np.ndarray, *,
+                    min_followup_sd: float, min_peak_sd: float) -> np.ndarray:
+    """The conditions after each rule's own: hyperintense at follow-up (:data:`MIN_FOLLOWUP_SD`)
+    and a high enough peak (:data:`MIN_PEAK_SD`); labels 1..n."""
+    labels = keep_bright(labels, followup_z, min_followup_sd)
+    if min_peak_sd > 0 and labels.max() > 0:
+        labels = keep_peaked(labels, peak_units(subtraction, brain), min_peak_sd)
+    return labels
+
+
 def survives_erosion(mask: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Keep the clusters of ``mask`` that still have a voxel after a 1 mm erosion."""
     return select_clusters(mask, require_core=True, spacing_mm=spacing_mm) > 0
@@ -266,12 +317,14 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
                       baseline_hyper_sd: float = PRADOS_BASELINE_HYPER_SD,
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
                       core_mm: float = PRADOS_CORE_EROSION_MM, noise: str = PRADOS_NOISE,
-                      min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
+                      min_followup_sd: float = MIN_FOLLOWUP_SD,
+                      min_peak_sd: float = MIN_PEAK_SD["prados"]) -> SubtractionResult:
     """Prados & Kanber's first stage (paper 001, section 2.1); see the module docstring.
 
     ``core_mm``: a cluster must survive an erosion of this radius (0: no core needed).
     ``noise``: how the difference's centre and spread are measured (:data:`NOISE_ESTIMATES`).
-    ``min_followup_sd``: a cluster's mean z-scored follow-up must reach it (0: off)."""
+    ``min_followup_sd``: a cluster's mean z-scored follow-up must reach it (0: off).
+    ``min_peak_sd``: a cluster's peak subtraction must reach it (:data:`MIN_PEAK_SD`; 0: off)."""
     if noise not in NOISE_ESTIMATES:
         raise ValueError(f"unknown noise estimate {noise!r}; choose one of {', '.join(NOISE_ESTIMATES)}")
     brain = brain > 0
@@ -288,13 +341,13 @@ def prados_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndar
     mask = inclusion & (score > k)
     labels = select_clusters(mask, min_voxels=min_voxels, require_core=core_mm > 0, spacing_mm=spacing,
                              core_mm=core_mm)
-    labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_candidates(labels, f, d, brain, min_followup_sd=min_followup_sd, min_peak_sd=min_peak_sd)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, score, affine),
         details={"rule": "prados", "k_sd": k, "noise": noise, "difference_mean": mean, "difference_sd": sd,
                  "min_mm3": min_mm3, "min_voxels": min_voxels, "core_mm": core_mm,
-                 "min_followup_sd": min_followup_sd,
+                 "min_followup_sd": min_followup_sd, "min_peak_sd": min_peak_sd,
                  "inclusion_voxels": int(inclusion.sum())})
 
 
@@ -318,21 +371,24 @@ def larosa_threshold(nmi: float) -> float:
 def larosa_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
                       threshold: float | None = None, min_mm3: float = LAROSA_MIN_MM3,
                       bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
-                      min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
+                      min_followup_sd: float = MIN_FOLLOWUP_SD,
+                      min_peak_sd: float = MIN_PEAK_SD["larosa"]) -> SubtractionResult:
     """La Rosa et al.'s subtraction with a registration-adaptive threshold (paper 001); clusters
-    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`)."""
+    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`) and peaking
+    high enough (``min_peak_sd``, :data:`MIN_PEAK_SD`)."""
     brain = brain > 0
     b, f, d, corrected = conditioned_subtraction(baseline, followup, brain, affine, bias_sigma_mm)
     nmi = normalised_mutual_information(b, f, brain)
     level = larosa_threshold(nmi) if threshold is None else threshold
     min_voxels = min_voxels_for(min_mm3, float(abs(np.linalg.det(affine[:3, :3]))))
     labels = select_clusters(brain & (d > level), min_voxels=min_voxels)
-    labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_candidates(labels, f, d, brain, min_followup_sd=min_followup_sd, min_peak_sd=min_peak_sd)
     return SubtractionResult(
         subtraction=d, ratio=_ratio(baseline, corrected, brain),
         detections=detections_from_labels(labels, d, affine),
         details={"rule": "larosa", "nmi": nmi, "threshold": level, "adaptive": threshold is None,
-                 "min_mm3": min_mm3, "min_voxels": min_voxels, "min_followup_sd": min_followup_sd})
+                 "min_mm3": min_mm3, "min_voxels": min_voxels, "min_followup_sd": min_followup_sd,
+                 "min_peak_sd": min_peak_sd})
 
 
 def discretise(image: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
@@ -347,9 +403,11 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
                         opening_mm: float = HAMZAOUI_OPENING_MM,
                         min_mm3: float = HAMZAOUI_MIN_MM3,
                         bias_sigma_mm: float = DIFFERENTIAL_BIAS_SIGMA_MM,
-                        min_followup_sd: float = MIN_FOLLOWUP_SD) -> SubtractionResult:
+                        min_followup_sd: float = MIN_FOLLOWUP_SD,
+                        min_peak_sd: float = MIN_PEAK_SD["hamzaoui"]) -> SubtractionResult:
     """Hamzaoui et al.'s intensity-ratio ROI detection (paper 001, step one); clusters
-    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`)."""
+    hyperintense at follow-up (``min_followup_sd``, see :data:`MIN_FOLLOWUP_SD`) and peaking
+    high enough in the subtraction (``min_peak_sd``, :data:`MIN_PEAK_SD`)."""
     brain = brain > 0
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
@@ -365,17 +423,21 @@ def hamzaoui_candidates(baseline: np.ndarray, followup: np.ndarray, brain: np.nd
     mask = ndimage.binary_opening(mask, structure=ball(opening_mm, spacing))
     min_voxels = min_voxels_for(min_mm3, voxel_mm3, strictly=True)
     labels = select_clusters(mask, min_voxels=min_voxels)
-    labels = keep_bright(labels, f, min_followup_sd)
+    labels = keep_candidates(labels, f, d, brain, min_followup_sd=min_followup_sd, min_peak_sd=min_peak_sd)
     return SubtractionResult(
         subtraction=d, ratio=ratio,
         detections=detections_from_labels(labels, ratio, affine),
         details={"rule": "hamzaoui", "ratio_threshold": ratio_threshold, "grey_levels": levels,
-                 "opening_mm": opening_mm, "min_mm3": min_mm3, "min_followup_sd": min_followup_sd})
+                 "opening_mm": opening_mm, "min_mm3": min_mm3, "min_followup_sd": min_followup_sd,
+                 "min_peak_sd": min_peak_sd})
 
 
 def detect(baseline: np.ndarray, followup: np.ndarray, brain: np.ndarray, *, affine: np.ndarray,
            rule: str = "prados", csf: np.ndarray | None = None, **options) -> SubtractionResult:
-    """Run one of ``RULES`` (options are that rule's keyword arguments)."""
+    """Run one of ``RULES`` (options are that rule's keyword arguments; ``min_peak_sd=None``
+    is the rule's own, :data:`MIN_PEAK_SD`)."""
+    if "min_peak_sd" in options and options["min_peak_sd"] is None:
+        del options["min_peak_sd"]
     if rule == "prados":
         return prados_candidates(baseline, followup, brain, affine=affine, csf=csf, **options)
     if rule == "larosa":

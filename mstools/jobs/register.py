@@ -33,6 +33,7 @@ class RegisterOptions:
     mode: str = option("registered", kind="choice", choices=MODES, help="registered: candidates from the registered subtraction; affine-check: also from the affine-only subtraction (keeps new lesions a flexible B-spline shrank away).")
     threshold: Optional[float] = option(None, kind="float", help="z-score threshold of the subtraction. [default: measured]")
     hyperintense_sd: Optional[float] = option(None, kind="float", min=0.0, help="Candidate voxels must be this many SDs above the follow-up's mean brain intensity (new FLAIR lesions are hyperintense); 0 = off. [default: 1, Prados et al.'s hyperintensity; measured]")
+    min_peak_sd: Optional[float] = option(None, kind="float", min=0.0, help="A candidate's peak subtraction must be this many SDs above the brain's (grow at --threshold, keep what peaks high); 0 = off. [default: 5; measured]")
     min_mm3: Optional[float] = option(None, kind="float", min=0.0, help="Smallest candidate (mm3, 26-connected; at least 1 voxel). [default: 5, La Rosa et al.'s 5 voxels of ~1 mm3]")
     register_in_mask: bool = option(False, kind="bool", help="Also restrict elastix's sampling to --followup-mask (measured: worse at the brain edge; off by default).")
     threads: Optional[int] = option(None, kind="int", min=1, help="elastix threads (default: all cores).")
@@ -61,6 +62,7 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
     threshold = detection.DEFAULT_THRESHOLD if o.threshold is None else o.threshold
     min_mm3 = detection.DEFAULT_MIN_MM3 if o.min_mm3 is None else o.min_mm3
     hyperintense_sd = detection.DEFAULT_HYPERINTENSE_SD if o.hyperintense_sd is None else o.hyperintense_sd
+    min_peak_sd = detection.DEFAULT_MIN_PEAK_SD if o.min_peak_sd is None else o.min_peak_sd
     if not np.isfinite(threshold):
         raise InputError(f"--threshold must be a finite number, not {threshold}")
     parameter_files = [Path(p) for p in o.parameters or []]
@@ -91,14 +93,15 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
 
     log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages)")
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
-                   hyperintense_sd=hyperintense_sd, affine_check=use_affine, fixed_brain=fixed_brain,
+                   hyperintense_sd=hyperintense_sd, min_peak_sd=min_peak_sd, affine_check=use_affine, fixed_brain=fixed_brain,
                    moving_brain=moving_brain,
                    register_in_mask=o.register_in_mask, threads=o.threads,
                    progress=progress or (lambda message: log(f"register: {message}")))
     clock["registered"] = time.perf_counter()
     quality = found.quality
     parameters_record = {
-        "mode": o.mode, "threshold": threshold, "hyperintense_sd": hyperintense_sd, "min_mm3": min_mm3,
+        "mode": o.mode, "threshold": threshold, "hyperintense_sd": hyperintense_sd, "min_peak_sd": min_peak_sd,
+        "min_mm3": min_mm3,
         "min_voxels": min_voxels,
         "register_in_mask": o.register_in_mask,
         "connectivity": detection.CANDIDATE_CONNECTIVITY, "threads": o.threads,

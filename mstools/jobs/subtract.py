@@ -18,6 +18,7 @@ RULES = ("prados", "larosa", "hamzaoui")
 NOISE_ESTIMATES = ("sd", "robust")
 PRADOS_NOISE = "sd"
 MIN_FOLLOWUP_SD = 0.5
+MIN_PEAK_SD = {"prados": 5.0, "larosa": 0.0, "hamzaoui": 4.0}
 
 #: The subtraction image written after the output prefix (read by activity and the report).
 SUBTRACTION_SUFFIX = "_subtraction.nii.gz"
@@ -33,6 +34,7 @@ class SubtractOptions:
     ratio_threshold: float = option(HAMZAOUI_RATIO, kind="float", help="hamzaoui: follow-up / baseline ratio.")
     noise: str = option(PRADOS_NOISE, kind="choice", choices=NOISE_ESTIMATES, help="prados: the spread k counts: sd (standard deviation about the mean) or robust (1.4826 x median absolute deviation about the median).")
     min_followup_sd: float = option(MIN_FOLLOWUP_SD, kind="float", min=0, help="A candidate's mean follow-up intensity must be this many SDs above the brain's mean (new FLAIR lesions are hyperintense); 0 = off. Measured, see mstools/detect/subtraction.py.")
+    min_peak_sd: Optional[float] = option(None, kind="float", min=0, help="A candidate's peak subtraction must be this many SDs above the brain's (grow low, keep what peaks high); 0 = off. Default: the rule's measured value (prados 5, hamzaoui 4, larosa off), see mstools/detect/subtraction.py.")
     bias_sigma_mm: float = option(DIFFERENTIAL_BIAS_SIGMA_MM, kind="float", min=0, help="Differential bias correction width (mm); 0 = off.")
 
 
@@ -71,6 +73,7 @@ def subtract_job(case: Optional[Path], out: Optional[str], options: SubtractOpti
               "larosa": {"threshold": options.threshold},
               "hamzaoui": {"ratio_threshold": options.ratio_threshold}}[rule]
     chosen["min_followup_sd"] = options.min_followup_sd
+    chosen["min_peak_sd"] = MIN_PEAK_SD[rule] if options.min_peak_sd is None else options.min_peak_sd  # recorded
     log(f"subtract ({rule}): {paths[0]} -> {paths[1]}")
     try:
         result = sub.detect(b_img.data, f_img.data, brain_img.data > 0, affine=b_img.affine, rule=rule,

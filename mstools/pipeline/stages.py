@@ -380,8 +380,9 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: cases, their backgrounds or patient 01 (their card); the choice stands with them too
 #: (mstools.candidates.filtering.CONFIRM_MIN_SCORE).
 #:
-#: subtract min_followup_sd = 0 (the command's hyperintensity condition off): refine and the
-#: learned filter were trained on, and sort, the candidates without it (2026-12-07).
+#: subtract min_followup_sd = 0 and min_peak_sd = 0 (the command's hyperintensity and peak
+#: conditions off): refine and the learned filter were trained on, and sort, the candidates
+#: without them (2026-12-07).
 #:
 #: filter add_confirming stays never (the command's default; tried 2026-12-07 14:35-15:15): on
 #: thick-slice grids the multitask network's own lesions (its mask, at 0.3 there) joined to the
@@ -393,7 +394,7 @@ TOP_LEVEL: dict[str, tuple[object, str]] = {
 #: (6 false lesions added). Net lower F1 and Dice on development data, so the run leaves it off;
 #: `filter: {add_confirming: thick}` trades them for recall (README, "Accuracy on real scans").
 RUN_OVERRIDES: dict[str, dict[str, object]] = {
-    "subtract": {"k": 2.5, "core_mm": 0.0, "min_followup_sd": 0.0},
+    "subtract": {"k": 2.5, "core_mm": 0.0, "min_followup_sd": 0.0, "min_peak_sd": 0.0},
     "segment": {"model": "multitask"},
     "refine": {"min_volume_mm3": 5.0, "min_minor_axis": 0.0},
     "filter": {"learned": True},

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from mstools.detect.subtraction import PRADOS_BASELINE_HYPER_SD
+from mstools.detect.subtraction import PRADOS_BASELINE_HYPER_SD, keep_peaked, peak_units
 from mstools.intensity import zscore_in_mask
 from mstools.lesions import label_components, remove_small
 
@@ -49,6 +49,16 @@ DEFAULT_MIN_MM3 = float(LAROSA_MIN_VOXELS)
 #: 0.167, LFPR 0.975 -> 0.857, 40 -> 7 reported; LTPR unchanged on all three (0.5 SD: 0.365 /
 #: 0.310 / 0.167; 1.5 SD: 0.359 / 0.298 / 0.286).
 DEFAULT_HYPERINTENSE_SD = PRADOS_BASELINE_HYPER_SD
+
+#: A candidate's peak score must stand this many SDs above the brain's (grow at the threshold,
+#: keep what peaks high; as `subtract`'s mstools.detect.subtraction.MIN_PEAK_SD). Measured offline
+#: from `mstools register` outputs with the defaults above (2026-12-07, /work/exp30/regpeak.py;
+#: MSSEG-2 rule), off / 4 / 5 / 6 SD, lesion F1 (LTPR, LFPR): 9 simulated clinical pairs (seeds
+#: 9100-9108) 0.300 / 0.309 / 0.330 / 0.367 (LTPR 0.400 / 0.400 / 0.400 / 0.378, LFPR 0.591 / 0.584
+#: / 0.552 / 0.442); 6 simulated 2 mm pairs (seeds 700-705) 0.370 / 0.370 / 0.389 / 0.344 (LTPR 0.567
+#: / 0.567 / 0.567 / 0.392); development patient 01 0.167 at every level (its 6 false candidates
+#: peak high). 5 keeps every lesion; 6 loses a third of the 2 mm pairs' lesions.
+DEFAULT_MIN_PEAK_SD = 5.0
 
 
 def min_voxels_for(min_mm3: float, voxel_volume_mm3: float) -> int:
@@ -93,13 +103,15 @@ def normalised_subtraction(followup: np.ndarray, baseline_on_followup: np.ndarra
 
 def candidate_mask(subtraction: np.ndarray, brain: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD,
                    min_voxels: int = LAROSA_MIN_VOXELS, affine_subtraction: np.ndarray | None = None,
-                   followup: np.ndarray | None = None, hyperintense_sd: float = 0.0) -> np.ndarray:
+                   followup: np.ndarray | None = None, hyperintense_sd: float = 0.0,
+                   min_peak_sd: float = 0.0) -> np.ndarray:
     """Voxels above ``threshold`` in the brain, in components of >= ``min_voxels`` (26-connected).
 
     With ``affine_subtraction`` (the ``affine-check`` mode), a voxel above the
     threshold in either subtraction is a candidate voxel. With ``followup`` and
     ``hyperintense_sd`` > 0, only voxels at least that many SDs above the follow-up's
-    mean brain intensity can be candidates.
+    mean brain intensity can be candidates. With ``min_peak_sd`` > 0, a component's
+    peak score (:func:`candidate_score`, in SDs of the brain's) must reach it.
     """
     above = np.asarray(subtraction) > threshold
     if affine_subtraction is not None:
@@ -108,6 +120,9 @@ def candidate_mask(subtraction: np.ndarray, brain: np.ndarray, *, threshold: flo
         above &= zscore_in_mask(followup, np.asarray(brain) > 0) >= hyperintense_sd
     labels, count = label_components((np.asarray(brain) > 0) & above, connectivity=CANDIDATE_CONNECTIVITY)
     kept, _ = remove_small(labels, count, min_voxels)
+    if min_peak_sd > 0 and kept.max() > 0:
+        score = peak_units(candidate_score(subtraction, affine_subtraction), np.asarray(brain) > 0)
+        kept = keep_peaked(kept, score, min_peak_sd)
     return kept > 0
 
 

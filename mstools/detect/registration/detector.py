@@ -35,7 +35,7 @@ class RegistrationDetection:
 
 
 def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxels: int,
-           hyperintense_sd: float = 0.0, affine_check: bool = False, fixed_brain=None, moving_brain=None,
+           hyperintense_sd: float = 0.0, min_peak_sd: float = 0.0, affine_check: bool = False, fixed_brain=None, moving_brain=None,
            register_in_mask: bool = False, threads: Optional[int] = None, progress=None) -> RegistrationDetection:
     """Register ``moving`` (baseline Image) onto ``fixed`` (follow-up Image) and find candidates.
 
@@ -64,7 +64,7 @@ def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxe
     affine_subtraction = detection.normalised_subtraction(fixed.data, affine_warped, brain)
     mask = detection.candidate_mask(subtraction, brain, threshold=threshold, min_voxels=min_voxels,
                                     affine_subtraction=affine_subtraction if affine_check else None,
-                                    followup=fixed.data, hyperintense_sd=hyperintense_sd)
+                                    followup=fixed.data, hyperintense_sd=hyperintense_sd, min_peak_sd=min_peak_sd)
     score = detection.candidate_score(subtraction, affine_subtraction if affine_check else None)
     found = detections_from_mask(mask, score, fixed.affine, connectivity=detection.CANDIDATE_CONNECTIVITY)
     features = detection.candidate_features(found.labels, volume_change=volume, displacement=result.displacement,
