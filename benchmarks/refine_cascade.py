@@ -3,7 +3,8 @@ the same LightGBM voxel classifier trained on the same cases with and without th
 masks of both visits as features, scored on held-out cases (lesion-wise F1, Dice).
 
 Each case folder needs subtract's candidates (``CASE/subtract_*``, ``mstools subtract CASE -o
-CASE/subtract --k 2.5 --core-mm 0 --min-followup-sd 0``: the run's settings) and CoactSeg's all-lesion masks
+CASE/subtract --k 2.5 --core-mm 0 --min-followup-sd 0 --min-peak-sd 0``: the run's settings) and CoactSeg's
+all-lesion masks
 (``mstools segment CASE --model coactseg -o CASE/coactseg``: ``CASE/coactseg_all_time0{1,2}_mask``).
 The cascade reads CoactSeg's masks, never the simulated cases' lesions_time01/02 (their
 difference is the ground truth).

@@ -70,7 +70,7 @@ def main() -> None:
         if not (case / "subtract_mask.nii.gz").exists():
             mstools("subtract", str(case), "-o", str(case / "subtract"), *(["--k", str(args.k)] if args.k else []),
                     *(["--core-mm", str(args.core_mm)] if args.core_mm is not None else []),
-                    "--min-followup-sd", "0")   # the run's candidates (RUN_OVERRIDES): all, bright or not
+                    "--min-followup-sd", "0", "--min-peak-sd", "0")   # the run's candidates (RUN_OVERRIDES): all
         print(f"subtract: {case.name}", file=sys.stderr, flush=True)
     refine_model = args.work / "refine_mixed.txt"
     if not refine_model.exists():

@@ -85,7 +85,7 @@ MIN_FOLLOWUP_SD = 0.5
 # 0 = off. The rules grow their clusters at a lower level (prados k 3, larosa 1.25-2.5, hamzaoui a
 # ratio), so this is a hysteresis: grow low, keep what peaks high. On real pairs most false
 # candidates are broad, faint rises (protocol change, partial volume) that only just cross the
-# growing level. Chosen offline from the command's outputs (2026-12-07, /work/exp30; MSSEG-2 rule):
+# growing level. Chosen with benchmarks/candidate_peak.py (2026-12-07; MSSEG-2 rule):
 # lesion F1 / LTPR / LFPR over 25 development cases (15 validation cases on real backgrounds of
 # patient 20 and cross-sectional 26 and data_samples, 9 simulated clinical pairs 9100-9108,
 # patient 01), then F1 on 10 simulated 1 mm pairs (seeds 1000-1009), off / 4 / 4.5 / 5 / 5.5 SD:
@@ -98,6 +98,8 @@ MIN_FOLLOWUP_SD = 0.5
 # prados keeps 5 (the F1 peak), hamzaoui 4 (F1 within 0.005 of the best, the best on 1 mm, less
 # recall lost), larosa none: its false candidates peak as high as its lesions (LFPR stays 0.56).
 # A robust spread (1.4826 x MAD) instead of the SD did worse (prados best 0.383, hamzaoui 0.328).
+# Run once on the held-out pairs afterwards it cost recall there (prados LTPR 0.186 -> 0.107, LFPR
+# 0.708 -> 0.688; hamzaoui LTPR 0.353 -> 0.149; README, "Accuracy on real scans").
 # `mstools run` keeps it off, as the hyperintensity condition (mstools/pipeline/stages.py).
 MIN_PEAK_SD = {"prados": 5.0, "larosa": 0.0, "hamzaoui": 4.0}
 

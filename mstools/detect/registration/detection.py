@@ -52,12 +52,13 @@ DEFAULT_HYPERINTENSE_SD = PRADOS_BASELINE_HYPER_SD
 
 #: A candidate's peak score must stand this many SDs above the brain's (grow at the threshold,
 #: keep what peaks high; as `subtract`'s mstools.detect.subtraction.MIN_PEAK_SD). Measured offline
-#: from `mstools register` outputs with the defaults above (2026-12-07, /work/exp30/regpeak.py;
-#: MSSEG-2 rule), off / 4 / 5 / 6 SD, lesion F1 (LTPR, LFPR): 9 simulated clinical pairs (seeds
+#: from `mstools register` outputs with the defaults above (2026-12-07, benchmarks/candidate_peak.py
+#: --register; MSSEG-2 rule), off / 4 / 5 / 6 SD, lesion F1 (LTPR, LFPR): 9 simulated clinical pairs (seeds
 #: 9100-9108) 0.300 / 0.309 / 0.330 / 0.367 (LTPR 0.400 / 0.400 / 0.400 / 0.378, LFPR 0.591 / 0.584
 #: / 0.552 / 0.442); 6 simulated 2 mm pairs (seeds 700-705) 0.370 / 0.370 / 0.389 / 0.344 (LTPR 0.567
 #: / 0.567 / 0.567 / 0.392); development patient 01 0.167 at every level (its 6 false candidates
-#: peak high). 5 keeps every lesion; 6 loses a third of the 2 mm pairs' lesions.
+#: peak high). 5 keeps every lesion; 6 loses a third of the 2 mm pairs' lesions. Run once on the
+#: held-out pairs afterwards: LTPR 0.177 -> 0.066, LFPR 0.718 -> 0.736 (README).
 DEFAULT_MIN_PEAK_SD = 5.0
 
 
