@@ -34,6 +34,7 @@ def train_command(
     relation_start: float = typer.Option(0.5, min=0.0, max=1.0, help="Fraction of iterations after which the relation regulariser is on (paper 002: 0.5)."),
     p_random_patch: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a random patch in a case with lesions (paper 002: 0)."),
     sequence_dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="multiseq: probability of dropping each of T1 and T2 from a training sample (paper 003's sequence dropout; default 0.5: the four subsets equally often; 1 = a FLAIR-only model)."),
+    lesion_size_reference: float = typer.Option(0.0, min=0.0, help="unet, multitask: lesion size reweighting (paper 001, Nichyporuk et al.): lesions under this many voxels of a training sample weigh (N / n) ** 0.5 per voxel in the loss; 0 = off."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, rotations, intensity, bias field, noise, image quality (paper 001)."),
     seed: int = typer.Option(0, help="Seed of every random draw (weights, sampling, augmentation)."),
     validate_every: int = typer.Option(250, min=1, help="Validate every N iterations."),
@@ -70,7 +71,8 @@ def train_command(
         model.value, preset=preset.value, base_filters=base_filters, patch_size=patch_size, spacing_mm=spacing_mm,
         iterations=iterations, batch_longitudinal=batch_longitudinal, batch_single=batch_single,
         learning_rate=learning_rate, relation_start=relation_start, p_random_patch=p_random_patch, augment=augment,
-        seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every, sequence_dropout=sequence_dropout)
+        seed=seed, validate_every=validate_every, checkpoint_every=checkpoint_every, sequence_dropout=sequence_dropout,
+        lesion_size_reference=lesion_size_reference)
     if pretrain is not None:
         if lesions is not None:
             from mstools.errors import InputError

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mstools.detect.deep.losses import (coactseg_loss, dice_loss, diffusion_regulariser,  # noqa: E402
-                                        registration_loss, relation_loss)
+                                        lesion_size_weights, registration_loss, relation_loss,
+                                        segmentation_loss)
 
 
 def test_dice_loss_counts():
@@ -91,3 +92,37 @@ def test_registration_loss_and_warp():
     ramp = torch.zeros(1, 2, 8, 10)
     ramp[:, 0] = torch.arange(10.0)                     # gradient 1 along the last axis
     assert float(diffusion_regulariser(ramp)) == pytest.approx(0.5)  # mean over both components
+
+
+def test_lesion_size_weights_by_hand():
+    """Paper 001 (Nichyporuk et al.): small lesions weigh more per voxel, but less in total than
+    large ones; background and lesions of at least the reference weigh 1."""
+    y = np.zeros((2, 1, 8, 8), np.float32)
+    y[0, 0, 1, 1] = 1            # 1 voxel
+    y[0, 0, 4:8, 4:8] = 1        # 16 voxels
+    y[1, 0, 2:4, 2:4] = 1        # 4 voxels (another sample: components are per sample)
+    w = lesion_size_weights(y, 16.0)
+    assert w[0, 0, 1, 1] == pytest.approx(4.0) and w[1, 0, 2, 2] == pytest.approx(2.0)
+    assert np.all(w[0, 0, 4:8, 4:8] == 1.0) and w[0, 0, 0, 0] == 1.0 and w.dtype == np.float32
+    assert 1 * 4.0 < 4 * 2.0 < 16 * 1.0                      # totals grow with size
+    assert np.all(lesion_size_weights(y, 1.0) == 1.0)         # nothing under one voxel
+
+
+def test_weighted_losses_favour_a_missed_small_lesion():
+    """With the weights, missing the small lesion costs more than missing as many voxels of the
+    large one; weights of 1 are the unweighted losses."""
+    y = np.zeros((1, 1, 8, 8), np.float32)
+    y[0, 0, 0, 0] = 1
+    y[0, 0, 4:8, 4:8] = 1
+    target = torch.from_numpy(y)
+    w = torch.from_numpy(lesion_size_weights(y, 16.0))
+    miss_small = target.clone(); miss_small[0, 0, 0, 0] = 0
+    miss_large = target.clone(); miss_large[0, 0, 4, 4] = 0
+    logits = lambda p: torch.logit(p.clamp(0.01, 0.99))
+    small = segmentation_loss(logits(miss_small), target, w)["loss"]
+    large = segmentation_loss(logits(miss_large), target, w)["loss"]
+    assert float(small) > float(large)
+    plain = segmentation_loss(logits(miss_small), target)["loss"]
+    ones = segmentation_loss(logits(miss_small), target, torch.ones_like(target))["loss"]
+    assert float(ones) == pytest.approx(float(plain), abs=1e-6)
+    assert float(dice_loss(target, target, weights=w)) == pytest.approx(0.0, abs=1e-6)

@@ -48,6 +48,14 @@ def test_multitask_batch_is_2d_slices():
     assert {"registration", "similarity", "smoothness", "dice_new"} <= set(losses)
 
 
+def test_lesion_size_reweighting_changes_the_step():
+    """--lesion-size-reference reaches the loss: the same seed and batch, another loss."""
+    plain, weighted = trainer("unet"), trainer("unet", lesion_size_reference=64.0)
+    a, b = plain.step(), weighted.step()
+    assert a["dice_new"] != pytest.approx(b["dice_new"], rel=1e-6)
+    assert weighted.state_dict()["training_config"]["lesion_size_reference"] == 64.0
+
+
 def test_relation_regulariser_switches_on_halfway():
     t = trainer(iterations=4)
     weights = [t.step()["relation_weight"] for _ in range(4)]

@@ -240,7 +240,7 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
                      iterations: Optional[int] = None, batch_longitudinal: int = 4, batch_single: int = 4,
                      learning_rate: Optional[float] = None, relation_start: float = 0.5, p_random_patch: float = 0.0,
                      augment: bool = True, seed: int = 0, validate_every: int = 250, checkpoint_every: int = 100,
-                     sequence_dropout: Optional[float] = None):
+                     sequence_dropout: Optional[float] = None, lesion_size_reference: float = 0.0):
     """(ModelConfig, TrainingConfig) of a preset (small: the default weights'; paper: paper 002's)
     with the given changes; None keeps the preset's value."""
     import dataclasses
@@ -260,7 +260,7 @@ def training_configs(model: str, *, preset: str = "small", base_filters: Optiona
             batch_single=batch_single if network(model).single_timepoint else 0,
             learning_rate=learning_rate or DEFAULT_LEARNING_RATE[model], relation_start=relation_start,
             p_random_patch=p_random_patch, augment=augment, seed=seed, validate_every=validate_every,
-            checkpoint_every=checkpoint_every,
+            checkpoint_every=checkpoint_every, lesion_size_reference=lesion_size_reference,
             **({} if sequence_dropout is None else {"sequence_dropout": sequence_dropout}))
     except ValueError as exc:
         raise InputError(f"{exc}; see mstools train --help") from None

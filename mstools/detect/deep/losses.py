@@ -18,10 +18,16 @@ import torch.nn.functional as F
 DICE_SMOOTH = 1e-5
 
 
-def dice_loss(probability: torch.Tensor, target: torch.Tensor, *, smooth: float = DICE_SMOOTH) -> torch.Tensor:
-    """1 - (2 sum(p y) + s) / (sum p + sum y + s), over every voxel of the batch."""
+def dice_loss(probability: torch.Tensor, target: torch.Tensor, *, smooth: float = DICE_SMOOTH,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - (2 sum(w p y) + s) / (sum w p + sum w y + s), over every voxel of the batch (w = 1
+    unless ``weights`` are given)."""
     p = probability.float().reshape(-1)
     y = target.float().reshape(-1)
+    if weights is not None:
+        w = weights.float().reshape(-1)
+        p, y = p * w, y * w   # sum(w p y) = sum((w p) y) with y binary
+        return 1.0 - (2.0 * (p * target.float().reshape(-1)).sum() + smooth) / (p.sum() + y.sum() + smooth)
     return 1.0 - (2.0 * (p * y).sum() + smooth) / (p.sum() + y.sum() + smooth)
 
 
@@ -80,11 +86,45 @@ def coactseg_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, n_long
     return {"loss": loss, "dice_all": l_al.detach(), "dice_new": l_nl.detach(), "relation": l_rr.detach()}
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Dice + binary cross-entropy (nnU-Net's loss, used by most MSSEG-2 teams, paper 001)."""
-    dice = dice_loss(torch.sigmoid(logits), labels)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Dice + binary cross-entropy (nnU-Net's loss, used by most MSSEG-2 teams, paper 001);
+    ``weights`` (same shape) weigh each voxel in both terms (:func:`lesion_size_weights`)."""
+    dice = dice_loss(torch.sigmoid(logits), labels, weights=weights)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float(),
+                                             weight=None if weights is None else weights.float())
     return {"loss": dice + bce, "dice_new": dice.detach(), "bce": bce.detach()}
+
+
+#: Lesion size reweighting (paper 001, Nichyporuk et al., after their MIDL 2021 paper): each
+#: lesion voxel is weighted by a function of its lesion's size, non-lesion voxels by 1 (here in
+#: both the cross-entropy and the Dice term, whose gradient dominates on lesion voxels), so that small lesions count enough to be detected but less than large ones. The
+#: paper gives no formula; ours: a lesion of n voxels (in the training sample) smaller than the
+#: reference weighs (reference / n) ** LESION_SIZE_POWER per voxel, so its total weight grows as
+#: sqrt(n) and stays below a reference-sized lesion's.
+LESION_SIZE_POWER = 0.5
+
+
+def lesion_size_weights(labels, reference: float):
+    """Per-voxel weights of a batch of binary labels (numpy, (B, 1, ...)): 1 off lesions and on
+    lesions of at least ``reference`` voxels, (reference / n) ** LESION_SIZE_POWER on a lesion of
+    n < reference voxels (connected components of each sample, full connectivity)."""
+    import numpy as np
+    from scipy import ndimage
+
+    labels = np.asarray(labels) > 0
+    weights = np.ones(labels.shape, dtype=np.float32)
+    for index in np.ndindex(labels.shape[:2]):
+        sample = labels[index]
+        components, count = ndimage.label(sample, structure=np.ones((3,) * sample.ndim, dtype=bool))
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel(), minlength=count + 1).astype(np.float64)
+        per_label = np.ones(count + 1, dtype=np.float64)
+        small = sizes[1:] < reference
+        per_label[1:][small] = (reference / sizes[1:][small]) ** LESION_SIZE_POWER
+        weights[index] = per_label[components].astype(np.float32)
+    return weights
 
 
 def diffusion_regulariser(flow: torch.Tensor) -> torch.Tensor:
@@ -112,19 +152,19 @@ def registration_loss(fixed: torch.Tensor, moving: torch.Tensor, flow: torch.Ten
 # -- training objectives: one per network (``mstools.detect.deep.networks``), one signature ---------------
 
 
-def coactseg_objective(outputs, x, y, *, n_longitudinal: int, config, relation_weight: float) -> dict:
+def coactseg_objective(outputs, x, y, *, n_longitudinal: int, config, relation_weight: float, **_) -> dict:
     """CoactSeg (paper 002): :func:`coactseg_loss` with the relation weight of this iteration."""
     return coactseg_loss(outputs, y, n_longitudinal, lambda_new=config.lambda_new, lambda_relation=relation_weight)
 
 
-def segmentation_objective(outputs, x, y, **_) -> dict:
+def segmentation_objective(outputs, x, y, *, weights=None, **_) -> dict:
     """A new-lesion segmentation network: :func:`segmentation_loss` of its ``new`` output."""
-    return segmentation_loss(outputs["new"], y)
+    return segmentation_loss(outputs["new"], y, weights)
 
 
-def segmentation_registration_objective(outputs, x, y, *, config, **_) -> dict:
+def segmentation_registration_objective(outputs, x, y, *, config, weights=None, **_) -> dict:
     """The multitask network (paper 000, eq. 1): L = L_seg + L_reg, the follow-up slice
     registered onto the baseline slice by the predicted ``flow``."""
-    seg = segmentation_loss(outputs["new"], y)
+    seg = segmentation_loss(outputs["new"], y, weights)
     reg = registration_loss(x[:, :1], x[:, 1:2], outputs["flow"], lambda_smooth=config.lambda_smooth)
     return {**seg, **reg, "loss": seg["loss"] + reg["registration"]}

@@ -183,10 +183,11 @@ class Trainer:
         on = self.iteration >= self.relation_start_iteration
         return self.config.lambda_relation if on else 0.0
 
-    def losses(self, outputs, x, y, n_long: int) -> dict:
+    def losses(self, outputs, x, y, n_long: int, weights=None) -> dict:
         """The network's training objective (its registry entry's ``loss``) on one batch."""
+        extra = {} if weights is None else {"weights": weights}
         return self.network.objective()(outputs, x, y, n_longitudinal=n_long, config=self.config,
-                                        relation_weight=self.relation_weight())
+                                        relation_weight=self.relation_weight(), **extra)
 
     def step(self) -> dict[str, float]:
         import torch
@@ -196,10 +197,15 @@ class Trainer:
         x_np, y_np, n_long = self.sample_batch()
         x = torch.from_numpy(x_np).to(self.device)
         y = torch.from_numpy(y_np).to(self.device)
+        weights = None
+        if self.config.lesion_size_reference > 0:
+            from mstools.detect.deep.losses import lesion_size_weights
+
+            weights = torch.from_numpy(lesion_size_weights(y_np, self.config.lesion_size_reference)).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", enabled=self.amp):
             outputs = self.model(x)
-        parts = self.losses({k: v.float() for k, v in outputs.items()}, x, y, n_long)
+        parts = self.losses({k: v.float() for k, v in outputs.items()}, x, y, n_long, weights)
         if self.scaler is not None:
             self.scaler.scale(parts["loss"]).backward()
             self.scaler.step(self.optimizer)
