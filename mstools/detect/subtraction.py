@@ -13,6 +13,10 @@ of the two scans, a brain mask and the voxel spacing:
 * ``hamzaoui`` -- Hamzaoui et al.: baseline histogram-matched to the follow-up,
   both discretised on 6 grey levels, follow-up/baseline ratio above 1.15, 1 mm
   opening, components above 7 mm3, brain mask eroded by 1 mm.
+
+Two measured conditions, not in the papers, follow every rule (each can be switched off, and
+`mstools run` switches both off): a candidate must be hyperintense at follow-up
+(:data:`MIN_FOLLOWUP_SD`) and peak high enough in the subtraction (:data:`MIN_PEAK_SD`).
 """
 
 from __future__ import annotations
