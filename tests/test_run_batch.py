@@ -58,7 +58,7 @@ def test_print_config_is_the_commands_defaults(tmp_path):
     assert parsed["refine"]["threshold"] == 0.2 and parsed["final"] == "activity"
     # where the run departs from a command's default, the value and the reason are printed
     assert parsed["refine"]["min_volume_mm3"] == pipeline.RUN_OVERRIDES["refine"]["min_volume_mm3"]
-    assert "mstools run uses 5.0 instead of the command's None" in text
+    assert "mstools run uses 5.0 instead of the command's default" in text
     assert parsed["register"]["enabled"] is False
     # the multitask network's score confirms the filter's lesions (two detectors agreeing)
     assert parsed["segment"]["enabled"] is True and parsed["segment"]["model"] == "multitask"

@@ -51,8 +51,9 @@ def default_config_text() -> str:
             default = spec.default
             comment = _comment(spec.help)
             if name in RUN_OVERRIDES.get(stage.name, {}):
-                comment += (f" mstools run uses {RUN_OVERRIDES[stage.name][name]} instead of the command's {default}: "
-                            "measured, see mstools/pipeline/stages.py RUN_OVERRIDES.")
+                command_default = "default" if default is None else default
+                comment += (f" mstools run uses {RUN_OVERRIDES[stage.name][name]} instead of the command's "
+                            f"{command_default}: measured, see mstools/pipeline/stages.py RUN_OVERRIDES.")
                 default = RUN_OVERRIDES[stage.name][name]
             if spec.kind == "choice":
                 comment += f" [{' | '.join(spec.choices)}]"
