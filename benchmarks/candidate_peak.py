@@ -80,10 +80,11 @@ def main() -> None:
             for level, values in by_level.items():
                 table.setdefault((name, level), []).append(values)
         print(f"{case.name}: done", flush=True)
-    print(f"\nmeans over cases (lesion F1, LTPR, LFPR by the library's evaluate_case; level None = off)")
+    print("\nmeans over cases (lesion F1, LTPR, LFPR by the library's evaluate_case; level None = off)")
     for (name, level), rows in table.items():
         mean = np.nanmean(np.array(rows, dtype=float), axis=0)
-        print(f"{name:9s} peak>={str(level):5s} n={len(rows):3d} " + " ".join(f"{k}={v:.3f}" for k, v in zip(KEYS, mean)))
+        figures = " ".join(f"{k}={v:.3f}" for k, v in zip(KEYS, mean))
+        print(f"{name:9s} peak>={str(level):5s} n={len(rows):3d} {figures}")
 
 
 if __name__ == "__main__":

@@ -93,16 +93,15 @@ def register_job(followup: Path, baseline: Path, output: str, options: RegisterO
 
     log(f"registering {baseline} onto {followup} with elastix ({len(maps)} stages)")
     found = detect(fixed, moving, maps, brain=brain, threshold=threshold, min_voxels=min_voxels,
-                   hyperintense_sd=hyperintense_sd, min_peak_sd=min_peak_sd, affine_check=use_affine, fixed_brain=fixed_brain,
-                   moving_brain=moving_brain,
-                   register_in_mask=o.register_in_mask, threads=o.threads,
+                   hyperintense_sd=hyperintense_sd, min_peak_sd=min_peak_sd, affine_check=use_affine,
+                   fixed_brain=fixed_brain, moving_brain=moving_brain, register_in_mask=o.register_in_mask,
+                   threads=o.threads,
                    progress=progress or (lambda message: log(f"register: {message}")))
     clock["registered"] = time.perf_counter()
     quality = found.quality
     parameters_record = {
         "mode": o.mode, "threshold": threshold, "hyperintense_sd": hyperintense_sd, "min_peak_sd": min_peak_sd,
-        "min_mm3": min_mm3,
-        "min_voxels": min_voxels,
+        "min_mm3": min_mm3, "min_voxels": min_voxels,
         "register_in_mask": o.register_in_mask,
         "connectivity": detection.CANDIDATE_CONNECTIVITY, "threads": o.threads,
         "parameter_files": [str(p) for p in parameter_files],

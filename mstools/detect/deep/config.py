@@ -117,7 +117,7 @@ class TrainingConfig:
     # makes the four input subsets of the missing-sequence table (FLAIR; +T1; +T2; all) equally
     # frequent in training. 1.0 trains a FLAIR-only model of the same network.
     sequence_dropout: float = 0.5
-    # U-Net / multitask: lesion size reweighting of the cross-entropy (paper 001, Nichyporuk et al.;
+    # U-Net / multitask: lesion size reweighting of the loss (paper 001, Nichyporuk et al.;
     # mstools.detect.deep.losses.lesion_size_weights): lesions under this many voxels of a training
     # sample weigh more per voxel; 0 = off (the packaged weights' training, unless their card says).
     lesion_size_reference: float = 0.0

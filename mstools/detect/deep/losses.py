@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 #: Dice smoothing in the denominator and numerator (UA-MT / paper 002 code use 1e-5).
 DICE_SMOOTH = 1e-5
@@ -24,11 +26,8 @@ def dice_loss(probability: torch.Tensor, target: torch.Tensor, *, smooth: float 
     unless ``weights`` are given)."""
     p = probability.float().reshape(-1)
     y = target.float().reshape(-1)
-    if weights is not None:
-        w = weights.float().reshape(-1)
-        p, y = p * w, y * w   # sum(w p y) = sum((w p) y) with y binary
-        return 1.0 - (2.0 * (p * target.float().reshape(-1)).sum() + smooth) / (p.sum() + y.sum() + smooth)
-    return 1.0 - (2.0 * (p * y).sum() + smooth) / (p.sum() + y.sum() + smooth)
+    w = 1.0 if weights is None else weights.float().reshape(-1)
+    return 1.0 - (2.0 * (w * p * y).sum() + smooth) / ((w * p).sum() + (w * y).sum() + smooth)
 
 
 def _masked_mse(values: torch.Tensor, target: float, mask: torch.Tensor) -> torch.Tensor:
@@ -98,10 +97,11 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 #: Lesion size reweighting (paper 001, Nichyporuk et al., after their MIDL 2021 paper): each
 #: lesion voxel is weighted by a function of its lesion's size, non-lesion voxels by 1 (here in
-#: both the cross-entropy and the Dice term, whose gradient dominates on lesion voxels), so that small lesions count enough to be detected but less than large ones. The
-#: paper gives no formula; ours: a lesion of n voxels (in the training sample) smaller than the
-#: reference weighs (reference / n) ** LESION_SIZE_POWER per voxel, so its total weight grows as
-#: sqrt(n) and stays below a reference-sized lesion's.
+#: both the cross-entropy and the Dice term, whose gradient dominates on lesion voxels), so that
+#: small lesions count enough to be detected but less than large ones. The paper gives no formula;
+#: ours: a lesion of n voxels (in the training sample) smaller than the reference weighs
+#: (reference / n) ** LESION_SIZE_POWER per voxel, so its total weight grows as sqrt(n) and stays
+#: below a reference-sized lesion's.
 LESION_SIZE_POWER = 0.5
 
 
@@ -109,9 +109,6 @@ def lesion_size_weights(labels, reference: float):
     """Per-voxel weights of a batch of binary labels (numpy, (B, 1, ...)): 1 off lesions and on
     lesions of at least ``reference`` voxels, (reference / n) ** LESION_SIZE_POWER on a lesion of
     n < reference voxels (connected components of each sample, full connectivity)."""
-    import numpy as np
-    from scipy import ndimage
-
     labels = np.asarray(labels) > 0
     weights = np.ones(labels.shape, dtype=np.float32)
     for index in np.ndindex(labels.shape[:2]):

@@ -185,9 +185,8 @@ class Trainer:
 
     def losses(self, outputs, x, y, n_long: int, weights=None) -> dict:
         """The network's training objective (its registry entry's ``loss``) on one batch."""
-        extra = {} if weights is None else {"weights": weights}
         return self.network.objective()(outputs, x, y, n_longitudinal=n_long, config=self.config,
-                                        relation_weight=self.relation_weight(), **extra)
+                                        relation_weight=self.relation_weight(), weights=weights)
 
     def step(self) -> dict[str, float]:
         import torch

@@ -35,8 +35,9 @@ class RegistrationDetection:
 
 
 def detect(fixed, moving, maps, *, brain: np.ndarray, threshold: float, min_voxels: int,
-           hyperintense_sd: float = 0.0, min_peak_sd: float = 0.0, affine_check: bool = False, fixed_brain=None, moving_brain=None,
-           register_in_mask: bool = False, threads: Optional[int] = None, progress=None) -> RegistrationDetection:
+           hyperintense_sd: float = 0.0, min_peak_sd: float = 0.0, affine_check: bool = False,
+           fixed_brain=None, moving_brain=None, register_in_mask: bool = False, threads: Optional[int] = None,
+           progress=None) -> RegistrationDetection:
     """Register ``moving`` (baseline Image) onto ``fixed`` (follow-up Image) and find candidates.
 
     InputError when elastix fails or the registration fails the quality check
