@@ -58,6 +58,7 @@ def filter_apply(
     confirm: Optional[str] = common.opt(O, "confirm"),
     confirm_min: float = common.opt(O, "confirm_min"),
     add_confirming: str = common.opt(O, "add_confirming"),
+    added_min_baseline: float = common.opt(O, "added_min_baseline"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the written paths."),
 ) -> None:

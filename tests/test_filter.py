@@ -313,6 +313,49 @@ def test_filter_cli_adds_the_confirming_detectors_lesions_on_thick_slices(case_w
     assert record["add_confirming"] == "thick" and record["added_confirming"] is True
 
 
+def test_added_lesions_must_have_been_tissue_at_baseline():
+    """A lesion whose baseline was CSF-dark (FLAIR suppresses CSF) is not a new lesion's tissue;
+    one on white matter is. The median is taken over the brain; inputs are not modified."""
+    from mstools.candidates.filtering import tissue_at_baseline
+
+    baseline, _, brain, _, _ = volumes()                      # WM 100, CSF 20 at i < 4
+    mask = np.zeros(SHAPE, bool)
+    mask[2:4, 30:33, 20:23] = True                            # in the sulcal CSF
+    mask[10:13, 28:31, 20:23] = True                          # in white matter
+    before = mask.copy(), baseline.copy()
+    kept = tissue_at_baseline(mask, baseline, brain, 0.75)
+    assert kept[10:13, 28:31, 20:23].all() and not kept[2:4].any()
+    assert tissue_at_baseline(mask, baseline, brain, 0.0).sum() == mask.sum()
+    assert not tissue_at_baseline(mask, baseline, brain, 1.01).any()          # 100 < 1.01 x median 100
+    assert not tissue_at_baseline(np.zeros(SHAPE, bool), baseline, brain, 0.75).any()
+    assert np.array_equal(mask, before[0]) and np.array_equal(baseline, before[1])
+
+
+def test_filter_cli_adds_only_confirming_lesions_that_were_tissue_at_baseline(case_with_candidates, tmp_path):
+    """--add-confirming with --added-min-baseline (default 0.75): the network's lesion where the
+    baseline was CSF is left out; 0 adds it too."""
+    case = case_with_candidates
+    _, _, _, _, labels = volumes()
+    affine = oblique_affine()                                  # 2.5 mm slices: thick
+    in_wm = np.zeros(SHAPE, bool)
+    in_wm[10:13, 28:31, 20:23] = True
+    in_csf = np.zeros(SHAPE, bool)
+    in_csf[2:4, 30:33, 20:23] = True
+    score = np.where(labels == 1, 0.8, 0.0).astype(np.float32)
+    score[in_wm | in_csf] = 0.6
+    save_nifti(tmp_path / "mt_score.nii.gz", score, affine)
+    save_nifti(tmp_path / "mt_mask.nii.gz", ((labels == 1) | in_wm | in_csf).astype(np.uint8), affine)
+    rules_off = ["--min-least-axis-mm", "0", "--min-sphericity", "0", "--min-contrast", "0", "--keep-touching-csf"]
+    for extra, expected in (([], (labels == 1) | in_wm), (["--added-min-baseline", "0"], (labels == 1) | in_wm | in_csf)):
+        out = str(tmp_path / f"f{len(extra)}")
+        result = runner.invoke(app, ["filter", str(case), "-c", str(case / "subtract"), "-o", out, *rules_off,
+                                     "--confirm", str(tmp_path / "mt"), "--add-confirming", "thick", *extra])
+        assert result.exit_code == 0, result.stderr
+        assert np.array_equal(np.asarray(nib.load(out + "_mask.nii.gz").dataobj) > 0, expected), extra
+    record = json.loads(Path(str(tmp_path / "f0") + "_mask.json").read_text())["parameters"]
+    assert record["added_min_baseline"] == 0.75
+
+
 def test_thick_slices_are_told_by_the_largest_voxel_edge():
     from mstools.acquisition import has_thick_slices
 

@@ -77,6 +77,8 @@ def test_job_defaults_are_the_library_defaults():
     assert job_filter.FilterOptions().rules() == rules
     from mstools.candidates.filtering import CONFIRM_MIN_SCORE
     assert job_filter.CONFIRM_MIN_SCORE == CONFIRM_MIN_SCORE == job_filter.FilterOptions().confirm_min
+    from mstools.candidates.filtering import ADDED_MIN_BASELINE
+    assert job_filter.ADDED_MIN_BASELINE == ADDED_MIN_BASELINE == job_filter.FilterOptions().added_min_baseline
     job, library = PreprocessJobOptions(), PreprocessOptions()
     assert (job.brain_extraction, job.combine, job.bias_correction, job.n4_shrink, job.space, job.harmonisation) == (
         library.brain_extraction, library.combine_masks, library.bias_correction, library.n4_shrink, library.space,

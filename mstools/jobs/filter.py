@@ -15,6 +15,8 @@ MIN_LEAST_AXIS_MM, MIN_SPHERICITY, MIN_NEIGHBOUR_CONTRAST, MIN_WM_FRACTION = 1.2
 #: = mstools.candidates.filtering.CONFIRM_MIN_SCORE (its measurement is there; a test checks), written
 #: here so that `mstools filter --help` does not import NumPy and SciPy.
 CONFIRM_MIN_SCORE = 0.3
+#: = mstools.candidates.filtering.ADDED_MIN_BASELINE (its measurement is there; a test checks).
+ADDED_MIN_BASELINE = 0.75
 #: When ``--add-confirming`` adds the confirming detector's own lesions: never, on thick-slice
 #: grids only (mstools.acquisition.has_thick_slices), or always.
 ADD_CONFIRMING = ("never", "thick", "always")
@@ -34,6 +36,7 @@ class FilterOptions:
     confirm: Optional[str] = option(None, kind="str", help="Another detector's output prefix P (its P_score.nii.gz on the case grid, e.g. from mstools segment --model multitask): keep only candidates where that score reaches --confirm-min (two detectors agree).")
     confirm_min: float = option(CONFIRM_MIN_SCORE, kind="float", min=0.0, max=1.0, help="With --confirm: the score a kept candidate must reach somewhere inside it (measured on validation cases; see mstools.candidates.filtering).")
     add_confirming: str = option("never", kind="choice", choices=ADD_CONFIRMING, help="With --confirm: also report the confirming detector's own lesions (its P_mask.nii.gz), never, on thick-slice grids only (largest voxel edge >= 2 mm, where subtraction misses most new lesions) or always. Measured, not run's default: see mstools/pipeline/stages.py.")
+    added_min_baseline: float = option(ADDED_MIN_BASELINE, kind="float", min=0.0, help="With --add-confirming: add only lesions that were tissue at baseline, their mean baseline intensity at least this share of the baseline's brain median (not CSF, whose incomplete suppression on a 2D FLAIR passes for a new lesion); 0 = off. Measured: see mstools.candidates.filtering.ADDED_MIN_BASELINE.")
 
     def rules(self):
         from mstools.candidates.filtering import FilterRules
@@ -59,7 +62,8 @@ def compute_features(case: Optional[Path], candidates: str, *, baseline: Optiona
                      followup: Optional[Path] = None, brain_mask: Optional[Path] = None,
                      tissues: Optional[Path] = None, baseline_lesions: Optional[Path] = None,
                      hint: Optional[str] = None):
-    """Read a case and a detector's candidates; return (reference image, labels, rows, inputs used)."""
+    """Read a case and a detector's candidates; return (reference image = the baseline, labels, rows,
+    inputs used, the brain both scans imaged)."""
     from mstools.case import read_pair, resolve_case_inputs
     from mstools.detections import read_candidates
     from mstools.candidates.filtering import candidate_features, csf_and_white_matter
@@ -74,7 +78,7 @@ def compute_features(case: Optional[Path], candidates: str, *, baseline: Optiona
     rows = candidate_features(labels, baseline=b_img.data, followup=f_img.data, brain=brain, affine=b_img.affine,
                               csf=csf, score=score, white_matter=wm, baseline_lesions=lesions_t1)
     inputs = [*paths, *used, *(p for p in (tissues, baseline_lesions) if p is not None)]
-    return b_img, labels, rows, inputs
+    return b_img, labels, rows, inputs, brain
 
 
 def confirmation_score_path(prefix: Optional[str]) -> Optional[Path]:
@@ -131,7 +135,7 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
     from mstools.case import resolve_case_inputs
     from mstools.detections import add_detections, add_table, output_paths
     from mstools.candidates.filtering import (FEATURE_COLUMNS, added_lesion_count, confirm_by_score, decide_by_model,
-                                              decide_by_rules, kept_detections)
+                                              decide_by_rules, kept_detections, tissue_at_baseline)
     from mstools.io import OutputBatch, sha256
     from mstools.messages import log
     from mstools.models import load_filter_model, packaged_model
@@ -159,9 +163,11 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
             check_same_grid(grid, lesions)
             if options.add_confirming == "always" or has_thick_slices(grid.spacing_mm):
                 added = lesions.data > 0
-    reference, labels, rows, inputs = compute_features(case, candidates, baseline=baseline, followup=followup,
-                                                       brain_mask=brain_mask, tissues=tissues,
-                                                       baseline_lesions=baseline_lesions)
+    reference, labels, rows, inputs, brain = compute_features(case, candidates, baseline=baseline, followup=followup,
+                                                              brain_mask=brain_mask, tissues=tissues,
+                                                              baseline_lesions=baseline_lesions)
+    if added is not None and options.added_min_baseline > 0:
+        added = tissue_at_baseline(added, reference.data, brain, options.added_min_baseline)
     log(f"filter: {len(rows)} candidates from {candidates}")
     columns = list(FEATURE_COLUMNS)
     if model_text is not None:
@@ -177,7 +183,8 @@ def filter_job(case: Optional[Path], candidates: str, out: str, options: FilterO
         confirm_by_score(rows, labels, confirming, options.confirm_min)
         columns.append("confirm_max")
         parameters.update(confirm=options.confirm, confirm_min=options.confirm_min,
-                          add_confirming=options.add_confirming, added_confirming=added is not None)
+                          add_confirming=options.add_confirming, added_confirming=added is not None,
+                          added_min_baseline=options.added_min_baseline)
         inputs = [*inputs, confirm_score, *([confirm_mask] if confirm_mask is not None else [])]
     detections = kept_detections(labels, rows, reference.affine, added=added, added_score=confirming)
     kept = sum(row["decision"] == "kept" for row in rows)
@@ -215,7 +222,7 @@ def filter_train_job(cases: Sequence[Path], out: Path, *, candidates_name: str =
     check_outputs([out, card_path], force=force, sidecars=False)   # before minutes of work, not after
     all_rows, truth, groups, inputs = [], [], [], []
     for n, case in enumerate(cases):
-        reference, labels, rows, used = compute_features(
+        reference, labels, rows, used, _ = compute_features(
             case, str(case / candidates_name),
             tissues=case / layout.TISSUES if use_tissues else None,
             baseline_lesions=case / layout.LESIONS_BASELINE if use_baseline_lesions else None,
