@@ -141,8 +141,11 @@ def test_run_shows_each_stage_on_stderr_as_plain_lines_and_keeps_stdout_for_resu
     result = _run(case, out, "-c", str(no_report), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "complete"      # --json: stdout is the record only
-    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert [re.sub(r"\d+/\d+ slices$", "N/N slices", re.sub(r"\d+\.\d s$", "N s", line)) for line in lines] == [
+    lines = [re.sub(r"\d+/\d+ slices$", "N/N slices", re.sub(r"\d+\.\d s$", "N s", line))
+             for line in result.stderr.splitlines() if line.startswith("[")]
+    # a progress line every 10 s and one when complete: one or more on a busy machine, said once here
+    lines = [line for n, line in enumerate(lines) if n == 0 or line != lines[n - 1]]
+    assert lines == [
         "[1/5] subtract: started", "[1/5] subtract: done in N s", "[2/5] segment: started",
         "[2/5] segment: N/N slices", "[2/5] segment: done in N s", "[3/5] refine: started",
         "[3/5] refine: done in N s", "[4/5] filter: started", "[4/5] filter: done in N s",
