@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from mstools.lesions import structure
+from mstools.lesions import label_components, structure
 
 #: pyradiomics shape features measured for each candidate (mm, mm2, mm3, ratios).
 SHAPE_FEATURES = ("LeastAxisLength", "MinorAxisLength", "MajorAxisLength", "Sphericity", "Elongation",
@@ -269,10 +269,9 @@ def tissue_at_baseline(mask: np.ndarray, baseline: np.ndarray, brain: np.ndarray
     """The lesions of ``mask`` (26-connected) whose mean ``baseline`` intensity reaches
     ``minimum`` times the baseline's median over ``brain``: tissue at baseline, where a new lesion
     forms. Inputs are not modified."""
-    mask = np.asarray(mask, dtype=bool)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, count = label_components(mask, connectivity=26)
     if count == 0:
-        return mask.copy()
+        return np.zeros(labels.shape, dtype=bool)
     median = float(np.median(baseline[np.asarray(brain, dtype=bool)]))
     means = ndimage.mean(np.asarray(baseline, dtype=np.float64), labels, index=np.arange(1, count + 1))
     tissue = np.concatenate([[False], np.asarray(means) >= minimum * median])
